@@ -1,0 +1,43 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// System libraries come from Debian's -dev packages (libopenmpi-dev, libopenblas-dev,
+// libhdf5-dev) and are found through pkg-config; nothing else is needed to build.
+let package = Package(
+    name: "mtl",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "mtl", targets: ["mtl"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "5.0.0"),
+    ],
+    targets: [
+        .systemLibrary(name: "CMPI", path: "Sources/CMPI", pkgConfig: "ompi-c",
+                       providers: [.apt(["libopenmpi-dev"])]),
+        .systemLibrary(name: "CBLAS", path: "Sources/CBLAS", pkgConfig: "openblas",
+                       providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(name: "CHDF5", path: "Sources/CHDF5", pkgConfig: "hdf5-serial",
+                       providers: [.apt(["libhdf5-dev"])]),
+        .target(name: "MTLCore", dependencies: ["CBLAS", "CHDF5"]),
+        .target(name: "MTLNN", dependencies: ["MTLCore"]),
+        .target(name: "MTLModels", dependencies: ["MTLCore", "MTLNN"]),
+        .target(name: "MTLData", dependencies: ["MTLCore"]),
+        .target(name: "MTLDist", dependencies: ["MTLCore", "CMPI"]),
+        .target(name: "MTLMethods", dependencies: ["MTLCore"]),
+        .target(name: "MTLTrain", dependencies: ["MTLCore", .product(name: "Yams", package: "Yams")]),
+        .target(name: "MTLEngine", dependencies: ["MTLCore", "MTLNN", "MTLModels", "MTLData",
+                                                  "MTLDist", "MTLMethods", "MTLTrain"]),
+        .executableTarget(name: "mtl", dependencies: [
+            "MTLEngine", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .testTarget(name: "MTLCoreTests", dependencies: ["MTLCore"]),
+        .testTarget(name: "MTLNNTests", dependencies: ["MTLNN"]),
+        .testTarget(name: "MTLModelsTests", dependencies: ["MTLModels"]),
+        .testTarget(name: "MTLDataTests", dependencies: ["MTLData"]),
+        .testTarget(name: "MTLTrainTests", dependencies: ["MTLTrain"]),
+        .testTarget(name: "MTLEngineTests", dependencies: ["MTLEngine"]),
+    ],
+    swiftLanguageModes: [.v5]
+)
