@@ -8,6 +8,7 @@ let package = Package(
     platforms: [.macOS(.v13)],
     products: [
         .executable(name: "mtl", targets: ["mtl"]),
+        .executable(name: "mtl-commcheck", targets: ["mtl-commcheck"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -32,12 +33,15 @@ let package = Package(
         .executableTarget(name: "mtl", dependencies: [
             "MTLEngine", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
+        .executableTarget(name: "mtl-commcheck", dependencies: ["MTLDist"]),
         .testTarget(name: "MTLCoreTests", dependencies: ["MTLCore"]),
         .testTarget(name: "MTLNNTests", dependencies: ["MTLNN"]),
         .testTarget(name: "MTLModelsTests", dependencies: ["MTLModels"]),
         .testTarget(name: "MTLDataTests", dependencies: ["MTLData"]),
         .testTarget(name: "MTLTrainTests", dependencies: ["MTLTrain"]),
         .testTarget(name: "MTLEngineTests", dependencies: ["MTLEngine"]),
+        .testTarget(name: "MTLDistTests", dependencies: ["MTLDist"]),
+        .testTarget(name: "MTLMethodsTests", dependencies: ["MTLMethods"]),
     ],
     swiftLanguageModes: [.v5]
 )

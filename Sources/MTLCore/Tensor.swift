@@ -138,3 +138,9 @@ extension HasParameters {
     public func zeroGrad() { for p in parameters { p.grad.zero() } }
     public var parameterCount: Int { parameters.reduce(0) { $0 + $1.value.count } }
 }
+
+/// Sums values across data-parallel ranks, in place (identity in a single process).
+/// BatchNorm uses it for SyncBN statistics; MTLDist's communicators implement it.
+public protocol SumReducer: AnyObject {
+    func sumInPlace(_ values: UnsafeMutableBufferPointer<Double>)
+}
