@@ -21,7 +21,12 @@ let package = Package(
                        providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CHDF5", path: "Sources/CHDF5", pkgConfig: "hdf5-serial",
                        providers: [.apt(["libhdf5-dev"])]),
+        .systemLibrary(name: "CPNG", path: "Sources/CPNG", pkgConfig: "libpng",
+                       providers: [.apt(["libpng-dev"])]),
+        .systemLibrary(name: "CJPEG", path: "Sources/CJPEG", pkgConfig: "libjpeg",
+                       providers: [.apt(["libjpeg62-turbo-dev"])]),
         .target(name: "MTLCore", dependencies: ["CBLAS", "CHDF5"]),
+        .target(name: "MTLConvert", dependencies: ["MTLCore", "CPNG", "CJPEG"]),
         .target(name: "MTLNN", dependencies: ["MTLCore"]),
         .target(name: "MTLModels", dependencies: ["MTLCore", "MTLNN"]),
         .target(name: "MTLData", dependencies: ["MTLCore"]),
@@ -29,7 +34,7 @@ let package = Package(
         .target(name: "MTLMethods", dependencies: ["MTLCore"]),
         .target(name: "MTLTrain", dependencies: ["MTLCore", .product(name: "Yams", package: "Yams")]),
         .target(name: "MTLEngine", dependencies: ["MTLCore", "MTLNN", "MTLModels", "MTLData",
-                                                  "MTLDist", "MTLMethods", "MTLTrain"]),
+                                                  "MTLDist", "MTLMethods", "MTLTrain", "MTLConvert"]),
         .executableTarget(name: "mtl", dependencies: [
             "MTLEngine", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
@@ -42,6 +47,7 @@ let package = Package(
         .testTarget(name: "MTLEngineTests", dependencies: ["MTLEngine"]),
         .testTarget(name: "MTLDistTests", dependencies: ["MTLDist"]),
         .testTarget(name: "MTLMethodsTests", dependencies: ["MTLMethods"]),
+        .testTarget(name: "MTLConvertTests", dependencies: ["MTLConvert", "MTLData"]),
     ],
     swiftLanguageModes: [.v5]
 )
