@@ -59,7 +59,8 @@ mtl_build_release() {
     echo "$(cd "$MTL_ROOT" && swift build -c release --show-bin-path)/mtl"
 }
 
-mtl_cores() { nproc 2>/dev/null || getconf _NPROCESSORS_ONLN; }
+# (GNU nproc obeys OMP_NUM_THREADS and OMP_THREAD_LIMIT, which we set ourselves: ignore them.)
+mtl_cores() { env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null || getconf _NPROCESSORS_ONLN; }
 
 mtl_threads_per_rank() {
     local ranks=$1 cores=${2:-$(mtl_cores)}

@@ -59,6 +59,40 @@ final class MPIRunTests: XCTestCase {
         XCTAssertTrue(r.stderr.contains("error: rank 0: mtl-commcheck: abort requested by --abort-rank 0"), r.stderr)
     }
 
+    // MARK: the launch scripts, with mtl-commcheck in place of mtl
+
+    func testLaunchMtlMpirunWithClusterConfig() throws {
+        let r = try run("/bin/bash", [packageRoot().appendingPathComponent("launch/mtl-mpirun").path,
+                                      "-n", "2", "--cluster", "local", "--bin", try commcheck(),
+                                      "--", "--expect-size", "2"], timeout: 90)
+        assertAllOK(r, size: 2)
+        // Two ranks on ≥ 2 cores are bound one core each; the local config's flags are passed.
+        if ProcessInfo.processInfo.activeProcessorCount >= 2 {
+            XCTAssertTrue(r.stderr.contains("--map-by ppr:2:node:pe=1 --bind-to core"), r.stderr)
+        }
+        XCTAssertTrue(r.stderr.contains("--mca btl self\\,vader\\,tcp"), r.stderr)
+    }
+
+    func testLaunchDebugLocalKeepsPerRankOutput() throws {
+        let output = FileManager.default.temporaryDirectory.appendingPathComponent("mtl-debug-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: output) }
+        var env = ["MTL_BIN": try commcheck()]
+        env["PATH"] = ProcessInfo.processInfo.environment["PATH"]
+        let r = try run("/bin/bash", [packageRoot().appendingPathComponent("launch/debug-local").path,
+                                      "-n", "3", "--output", output.path, "--", "--expect-size", "3",
+                                      "--no-timeout-check"], timeout: 90, extraEnvironment: env)
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        XCTAssertTrue(r.stdout.contains("commcheck: 15 checks, 0 failed, world size 3"), r.stdout)
+        for rank in 0..<3 {  // Open MPI's --output-filename layout
+            let path = output.appendingPathComponent("1/rank.\(rank)/stdout").path
+            XCTAssertTrue(FileManager.default.fileExists(atPath: path), path)
+        }
+    }
+
+    func packageRoot() -> URL {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    }
+
     // MARK: assertions
 
     func assertAllOK(_ r: RunResult, size: Int, file: StaticString = #filePath, line: UInt = #line) {
@@ -107,8 +141,7 @@ final class MPIRunTests: XCTestCase {
         }
         let bundle = Bundle(for: MPIRunTests.self).bundleURL
         folders += [bundle.deletingLastPathComponent(), bundle]
-        let package = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent()
+        let package = packageRoot()
         folders += [package.appendingPathComponent(".build/debug"), package.appendingPathComponent(".build/release")]
         for folder in folders {
             let path = folder.appendingPathComponent("mtl-commcheck").path
@@ -139,7 +172,8 @@ final class MPIRunTests: XCTestCase {
 
     /// Runs a command with stdout/stderr in files (no pipe to fill up), killing it after
     /// `timeout` seconds: SIGTERM (mpirun then kills its ranks), SIGKILL 5 s later.
-    func run(_ executable: String, _ args: [String], timeout: Double) throws -> RunResult {
+    func run(_ executable: String, _ args: [String], timeout: Double,
+             extraEnvironment: [String: String] = [:]) throws -> RunResult {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("mtl-dist-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
@@ -158,6 +192,7 @@ final class MPIRunTests: XCTestCase {
         }
         env["OMP_NUM_THREADS"] = "1"
         env["OPENBLAS_NUM_THREADS"] = "1"
+        env.merge(extraEnvironment) { _, new in new }
 
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
