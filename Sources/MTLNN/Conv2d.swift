@@ -1,0 +1,263 @@
+import MTLCore
+
+/// Scratch matrices of the convolutions. Layers run one after another, so one workspace
+/// can serve the whole network: its size is that of the largest layer's im2col matrix,
+/// not the sum over layers. Give a layer its own workspace if layers ever run concurrently.
+public final class ConvWorkspace {
+    public static let shared = ConvWorkspace()
+    /// im2col matrix [C·k·k, N·Ho·Wo]; in backward first the recomputed columns, then dcols.
+    let cols = Tensor([0])
+    /// GEMM output [O, N·Ho·Wo] in forward, reordered dy in backward.
+    let rows = Tensor([0])
+    public init() {}
+}
+
+/// 2-D convolution (cross-correlation, as PyTorch), NCHW, weight OIHW, general stride,
+/// padding (zeros) and dilation.
+///
+/// Forward: im2col of the WHOLE batch into cols [C·k·k, N·Ho·Wo], one GEMM
+/// W[O, C·k·k] · cols → [O, N·Ho·Wo], reordered to [N, O, Ho, Wo]. Backward recomputes the
+/// columns from the cached input (cheaper than keeping them per layer), dW += dY·colsᵀ
+/// (one GEMM with the batch in the inner dimension), dcols = Wᵀ·dY (into the same
+/// scratch), col2im into dx. 1×1 stride-1 unpadded convolutions skip im2col: the input
+/// planes already are the columns.
+public final class Conv2d: HasParameters {
+    public let name: String
+    public let inChannels: Int, outChannels: Int
+    public let kernel: Int, stride: Int, padding: Int, dilation: Int
+    public let weight: Parameter
+    public let bias: Parameter?
+    public var parameters: [Parameter] { bias.map { [weight, $0] } ?? [weight] }
+    /// Scratch matrices (shared by all convolutions unless replaced).
+    public var workspace = ConvWorkspace.shared
+    /// 1×1 convolutions use one GEMM per sample (no copies at all) when a sample has at least
+    /// this many pixels; below it the per-sample GEMMs get too thin and the batch is gathered
+    /// into one GEMM instead.
+    public static var pointwisePerSampleMinPixels = 1024
+
+    private let output = Tensor([0])
+    private let inputGrad = Tensor([0])
+    private let empty = Tensor([0])
+    private var input: Tensor?
+
+    public init(_ name: String, inChannels: Int, outChannels: Int, kernel: Int, stride: Int = 1,
+                padding: Int = 0, dilation: Int = 1, bias: Bool = false, rng: inout Philox) {
+        precondition(inChannels > 0 && outChannels > 0 && kernel > 0 && stride > 0 && padding >= 0 && dilation > 0,
+                     "\(name): invalid Conv2d configuration")
+        self.name = name
+        self.inChannels = inChannels
+        self.outChannels = outChannels
+        self.kernel = kernel
+        self.stride = stride
+        self.padding = padding
+        self.dilation = dilation
+        let fanIn = inChannels * kernel * kernel
+        let bound = 1 / Float(fanIn).squareRoot()
+        weight = Parameter("\(name).weight", uniformTensor([outChannels, inChannels, kernel, kernel], bound: bound, rng: &rng))
+        self.bias = bias ? Parameter("\(name).bias", uniformTensor([outChannels], bound: bound, rng: &rng)) : nil
+    }
+
+    /// Output height and width for an input of height × width (PyTorch's formula, floor).
+    public func outputSize(height: Int, width: Int) -> (height: Int, width: Int) {
+        let span = dilation * (kernel - 1) + 1
+        return ((height + 2 * padding - span) / stride + 1, (width + 2 * padding - span) / stride + 1)
+    }
+
+    private var isPointwise: Bool { kernel == 1 && stride == 1 && padding == 0 }
+
+    public func forward(_ x: Tensor) -> Tensor {
+        precondition(x.rank == 4 && x.c == inChannels,
+                     "\(name): expected input [N, \(inChannels), H, W], got \(shapeString(x.shape))")
+        let (n, h, w) = (x.n, x.h, x.w)
+        let (ho, wo) = outputSize(height: h, width: w)
+        precondition(ho > 0 && wo > 0, "\(name): input \(h)x\(w) is smaller than the kernel's span")
+        input = x
+        output.resize([n, outChannels, ho, wo])
+        let o = outChannels, pix = ho * wo, ckk = inChannels * kernel * kernel
+        let y = output.data, wt = weight.value.data
+
+        if isPointwise && (n == 1 || pix >= Conv2d.pointwisePerSampleMinPixels) {
+            // y[s] = W · x[s]: one GEMM per sample straight from/to the NCHW planes.
+            for s in 0..<n {
+                sgemm(m: o, n: pix, k: inChannels, a: wt, lda: inChannels,
+                      b: x.data + s * inChannels * pix, ldb: pix, c: y + s * o * pix, ldc: pix)
+            }
+            addBias(y, n: n, pix: pix)
+            return output
+        }
+
+        let cols = workspace.cols
+        cols.resize([ckk, n * pix])
+        im2col(x.data, n: n, h: h, w: w, ho: ho, wo: wo, cols: cols.data)
+        if n == 1 {
+            // [O, 1·Ho·Wo] already is the NCHW layout.
+            sgemm(m: o, n: pix, k: ckk, a: wt, lda: ckk, b: cols.data, ldb: pix, c: y, ldc: pix)
+            addBias(y, n: 1, pix: pix)
+            return output
+        }
+        let rows = workspace.rows
+        rows.resize([o, n * pix])
+        sgemm(m: o, n: n * pix, k: ckk, a: wt, lda: ckk, b: cols.data, ldb: n * pix, c: rows.data, ldc: n * pix)
+        // [O, N, P] → [N, O, P], adding the bias on the way.
+        let r = rows.data, b = bias?.value.data
+        parallelFor(n * o) { q in
+            let s = q / o, oc = q % o
+            let src = r + oc * n * pix + s * pix, dst = y + q * pix
+            if let b {
+                let bv = b[oc]
+                for i in 0..<pix { dst[i] = src[i] + bv }
+            } else {
+                dst.update(from: src, count: pix)
+            }
+        }
+        return output
+    }
+
+    private func addBias(_ y: UnsafeMutablePointer<Float>, n: Int, pix: Int) {
+        guard let b = bias?.value.data else { return }
+        let o = outChannels
+        parallelFor(n * o) { q in
+            let bv = b[q % o], dst = y + q * pix
+            for i in 0..<pix { dst[i] += bv }
+        }
+    }
+
+    /// dy: [N, O, Ho, Wo] of the last forward. Accumulates weight (and bias) gradients;
+    /// returns dx, or an empty tensor when `computeInputGrad` is false (first layer).
+    /// The cached input is not modified, so backward can be repeated after one forward.
+    public func backward(_ dy: Tensor, computeInputGrad: Bool = true) -> Tensor {
+        guard let x = input else { preconditionFailure("\(name): backward before forward") }
+        let (n, h, w) = (x.n, x.h, x.w)
+        let (ho, wo) = outputSize(height: h, width: w)
+        precondition(dy.shape == [n, outChannels, ho, wo],
+                     "\(name): dy \(shapeString(dy.shape)) does not match the output \(shapeString([n, outChannels, ho, wo]))")
+        let o = outChannels, pix = ho * wo, ckk = inChannels * kernel * kernel
+        let wt = weight.value.data, dw = weight.grad.data, g = dy.data
+
+        if let bias {
+            // db[o] += Σ_{n,p} dy[n, o, p], in Double for long sums.
+            let db = bias.grad.data
+            parallelFor(o) { oc in
+                var s = 0.0
+                for smp in 0..<n { s += sumDouble(g + (smp * o + oc) * pix, pix) }
+                db[oc] += Float(s)
+            }
+        }
+
+        if isPointwise && (n == 1 || pix >= Conv2d.pointwisePerSampleMinPixels) {
+            for s in 0..<n {
+                // dW[O, C] += dy[s] [O, P] · x[s]ᵀ [P, C]
+                sgemm(transB: true, m: o, n: inChannels, k: pix, a: g + s * o * pix, lda: pix,
+                      b: x.data + s * inChannels * pix, ldb: pix, beta: 1, c: dw, ldc: inChannels)
+            }
+            guard computeInputGrad else { return empty }
+            inputGrad.resize(x.shape)
+            for s in 0..<n {
+                // dx[s] [C, P] = Wᵀ [C, O] · dy[s] [O, P]
+                sgemm(transA: true, m: inChannels, n: pix, k: o, a: wt, lda: inChannels,
+                      b: g + s * o * pix, ldb: pix, c: inputGrad.data + s * inChannels * pix, ldc: pix)
+            }
+            return inputGrad
+        }
+
+        // dy as one matrix [O, N·P] (for one sample it already is).
+        var dyRows = UnsafePointer(g)
+        if n > 1 {
+            let rows = workspace.rows
+            rows.resize([o, n * pix])
+            let r = rows.data
+            parallelFor(n * o) { q in
+                let s = q / o, oc = q % o
+                (r + oc * n * pix + s * pix).update(from: g + q * pix, count: pix)
+            }
+            dyRows = UnsafePointer(r)
+        }
+        let cols = workspace.cols
+        cols.resize([ckk, n * pix])
+        im2col(x.data, n: n, h: h, w: w, ho: ho, wo: wo, cols: cols.data)
+        // dW [O, CKK] += dY [O, NP] · colsᵀ [NP, CKK]
+        sgemm(transB: true, m: o, n: ckk, k: n * pix, a: dyRows, lda: n * pix, b: cols.data, ldb: n * pix,
+              beta: 1, c: dw, ldc: ckk)
+        guard computeInputGrad else { return empty }
+        // dcols [CKK, NP] = Wᵀ [CKK, O] · dY [O, NP], overwriting the columns (no longer needed).
+        sgemm(transA: true, m: ckk, n: n * pix, k: o, a: wt, lda: ckk, b: dyRows, ldb: n * pix,
+              c: cols.data, ldc: n * pix)
+        inputGrad.resize(x.shape)
+        col2im(cols.data, n: n, h: h, w: w, ho: ho, wo: wo, dx: inputGrad.data)
+        return inputGrad
+    }
+
+    /// The range of output columns ow whose input column ow·stride + offset lies in [0, w).
+    @inline(__always)
+    private func validRange(offset: Int, size: Int, outSize: Int) -> (Int, Int) {
+        let s = stride
+        let lo = offset >= 0 ? 0 : min(outSize, (-offset + s - 1) / s)
+        let hi = size - 1 - offset < 0 ? 0 : min(outSize, (size - 1 - offset) / s + 1)
+        return (lo, max(lo, hi))
+    }
+
+    /// cols[r][s·P + oh·Wo + ow] = x[s, c, oh·stride − pad + ki·dil, ow·stride − pad + kj·dil] (0 outside),
+    /// r = (c·k + ki)·k + kj. One row per task: rows are disjoint, so no races.
+    private func im2col(_ x: UnsafePointer<Float>, n: Int, h: Int, w: Int, ho: Int, wo: Int,
+                        cols: UnsafeMutablePointer<Float>) {
+        let k = kernel, c = inChannels, s = stride, pad = padding, d = dilation
+        let plane = h * w, pix = ho * wo, np = n * pix
+        parallelFor(c * k * k) { r in
+            let ci = r / (k * k), ki = (r / k) % k, kj = r % k
+            let offW = kj * d - pad, offH = ki * d - pad
+            let (owLo, owHi) = self.validRange(offset: offW, size: w, outSize: wo)
+            let row = cols + r * np
+            for smp in 0..<n {
+                let src = x + (smp * c + ci) * plane
+                for oh in 0..<ho {
+                    let dst = row + smp * pix + oh * wo
+                    let ih = oh * s + offH
+                    if ih < 0 || ih >= h {
+                        dst.update(repeating: 0, count: wo)
+                        continue
+                    }
+                    let srow = src + ih * w + offW
+                    if owLo > 0 { dst.update(repeating: 0, count: owLo) }
+                    if owHi < wo { (dst + owHi).update(repeating: 0, count: wo - owHi) }
+                    if s == 1 {
+                        (dst + owLo).update(from: srow + owLo, count: owHi - owLo)
+                    } else {
+                        for ow in owLo..<owHi { dst[ow] = srow[ow * s] }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The adjoint of im2col: dx[s, c] = Σ over the k·k rows of channel c of their scattered
+    /// columns. One (sample, channel) plane per task, so no two tasks write the same memory.
+    private func col2im(_ cols: UnsafePointer<Float>, n: Int, h: Int, w: Int, ho: Int, wo: Int,
+                        dx: UnsafeMutablePointer<Float>) {
+        let k = kernel, c = inChannels, s = stride, pad = padding, d = dilation
+        let plane = h * w, pix = ho * wo, np = n * pix
+        parallelFor(n * c) { q in
+            let smp = q / c, ci = q % c
+            let dst = dx + q * plane
+            dst.update(repeating: 0, count: plane)
+            for ki in 0..<k {
+                let offH = ki * d - pad
+                for kj in 0..<k {
+                    let offW = kj * d - pad
+                    let (owLo, owHi) = self.validRange(offset: offW, size: w, outSize: wo)
+                    if owLo >= owHi { continue }
+                    let row = cols + ((ci * k + ki) * k + kj) * np + smp * pix
+                    for oh in 0..<ho {
+                        let ih = oh * s + offH
+                        if ih < 0 || ih >= h { continue }
+                        let src = row + oh * wo, drow = dst + ih * w + offW
+                        if s == 1 {
+                            for ow in owLo..<owHi { drow[ow] += src[ow] }
+                        } else {
+                            for ow in owLo..<owHi { drow[ow * s] += src[ow] }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,60 @@
+import MTLCore
+
+/// y = x·Wᵀ + b, weight [out, in] (PyTorch layout), input [N, F] or [N, F, 1, 1]; output [N, out].
+public final class Linear: HasParameters {
+    public let name: String
+    public let inFeatures: Int, outFeatures: Int
+    public let weight: Parameter
+    public let bias: Parameter?
+    public var parameters: [Parameter] { bias.map { [weight, $0] } ?? [weight] }
+    private let output = Tensor([0])
+    private let inputGrad = Tensor([0])
+    private let empty = Tensor([0])
+    private var input: Tensor?
+
+    /// PyTorch's default init: weight and bias uniform in ±1/sqrt(inFeatures).
+    public init(_ name: String, inFeatures: Int, outFeatures: Int, bias: Bool = true, rng: inout Philox) {
+        self.name = name
+        self.inFeatures = inFeatures
+        self.outFeatures = outFeatures
+        let bound = 1 / Float(inFeatures).squareRoot()
+        weight = Parameter("\(name).weight", uniformTensor([outFeatures, inFeatures], bound: bound, rng: &rng))
+        self.bias = bias ? Parameter("\(name).bias", uniformTensor([outFeatures], bound: bound, rng: &rng)) : nil
+    }
+
+    public func forward(_ x: Tensor) -> Tensor {
+        precondition(x.rank >= 2 && x.count == x.shape[0] * inFeatures,
+                     "\(name): expected input [N, \(inFeatures)] or [N, \(inFeatures), 1, 1], got \(shapeString(x.shape))")
+        input = x
+        let n = x.shape[0]
+        output.resize([n, outFeatures])
+        let y = output.data
+        if let b = bias?.value.data {
+            for i in 0..<n { (y + i * outFeatures).update(from: b, count: outFeatures) }
+        }
+        sgemm(transB: true, m: n, n: outFeatures, k: inFeatures, a: x.data, lda: inFeatures,
+              b: weight.value.data, ldb: inFeatures, beta: bias == nil ? 0 : 1, c: y, ldc: outFeatures)
+        return output
+    }
+
+    /// Accumulates dW += dyᵀ·x, db += Σ dy; returns dx = dy·W in the input's shape.
+    public func backward(_ dy: Tensor, computeInputGrad: Bool = true) -> Tensor {
+        guard let x = input else { preconditionFailure("\(name): backward before forward") }
+        let n = x.shape[0]
+        precondition(dy.count == n * outFeatures, "\(name): dy \(shapeString(dy.shape)) does not match the output [\(n), \(outFeatures)]")
+        sgemm(transA: true, m: outFeatures, n: inFeatures, k: n, a: dy.data, lda: outFeatures,
+              b: x.data, ldb: inFeatures, beta: 1, c: weight.grad.data, ldc: inFeatures)
+        if let db = bias?.grad.data {
+            for o in 0..<outFeatures {
+                var s = 0.0
+                for i in 0..<n { s += Double(dy.data[i * outFeatures + o]) }
+                db[o] += Float(s)
+            }
+        }
+        guard computeInputGrad else { return empty }
+        inputGrad.resize(x.shape)
+        sgemm(m: n, n: inFeatures, k: outFeatures, a: dy.data, lda: outFeatures, b: weight.value.data,
+              ldb: inFeatures, c: inputGrad.data, ldc: inFeatures)
+        return inputGrad
+    }
+}

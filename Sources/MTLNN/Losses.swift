@@ -1,0 +1,274 @@
+import Foundation
+import MTLCore
+
+// Dense-prediction losses. Each forward returns the SUM of the per-element losses over the
+// valid elements and their number; the trainer divides by the count over ALL ranks, so
+// backward(scale:) returns d(scale · sum)/d(prediction) with scale = 1/globalCount (times a
+// task weight). Forward stores what backward needs in a layer-owned tensor, so backward can be
+// called several times (per-task / per-method backprops) and the caller's tensors may change.
+// Partial sums are taken over fixed blocks and added in order: the result does not depend on
+// the number of threads.
+
+/// The sum of per-element losses over the valid elements, and their number.
+public struct LossSum: Equatable {
+    public var sum: Double
+    public var count: Int
+    public init(sum: Double, count: Int) { self.sum = sum; self.count = count }
+    /// sum / count, 0 when nothing is valid.
+    public var mean: Double { count > 0 ? sum / Double(count) : 0 }
+}
+
+/// Softmax cross-entropy over channels. logits [N, C, H, W], target [N, H, W] holding class
+/// indices as Float; pixels whose target equals `ignoreIndex` contribute nothing.
+/// A target outside [0, C) that is not ignoreIndex stops the program (as PyTorch raises):
+/// the data loader is where labels are validated with a proper error.
+public final class CrossEntropyLoss {
+    public let ignoreIndex: Int
+    /// log Σ_c exp(z_c) per pixel, and the target class per pixel (−1 = ignored).
+    private let logSumExp = Tensor([0])
+    private let sumExp = Tensor([0])
+    private let classIndex = Int32Buffer()
+    private var logits: Tensor?
+    private let inputGrad = Tensor([0])
+    private let partials = DoubleBuffer()
+    private var validCount = 0
+
+    public init(ignoreIndex: Int = -1) { self.ignoreIndex = ignoreIndex }
+
+    public func forward(_ logits: Tensor, _ target: Tensor) -> LossSum {
+        precondition(logits.rank == 4, "CrossEntropyLoss: logits must be [N, C, H, W], got \(shapeString(logits.shape))")
+        let n = logits.n, c = logits.c, hw = logits.h * logits.w
+        precondition(c > 0, "CrossEntropyLoss: logits have no channels")
+        precondition(target.count == n * hw && (target.rank == 3 || (target.rank == 4 && target.c == 1)),
+                     "CrossEntropyLoss: target \(shapeString(target.shape)) does not match logits \(shapeString(logits.shape)) (expected [N, H, W])")
+        self.logits = logits
+        logSumExp.resize([n, hw])
+        sumExp.resize([n, hw])
+        classIndex.resize(n * hw)
+        // One task per (sample, block of pixels): channel loops stay contiguous in memory.
+        let blocksPerSample = (hw + elementBlock - 1) / elementBlock
+        partials.resize(2 * n * blocksPerSample)
+        let z = logits.data, t = target.data, lse = logSumExp.data, cls = classIndex.data, part = partials.data
+        let se = sumExp.data
+        let ignore = ignoreIndex, ignoreValue = Float(ignoreIndex)
+        parallelFor(n * blocksPerSample) { task in
+            let s = task / blocksPerSample, lo = (task % blocksPerSample) * elementBlock
+            let hi = min(hw, lo + elementBlock), len = hi - lo
+            let zs = z + s * c * hw + lo, m = lse + s * hw + lo
+            // m = max_c z, then lse = m + log Σ exp(z − m).
+            m.update(from: zs, count: len)
+            for ch in 1..<max(c, 1) {
+                let row = zs + ch * hw
+                for i in 0..<len { m[i] = max(m[i], row[i]) }
+            }
+            let sum = se + s * hw + lo
+            sum.update(repeating: 0, count: len)
+            for ch in 0..<c {
+                let row = zs + ch * hw
+                for i in 0..<len { sum[i] += expf(row[i] - m[i]) }
+            }
+            var loss = 0.0, valid = 0
+            for i in 0..<len {
+                m[i] += logf(sum[i])
+                let label = t[s * hw + lo + i]
+                if label == ignoreValue {
+                    cls[s * hw + lo + i] = -1
+                    continue
+                }
+                precondition(label >= 0 && label < Float(c) && label.rounded(.down) == label,
+                             "CrossEntropyLoss: target \(label) at sample \(s), pixel \(lo + i) is not a class in [0, \(c)) nor ignoreIndex \(ignore)")
+                let k = Int(label)
+                cls[s * hw + lo + i] = Int32(k)
+                loss += Double(m[i] - zs[k * hw + i])
+                valid += 1
+            }
+            part[2 * task] = loss
+            part[2 * task + 1] = Double(valid)
+        }
+        var total = 0.0, count = 0
+        for task in 0..<(n * blocksPerSample) {
+            total += part[2 * task]
+            count += Int(part[2 * task + 1])
+        }
+        validCount = count
+        return LossSum(sum: total, count: count)
+    }
+
+    /// scale · (softmax(z) − onehot(target)) on valid pixels, 0 on ignored ones.
+    public func backward(scale: Float) -> Tensor {
+        guard let logits else { preconditionFailure("CrossEntropyLoss: backward before forward") }
+        let n = logits.n, c = logits.c, hw = logits.h * logits.w
+        inputGrad.resize(logits.shape)
+        let z = logits.data, lse = logSumExp.data, cls = classIndex.data, g = inputGrad.data
+        parallelFor(n * c) { q in
+            let s = q / c, ch = Int32(q % c)
+            let row = z + q * hw, out = g + q * hw, m = lse + s * hw, k = cls + s * hw
+            for i in 0..<hw {
+                if k[i] < 0 { out[i] = 0; continue }
+                let p = expf(row[i] - m[i])
+                out[i] = scale * (k[i] == ch ? p - 1 : p)
+            }
+        }
+        return inputGrad
+    }
+}
+
+/// |pred − target| on pixels with target ≠ 0 (0 marks missing depth). pred, target [N, 1, H, W].
+/// Gradient sign(pred − target), 0 where they are equal (as torch.abs).
+public final class MaskedL1Loss {
+    private let sign = Tensor([0])
+    private let inputGrad = Tensor([0])
+    private let partials = DoubleBuffer()
+    public init() {}
+
+    public func forward(_ pred: Tensor, _ target: Tensor) -> LossSum {
+        precondition(pred.count == target.count, "MaskedL1Loss: pred \(shapeString(pred.shape)) and target \(shapeString(target.shape)) differ")
+        sign.resize(pred.shape)
+        let count = pred.count, blocks = (count + elementBlock - 1) / elementBlock
+        partials.resize(2 * blocks)
+        let p = pred.data, t = target.data, sg = sign.data, part = partials.data
+        parallelFor(blocks) { b in
+            let lo = b * elementBlock, hi = min(count, lo + elementBlock)
+            var loss = 0.0, valid = 0
+            for i in lo..<hi {
+                if t[i] == 0 { sg[i] = 0; continue }
+                let d = p[i] - t[i]
+                loss += Double(abs(d))
+                sg[i] = d > 0 ? 1 : (d < 0 ? -1 : 0)
+                valid += 1
+            }
+            part[2 * b] = loss
+            part[2 * b + 1] = Double(valid)
+        }
+        return sumPartials(part, blocks)
+    }
+
+    public func backward(scale: Float) -> Tensor {
+        inputGrad.resize(sign.shape)
+        let sg = sign.data, g = inputGrad.data
+        parallelBlocks(sign.count) { lo, hi in
+            for i in lo..<hi { g[i] = scale * sg[i] }
+        }
+        return inputGrad
+    }
+}
+
+/// 1 − ⟨pred/‖pred‖, target⟩ per valid pixel, pred and target [N, 3, H, W]; pred is normalised
+/// as F.normalize (divided by max(‖pred‖, 1e-12)); target is used as given; a pixel whose
+/// target is the zero vector is invalid.
+public final class NormalCosineLoss {
+    public static let eps: Float = 1e-12
+    /// d(loss)/d(pred) per element, computed in forward.
+    private let gradient = Tensor([0])
+    private let inputGrad = Tensor([0])
+    private let partials = DoubleBuffer()
+    public init() {}
+
+    public func forward(_ pred: Tensor, _ target: Tensor) -> LossSum {
+        precondition(pred.rank == 4 && pred.c == 3 && target.shape == pred.shape,
+                     "NormalCosineLoss: expected pred and target [N, 3, H, W], got \(shapeString(pred.shape)) and \(shapeString(target.shape))")
+        let n = pred.n, hw = pred.h * pred.w
+        gradient.resize(pred.shape)
+        let blocksPerSample = (hw + elementBlock - 1) / elementBlock
+        partials.resize(2 * n * blocksPerSample)
+        let p = pred.data, t = target.data, gr = gradient.data, part = partials.data
+        parallelFor(n * blocksPerSample) { task in
+            let s = task / blocksPerSample, lo = (task % blocksPerSample) * elementBlock
+            let hi = min(hw, lo + elementBlock)
+            let p0 = p + s * 3 * hw, p1 = p0 + hw, p2 = p1 + hw
+            let t0 = t + s * 3 * hw, t1 = t0 + hw, t2 = t1 + hw
+            let g0 = gr + s * 3 * hw, g1 = g0 + hw, g2 = g1 + hw
+            var loss = 0.0, valid = 0
+            for i in lo..<hi {
+                let a = t0[i], b = t1[i], c = t2[i]
+                if a == 0 && b == 0 && c == 0 { g0[i] = 0; g1[i] = 0; g2[i] = 0; continue }
+                let x = p0[i], y = p1[i], z = p2[i]
+                let norm = (x * x + y * y + z * z).squareRoot()
+                if norm > NormalCosineLoss.eps {
+                    // u = p/‖p‖: d⟨u, t⟩/dp = (t − u⟨u, t⟩)/‖p‖
+                    let inv = 1 / norm
+                    let ux = x * inv, uy = y * inv, uz = z * inv
+                    let cosine = ux * a + uy * b + uz * c
+                    loss += Double(1 - cosine)
+                    g0[i] = -(a - ux * cosine) * inv
+                    g1[i] = -(b - uy * cosine) * inv
+                    g2[i] = -(c - uz * cosine) * inv
+                } else {
+                    // u = p/eps, linear in p
+                    let inv = 1 / NormalCosineLoss.eps
+                    loss += Double(1 - (x * a + y * b + z * c) * inv)
+                    g0[i] = -a * inv; g1[i] = -b * inv; g2[i] = -c * inv
+                }
+                valid += 1
+            }
+            part[2 * task] = loss
+            part[2 * task + 1] = Double(valid)
+        }
+        return sumPartials(part, n * blocksPerSample)
+    }
+
+    public func backward(scale: Float) -> Tensor {
+        inputGrad.resize(gradient.shape)
+        let gr = gradient.data, g = inputGrad.data
+        parallelBlocks(gradient.count) { lo, hi in
+            for i in lo..<hi { g[i] = scale * gr[i] }
+        }
+        return inputGrad
+    }
+}
+
+/// Binary cross-entropy on logits, PyTorch's numerically stable form with pos_weight:
+/// ℓ = (1 − t)·x + (1 + (pw − 1)·t)·(log(1 + e^−|x|) + max(−x, 0)),
+/// dℓ/dx = σ(x)·(1 − t + pw·t) − pw·t. Targets other than 0 or 1 (−1, 255, ...) are ignored.
+public final class BCEWithLogitsLoss {
+    public let posWeight: Float
+    private let gradient = Tensor([0])
+    private let inputGrad = Tensor([0])
+    private let partials = DoubleBuffer()
+    public init(posWeight: Float = 1) { self.posWeight = posWeight }
+
+    public func forward(_ logits: Tensor, _ target: Tensor) -> LossSum {
+        precondition(logits.count == target.count, "BCEWithLogitsLoss: logits \(shapeString(logits.shape)) and target \(shapeString(target.shape)) differ")
+        gradient.resize(logits.shape)
+        let count = logits.count, blocks = (count + elementBlock - 1) / elementBlock
+        partials.resize(2 * blocks)
+        let x = logits.data, t = target.data, gr = gradient.data, part = partials.data, pw = posWeight
+        parallelFor(blocks) { b in
+            let lo = b * elementBlock, hi = min(count, lo + elementBlock)
+            var loss = 0.0, valid = 0
+            for i in lo..<hi {
+                let y = t[i]
+                if y != 0 && y != 1 { gr[i] = 0; continue }
+                let v = x[i]
+                let e = expf(-abs(v))
+                let softplusNeg = log1pf(e) + max(-v, 0)          // −log σ(v)
+                loss += Double((1 - y) * v + (1 + (pw - 1) * y) * softplusNeg)
+                let sigma = v >= 0 ? 1 / (1 + e) : e / (1 + e)
+                gr[i] = sigma * (1 - y + pw * y) - pw * y
+                valid += 1
+            }
+            part[2 * b] = loss
+            part[2 * b + 1] = Double(valid)
+        }
+        return sumPartials(part, blocks)
+    }
+
+    public func backward(scale: Float) -> Tensor {
+        inputGrad.resize(gradient.shape)
+        let gr = gradient.data, g = inputGrad.data
+        parallelBlocks(gradient.count) { lo, hi in
+            for i in lo..<hi { g[i] = scale * gr[i] }
+        }
+        return inputGrad
+    }
+}
+
+/// Adds (loss, count) pairs of the blocks in order.
+func sumPartials(_ part: UnsafeMutablePointer<Double>, _ blocks: Int) -> LossSum {
+    var total = 0.0, count = 0
+    for b in 0..<blocks {
+        total += part[2 * b]
+        count += Int(part[2 * b + 1])
+    }
+    return LossSum(sum: total, count: count)
+}

@@ -1,0 +1,28 @@
+import MTLCore
+
+/// max(x, 0). NaN passes through (as torch.relu). Backward masks dy with output > 0
+/// (gradient 0 at x == 0, as PyTorch's threshold_backward).
+public final class ReLU {
+    private let output = Tensor([0])
+    private let inputGrad = Tensor([0])
+    public init() {}
+
+    public func forward(_ x: Tensor) -> Tensor {
+        output.resize(x.shape)
+        let src = x.data, dst = output.data
+        parallelBlocks(x.count) { lo, hi in
+            for i in lo..<hi { let v = src[i]; dst[i] = v < 0 ? 0 : v }
+        }
+        return output
+    }
+
+    public func backward(_ dy: Tensor) -> Tensor {
+        precondition(dy.shape == output.shape, "ReLU: dy \(shapeString(dy.shape)) does not match the output \(shapeString(output.shape))")
+        inputGrad.resize(dy.shape)
+        let y = output.data, g = dy.data, dx = inputGrad.data
+        parallelBlocks(dy.count) { lo, hi in
+            for i in lo..<hi { dx[i] = y[i] > 0 ? g[i] : 0 }
+        }
+        return inputGrad
+    }
+}

@@ -1,0 +1,95 @@
+import MTLCore
+
+/// Bilinear resize to a given size, align_corners=False, exactly PyTorch's
+/// F.interpolate(x, size=(H, W), mode="bilinear", align_corners=False):
+/// scale = in/out, src = max(scale·(dst + 0.5) − 0.5, 0), i0 = floor(src),
+/// i1 = min(i0 + 1, in − 1), λ1 = src − i0, λ0 = 1 − λ1 (computed in Float, as PyTorch does).
+public final class Upsample {
+    private let output = Tensor([0])
+    private let inputGrad = Tensor([0])
+    private var inputShape: [Int] = []
+    // Per output row / column: the two source indices and their weights.
+    private var rowIndex0: [Int] = [], rowIndex1: [Int] = [], rowWeight0: [Float] = [], rowWeight1: [Float] = []
+    private var colIndex0: [Int] = [], colIndex1: [Int] = [], colWeight0: [Float] = [], colWeight1: [Float] = []
+    private var tableKey = (0, 0, 0, 0)
+
+    public init() {}
+
+    static func table(input: Int, output: Int) -> ([Int], [Int], [Float], [Float]) {
+        let scale = Float(input) / Float(output)
+        var i0 = [Int](repeating: 0, count: output), i1 = i0
+        var w0 = [Float](repeating: 0, count: output), w1 = w0
+        for d in 0..<output {
+            let src = max(scale * (Float(d) + 0.5) - 0.5, 0)
+            let a = min(Int(src), input - 1)
+            i0[d] = a
+            i1[d] = a < input - 1 ? a + 1 : a
+            let l1 = min(max(src - Float(a), 0), 1)
+            w1[d] = l1
+            w0[d] = 1 - l1
+        }
+        return (i0, i1, w0, w1)
+    }
+
+    public func forward(_ x: Tensor, height: Int, width: Int) -> Tensor {
+        precondition(x.rank == 4 && height > 0 && width > 0, "Upsample: expected [N, C, H, W] and a positive size, got \(shapeString(x.shape)) → \(height)x\(width)")
+        inputShape = x.shape
+        let (hi, wi) = (x.h, x.w)
+        if tableKey != (hi, wi, height, width) {
+            (rowIndex0, rowIndex1, rowWeight0, rowWeight1) = Upsample.table(input: hi, output: height)
+            (colIndex0, colIndex1, colWeight0, colWeight1) = Upsample.table(input: wi, output: width)
+            tableKey = (hi, wi, height, width)
+        }
+        output.resize([x.n, x.c, height, width])
+        let src = x.data, dst = output.data
+        rowIndex0.withUnsafeBufferPointer { r0 in rowIndex1.withUnsafeBufferPointer { r1 in
+        rowWeight0.withUnsafeBufferPointer { rw0 in rowWeight1.withUnsafeBufferPointer { rw1 in
+        colIndex0.withUnsafeBufferPointer { c0 in colIndex1.withUnsafeBufferPointer { c1 in
+        colWeight0.withUnsafeBufferPointer { cw0 in colWeight1.withUnsafeBufferPointer { cw1 in
+            parallelFor(x.n * x.c) { q in
+                let plane = src + q * hi * wi, out = dst + q * height * width
+                for oh in 0..<height {
+                    let top = plane + r0[oh] * wi, bottom = plane + r1[oh] * wi
+                    let a0 = rw0[oh], a1 = rw1[oh]
+                    let row = out + oh * width
+                    for ow in 0..<width {
+                        let j0 = c0[ow], j1 = c1[ow], b0 = cw0[ow], b1 = cw1[ow]
+                        row[ow] = a0 * (b0 * top[j0] + b1 * top[j1]) + a1 * (b0 * bottom[j0] + b1 * bottom[j1])
+                    }
+                }
+            }
+        }}}}}}}}
+        return output
+    }
+
+    /// The adjoint: each output gradient is spread back over its four source pixels.
+    public func backward(_ dy: Tensor) -> Tensor {
+        precondition(dy.shape == output.shape, "Upsample: dy \(shapeString(dy.shape)) does not match the output \(shapeString(output.shape))")
+        inputGrad.resize(inputShape)
+        inputGrad.zero()
+        let (hi, wi) = (inputShape[2], inputShape[3]), (height, width) = (dy.h, dy.w)
+        let g = dy.data, dx = inputGrad.data
+        rowIndex0.withUnsafeBufferPointer { r0 in rowIndex1.withUnsafeBufferPointer { r1 in
+        rowWeight0.withUnsafeBufferPointer { rw0 in rowWeight1.withUnsafeBufferPointer { rw1 in
+        colIndex0.withUnsafeBufferPointer { c0 in colIndex1.withUnsafeBufferPointer { c1 in
+        colWeight0.withUnsafeBufferPointer { cw0 in colWeight1.withUnsafeBufferPointer { cw1 in
+            parallelFor(dy.n * dy.c) { q in
+                let plane = dx + q * hi * wi, src = g + q * height * width
+                for oh in 0..<height {
+                    let top = plane + r0[oh] * wi, bottom = plane + r1[oh] * wi
+                    let a0 = rw0[oh], a1 = rw1[oh]
+                    let row = src + oh * width
+                    for ow in 0..<width {
+                        let j0 = c0[ow], j1 = c1[ow], b0 = cw0[ow], b1 = cw1[ow]
+                        let v = row[ow]
+                        top[j0] += a0 * b0 * v
+                        top[j1] += a0 * b1 * v
+                        bottom[j0] += a1 * b0 * v
+                        bottom[j1] += a1 * b1 * v
+                    }
+                }
+            }
+        }}}}}}}}
+        return inputGrad
+    }
+}

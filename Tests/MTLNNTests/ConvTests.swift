@@ -1,0 +1,138 @@
+import XCTest
+import MTLCore
+@testable import MTLNN
+
+/// Direct convolution by its definition (the reference for the im2col/GEMM path).
+func naiveConv(_ x: Tensor, _ conv: Conv2d) -> [Float] {
+    let (n, c, h, w) = (x.n, x.c, x.h, x.w)
+    let (ho, wo) = conv.outputSize(height: h, width: w)
+    let o = conv.outChannels, k = conv.kernel
+    var y = [Float](repeating: 0, count: n * o * ho * wo)
+    for s in 0..<n { for oc in 0..<o { for oh in 0..<ho { for ow in 0..<wo {
+        var acc = Double(conv.bias?.value[oc] ?? 0)
+        for ci in 0..<c { for ki in 0..<k { for kj in 0..<k {
+            let ih = oh * conv.stride - conv.padding + ki * conv.dilation
+            let iw = ow * conv.stride - conv.padding + kj * conv.dilation
+            if ih < 0 || ih >= h || iw < 0 || iw >= w { continue }
+            acc += Double(conv.weight.value[((oc * c + ci) * k + ki) * k + kj]) * Double(x[((s * c + ci) * h + ih) * w + iw])
+        }}}
+        y[((s * o + oc) * ho + oh) * wo + ow] = Float(acc)
+    }}}}
+    return y
+}
+
+final class ConvTests: XCTestCase {
+    struct Config {
+        var n, c, h, w, o, k, stride, pad, dil: Int
+        var bias: Bool
+    }
+
+    let configs: [Config] = [
+        Config(n: 2, c: 3, h: 7, w: 6, o: 4, k: 3, stride: 1, pad: 1, dil: 1, bias: true),
+        Config(n: 2, c: 3, h: 7, w: 9, o: 5, k: 3, stride: 2, pad: 1, dil: 1, bias: false),   // odd sizes, stride 2
+        Config(n: 2, c: 2, h: 9, w: 8, o: 3, k: 3, stride: 1, pad: 2, dil: 2, bias: true),    // dilation 2
+        Config(n: 1, c: 3, h: 8, w: 7, o: 2, k: 3, stride: 1, pad: 3, dil: 3, bias: false),   // dilation 3, N = 1
+        Config(n: 3, c: 2, h: 11, w: 10, o: 3, k: 7, stride: 2, pad: 3, dil: 1, bias: false), // stem-like 7x7/2
+        Config(n: 2, c: 4, h: 5, w: 6, o: 3, k: 1, stride: 1, pad: 0, dil: 1, bias: true),    // 1x1
+        Config(n: 2, c: 4, h: 7, w: 5, o: 3, k: 1, stride: 2, pad: 0, dil: 1, bias: false),   // 1x1 stride 2 (downsample)
+        Config(n: 2, c: 2, h: 6, w: 6, o: 2, k: 2, stride: 2, pad: 0, dil: 1, bias: true),    // even kernel
+        Config(n: 2, c: 2, h: 4, w: 5, o: 3, k: 3, stride: 3, pad: 2, dil: 2, bias: true),    // stride 3, pad ≥ span/2
+    ]
+
+    func makeConv(_ cfg: Config, seed: UInt64) -> Conv2d {
+        var rng = Philox(seed: seed, stream: RNGStream.initialization.rawValue)
+        return Conv2d("conv", inChannels: cfg.c, outChannels: cfg.o, kernel: cfg.k, stride: cfg.stride,
+                      padding: cfg.pad, dilation: cfg.dil, bias: cfg.bias, rng: &rng)
+    }
+
+    /// Forward equals the direct formula, and every gradient equals central differences.
+    func runGradCheck(_ cfg: Config, seed: UInt64) {
+        let conv = makeConv(cfg, seed: seed)
+        var rng = Philox(seed: seed, stream: 99)
+        let x = randomTensor([cfg.n, cfg.c, cfg.h, cfg.w], &rng)
+        let y = conv.forward(x)
+        let label = "\(cfg)"
+        assertClose(y.array, naiveConv(x, conv), tol: 1e-5, "forward \(label)")
+        let r = randomTensor(y.shape, &rng)
+        conv.zeroGrad()
+        let dx = conv.backward(r).array
+        let dw = conv.weight.grad.array, db = conv.bias?.grad.array
+        let f = { functional(conv.forward(x), r) }
+        checkGradient("dx \(label)", x: x, analytic: dx, f)
+        checkGradient("dW \(label)", x: conv.weight.value, analytic: dw, f)
+        if let bias = conv.bias, let db { checkGradient("db \(label)", x: bias.value, analytic: db, f) }
+    }
+
+    func testGradientsBatchedPath() {
+        for (i, cfg) in configs.enumerated() { runGradCheck(cfg, seed: UInt64(10 + i)) }
+    }
+
+    func testPointwisePerSamplePath() {
+        // Both 1x1 strategies (per-sample GEMMs and the gathered batch GEMM) must agree.
+        let saved = Conv2d.pointwisePerSampleMinPixels
+        defer { Conv2d.pointwisePerSampleMinPixels = saved }
+        Conv2d.pointwisePerSampleMinPixels = 1
+        runGradCheck(configs[5], seed: 30)
+        Conv2d.pointwisePerSampleMinPixels = 1 << 30
+        runGradCheck(configs[5], seed: 30)
+    }
+
+    func testBackwardTwiceGivesSameGradients() {
+        for cfg in [configs[0], configs[5]] {
+            let conv = makeConv(cfg, seed: 3)
+            var rng = Philox(seed: 4, stream: 1)
+            let x = randomTensor([cfg.n, cfg.c, cfg.h, cfg.w], &rng)
+            let y = conv.forward(x)
+            let r = randomTensor(y.shape, &rng)
+            conv.zeroGrad()
+            let dx1 = conv.backward(r).array
+            let dw1 = conv.weight.grad.array, db1 = conv.bias!.grad.array
+            conv.zeroGrad()
+            let dx2 = conv.backward(r).array
+            XCTAssertEqual(dx1, dx2)
+            XCTAssertEqual(dw1, conv.weight.grad.array)
+            XCTAssertEqual(db1, conv.bias!.grad.array)
+            // Without zeroing, gradients accumulate: twice the single-call value.
+            _ = conv.backward(r)
+            assertClose(conv.weight.grad.array, dw1.map { 2 * $0 }, tol: 1e-6, "accumulation")
+            // computeInputGrad: false gives the same weight gradient and an empty dx.
+            conv.zeroGrad()
+            let none = conv.backward(r, computeInputGrad: false)
+            XCTAssertEqual(none.count, 0)
+            XCTAssertEqual(dw1, conv.weight.grad.array)
+        }
+    }
+
+    func testReusesBuffersAcrossCalls() {
+        let conv = makeConv(configs[0], seed: 5)
+        var rng = Philox(seed: 6, stream: 1)
+        let x = randomTensor([2, 3, 7, 6], &rng)
+        let y1 = conv.forward(x)
+        let p1 = y1.data
+        let y2 = conv.forward(x)
+        XCTAssertTrue(y1 === y2)
+        XCTAssertEqual(p1, y2.data, "output storage reallocated on the second call")
+    }
+
+    func testInitialisationMatchesPyTorchBounds() {
+        var rng = Philox(seed: 7, stream: RNGStream.initialization.rawValue)
+        let conv = Conv2d("layer1.0.conv1", inChannels: 16, outChannels: 32, kernel: 3, bias: true, rng: &rng)
+        XCTAssertEqual(conv.weight.name, "layer1.0.conv1.weight")
+        XCTAssertEqual(conv.bias?.name, "layer1.0.conv1.bias")
+        XCTAssertEqual(conv.weight.value.shape, [32, 16, 3, 3])
+        let bound = 1 / Float(16 * 9).squareRoot()
+        let w = conv.weight.value.array
+        XCTAssertLessThanOrEqual(w.map { abs($0) }.max()!, bound)
+        XCTAssertGreaterThan(w.map { abs($0) }.max()!, 0.95 * bound)
+        let mean = w.reduce(0, +) / Float(w.count)
+        XCTAssertLessThan(abs(mean), 0.05 * bound)
+        // Variance of U(-b, b) is b²/3.
+        let variance = w.map { $0 * $0 }.reduce(0, +) / Float(w.count)
+        XCTAssertEqual(variance, bound * bound / 3, accuracy: 0.1 * bound * bound / 3)
+        XCTAssertLessThanOrEqual(conv.bias!.value.array.map { abs($0) }.max()!, bound)
+        // Same seed, same weights.
+        var rng2 = Philox(seed: 7, stream: RNGStream.initialization.rawValue)
+        let again = Conv2d("x", inChannels: 16, outChannels: 32, kernel: 3, bias: true, rng: &rng2)
+        XCTAssertEqual(again.weight.value.array, w)
+    }
+}
