@@ -1,0 +1,172 @@
+import Foundation
+import MTLCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Checkpoints: `<run>/checkpoints/step-00001234.h5`, one HDF5 file per save, plus a file
+/// `latest` holding the newest file's name.
+///
+/// Layout (flat, readable with h5py): every tensor is a float32 dataset at the file ROOT
+/// named exactly as given — PyTorch state_dict names such as `encoder.layer1.0.conv1.weight`
+/// (HDF5 only treats '/' specially, so the dots are kept), optimizer state as
+/// `optim.exp_avg.<param>` etc. Root attributes: `format` = "mtl-checkpoint" and `meta` = a
+/// JSON object of strings (step, RNG keys and anything else the trainer stores; integers as
+/// decimal strings so 64-bit values survive). In Python:
+///
+///     with h5py.File(p) as f: state = {k: torch.from_numpy(f[k][()]) for k in f}
+///                             meta = json.loads(f.attrs["meta"])
+///
+/// Saving is atomic: write `step-N.h5.tmp`, flush and close, fsync the file, rename, fsync
+/// the directory, then replace `latest` the same way, and only then delete old files, so a
+/// crash at any point leaves the previous checkpoint and a `latest` that names a complete file.
+public struct CheckpointStore {
+    public let directory: String
+
+    public init(directory: String) {
+        self.directory = directory
+    }
+
+    public static func fileName(step: Int) -> String { String(format: "step-%08d.h5", step) }
+
+    /// Writes the checkpoint for `step` and returns its path; keeps the newest `keep` files
+    /// (keep ≤ 0: keep all). Tensor names must be unique and free of '/'.
+    @discardableResult
+    public func save(step: Int, tensors: [(String, Tensor)], meta: [String: String], keep: Int) throws -> String {
+        var seen = Set<String>()
+        for (name, _) in tensors {
+            if name.isEmpty || name.contains("/") || name == "." {
+                throw MTLError("checkpoint: tensor name '\(name)' is not a valid flat dataset name (empty or contains '/')")
+            }
+            if !seen.insert(name).inserted { throw MTLError("checkpoint: duplicate tensor name '\(name)'") }
+        }
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        } catch {
+            throw MTLError("\(directory): cannot create the checkpoint directory (\(error.localizedDescription))")
+        }
+        let name = CheckpointStore.fileName(step: step)
+        let path = directory + "/" + name, tmp = path + ".tmp"
+        var meta = meta
+        if meta["step"] == nil { meta["step"] = String(step) }
+        let metaJSON = String(data: try JSONSerialization.data(withJSONObject: meta, options: [.sortedKeys]), encoding: .utf8)!
+
+        unlink(tmp)   // a leftover from a crash during an earlier save
+        do {
+            let f = try H5File.create(tmp)
+            do {
+                for (n, t) in tensors { try f.write(n, t) }
+                try f.setAttribute("/", "format", "mtl-checkpoint")
+                try f.setAttribute("/", "meta", metaJSON)
+                f.flush()
+            } catch {
+                f.close()
+                throw error
+            }
+            f.close()
+            try fsyncPath(tmp)
+            if rename(tmp, path) != 0 { throw MTLError("\(path): cannot rename \(tmp) into place (errno \(errno))") }
+            try fsyncPath(directory)
+        } catch {
+            unlink(tmp)
+            throw error
+        }
+        try writeAtomically(directory + "/latest", name + "\n")
+        if keep > 0 {
+            let all = list()
+            var excess = all.count - keep
+            for (_, old) in all where excess > 0 && old != path {   // oldest first; never the one just written
+                unlink(old)
+                excess -= 1
+            }
+        }
+        return path
+    }
+
+    /// Checkpoint files in the directory, oldest (lowest step) first.
+    public func list() -> [(step: Int, path: String)] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+        return names.compactMap { n -> (Int, String)? in
+            guard n.hasPrefix("step-"), n.hasSuffix(".h5"), let s = Int(n.dropFirst(5).dropLast(3)) else { return nil }
+            return (s, directory + "/" + n)
+        }.sorted { $0.0 < $1.0 }
+    }
+
+    /// The full path named by `latest`, or nil if there is none or the file is missing.
+    public func latest() -> String? {
+        guard let data = FileManager.default.contents(atPath: directory + "/latest"),
+              let text = String(data: data, encoding: .utf8) else { return nil }
+        let name = text.trimmingCharacters(in: .whitespacesAndNewlines)
+        if name.isEmpty || name.contains("/") { return nil }
+        let path = directory + "/" + name
+        return FileManager.default.fileExists(atPath: path) ? path : nil
+    }
+
+    /// Reads every dataset (as float32, nested groups joined with '/') and the `meta` attribute
+    /// (empty when absent, e.g. a pretrained-weights file from tools/torch_to_h5.py).
+    public static func load(_ path: String) throws -> (tensors: [String: Tensor], meta: [String: String]) {
+        let f = try H5File.open(path)
+        defer { f.close() }
+        var tensors: [String: Tensor] = [:]
+        func walk(_ group: String) throws {
+            for child in try f.children(group) {
+                let full = group == "/" ? child : group + "/" + child
+                if f.isGroup(full) { try walk(full); continue }
+                switch try f.typeClass(full) {
+                case .string, .other:
+                    throw MTLError("\(path): dataset \(full): expected a numeric tensor, found \(try f.typeClass(full).rawValue)")
+                default:
+                    let t = Tensor([0])
+                    try f.read(full, into: t)
+                    tensors[full] = t
+                }
+            }
+        }
+        try walk("/")
+        var meta: [String: String] = [:]
+        if let text = f.stringAttribute("/", "meta") {
+            guard let obj = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] else {
+                throw MTLError("\(path): attribute 'meta': expected a JSON object, found \(text.prefix(60))")
+            }
+            for (k, v) in obj { meta[k] = (v as? String) ?? "\(v)" }
+        }
+        return (tensors, meta)
+    }
+}
+
+// MARK: - durable file operations
+
+/// fsync a file or directory by path (a directory fsync makes a rename inside it durable).
+func fsyncPath(_ path: String) throws {
+    let fd = open(path, O_RDONLY)
+    if fd < 0 { throw MTLError("\(path): cannot open for fsync (errno \(errno))") }
+    defer { close(fd) }
+    if fsync(fd) != 0 { throw MTLError("\(path): fsync failed (errno \(errno))") }
+}
+
+/// Writes `path` via `path.tmp` + fsync + rename + fsync(dir): readers see the old or the new
+/// contents, never a partial file.
+func writeAtomically(_ path: String, _ contents: String) throws {
+    let tmp = path + ".tmp"
+    let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+    if fd < 0 { throw MTLError("\(tmp): cannot create (errno \(errno))") }
+    let bytes = Array(contents.utf8)
+    var written = 0
+    while written < bytes.count {
+        let n = bytes[written...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        if n <= 0 {
+            close(fd)
+            unlink(tmp)
+            throw MTLError("\(tmp): write failed (errno \(errno))")
+        }
+        written += n
+    }
+    let synced = fsync(fd) == 0
+    close(fd)
+    if !synced || rename(tmp, path) != 0 {
+        unlink(tmp)
+        throw MTLError("\(path): cannot replace atomically (errno \(errno))")
+    }
+    let dir = (path as NSString).deletingLastPathComponent
+    try fsyncPath(dir.isEmpty ? "." : dir)
+}
