@@ -1,0 +1,125 @@
+import MTLCore
+import MTLNN
+
+/// A task head: shared features z [B, C, h, w] → prediction [B, outChannels, H, W] at input resolution.
+/// backward returns ∂L/∂z for this task only (a tensor the head owns; copy it if you keep it).
+public protocol TaskHead: HasParameters {
+    var outChannels: Int { get }
+    var batchNorms: [BatchNorm2d] { get }
+    func forward(_ z: Tensor, height: Int, width: Int) -> Tensor
+    func backward(_ dPred: Tensor) -> Tensor
+}
+
+/// conv → BN → ReLU, the unit ASPP is built from (torchvision names `<p>.0`, `<p>.1`).
+final class ConvBNReLU {
+    let conv: Conv2d, bn: BatchNorm2d, relu = ReLU()
+    init(_ prefix: String, inChannels: Int, outChannels: Int, kernel: Int, dilation: Int = 1,
+         convIndex: Int = 0, rng: inout Philox) {
+        conv = Conv2d("\(prefix).\(convIndex)", inChannels: inChannels, outChannels: outChannels, kernel: kernel,
+                      padding: kernel == 3 ? dilation : 0, dilation: dilation, rng: &rng)
+        bn = BatchNorm2d("\(prefix).\(convIndex + 1)", channels: outChannels)
+    }
+    var parameters: [Parameter] { conv.parameters + bn.parameters }
+    func forward(_ x: Tensor) -> Tensor { relu.forward(bn.forward(MTLModels.conv(conv, x))) }
+    func backward(_ dy: Tensor) -> Tensor { conv.backward(bn.backward(relu.backward(dy))) }
+}
+
+/// DeepLabV3 head as in torchvision's `DeepLabHead` (used by LibMTL/MTAN for NYUv2):
+/// ASPP(1×1, three atrous 3×3, image pooling) → concat → 1×1 projection → 3×3 conv-BN-ReLU → 1×1 classifier,
+/// then bilinear upsampling (align_corners=False) to the input size.
+/// Names follow torchvision: `0.convs.{0..4}`, `0.project.{0,1}`, `1`, `2`, `4` under `prefix`.
+/// Difference from torchvision: the projection's Dropout(0.5) is not applied (deterministic steps).
+public final class DeepLabHead: TaskHead {
+    let branches: [ConvBNReLU]              // 1×1 and three atrous 3×3
+    let poolGAP = GlobalAvgPool()
+    let poolBranch: ConvBNReLU             // names `0.convs.4.1` / `0.convs.4.2` (index 0 is the pooling op)
+    let poolUp = Upsample()
+    let concat = Concat()
+    let project: ConvBNReLU
+    let conv3: ConvBNReLU                  // names `1` (conv) and `2` (BN)
+    let classifier: Conv2d                 // name `4`
+    let upsample = Upsample()
+    public let outChannels: Int
+    private let dz = Tensor([0])
+
+    public init(_ prefix: String, inChannels: Int, outChannels: Int, channels: Int = 256,
+                rates: [Int] = [12, 24, 36], rng: inout Philox) {
+        let p = "\(prefix).0"
+        var b: [ConvBNReLU] = [ConvBNReLU("\(p).convs.0", inChannels: inChannels, outChannels: channels, kernel: 1, rng: &rng)]
+        for (i, r) in rates.enumerated() {
+            b.append(ConvBNReLU("\(p).convs.\(i + 1)", inChannels: inChannels, outChannels: channels, kernel: 3,
+                                dilation: r, rng: &rng))
+        }
+        branches = b
+        poolBranch = ConvBNReLU("\(p).convs.\(rates.count + 1)", inChannels: inChannels, outChannels: channels,
+                                kernel: 1, convIndex: 1, rng: &rng)
+        project = ConvBNReLU("\(p).project", inChannels: channels * (rates.count + 2), outChannels: channels,
+                             kernel: 1, rng: &rng)
+        conv3 = ConvBNReLU(prefix, inChannels: channels, outChannels: channels, kernel: 3, convIndex: 1, rng: &rng)
+        classifier = Conv2d("\(prefix).4", inChannels: channels, outChannels: outChannels, kernel: 1, bias: true, rng: &rng)
+        self.outChannels = outChannels
+    }
+
+    public var parameters: [Parameter] {
+        branches.flatMap { $0.parameters } + poolBranch.parameters + project.parameters + conv3.parameters
+            + classifier.parameters
+    }
+    public var batchNorms: [BatchNorm2d] { branches.map { $0.bn } + [poolBranch.bn, project.bn, conv3.bn] }
+    public var buffers: [Buffer] { batchNorms.flatMap { $0.buffers } }
+
+    public func forward(_ z: Tensor, height: Int, width: Int) -> Tensor {
+        var outs = branches.map { $0.forward(z) }
+        let pooled = poolBranch.forward(poolGAP.forward(z))
+        outs.append(poolUp.forward(pooled, height: z.h, width: z.w))
+        let y = conv3.forward(project.forward(concat.forward(outs)))
+        return upsample.forward(conv(classifier, y), height: height, width: width)
+    }
+
+    public func backward(_ dPred: Tensor) -> Tensor {
+        let dy = conv3.backward(classifier.backward(upsample.backward(dPred)))
+        let parts = concat.backward(project.backward(dy))
+        dz.copy(from: branches[0].backward(parts[0]))
+        for i in 1..<branches.count { dz.add(branches[i].backward(parts[i])) }
+        let dPooled = poolBranch.backward(poolUp.backward(parts[branches.count]))
+        dz.add(poolGAP.backward(dPooled))
+        return dz
+    }
+}
+
+/// The light head of `../shared/bench/torch_ref.py`: three parallel 3×3 convs (C → 64, dilation 1/6/12,
+/// bias, ReLU) summed, a 1×1 conv to the task's channels, bilinear upsampling to the input size.
+/// Names: `branches.{0,1,2}.weight/bias`, `out.weight/bias`.
+public final class BenchHead: TaskHead {
+    let branches: [Conv2d]
+    let relus = [ReLU(), ReLU(), ReLU()]
+    let out: Conv2d
+    let upsample = Upsample()
+    public let outChannels: Int
+    private let sum = Tensor([0])
+    private let dz = Tensor([0])
+
+    public init(_ prefix: String, inChannels: Int, outChannels: Int, channels: Int = 64, rng: inout Philox) {
+        branches = [1, 6, 12].enumerated().map { i, d in
+            Conv2d("\(prefix).branches.\(i)", inChannels: inChannels, outChannels: channels, kernel: 3,
+                   padding: d, dilation: d, bias: true, rng: &rng)
+        }
+        out = Conv2d("\(prefix).out", inChannels: channels, outChannels: outChannels, kernel: 1, bias: true, rng: &rng)
+        self.outChannels = outChannels
+    }
+
+    public var parameters: [Parameter] { branches.flatMap { $0.parameters } + out.parameters }
+    public var batchNorms: [BatchNorm2d] { [] }
+
+    public func forward(_ z: Tensor, height: Int, width: Int) -> Tensor {
+        sum.copy(from: relus[0].forward(conv(branches[0], z)))
+        for i in 1..<3 { sum.add(relus[i].forward(conv(branches[i], z))) }
+        return upsample.forward(conv(out, sum), height: height, width: width)
+    }
+
+    public func backward(_ dPred: Tensor) -> Tensor {
+        let dsum = out.backward(upsample.backward(dPred))
+        dz.copy(from: branches[0].backward(relus[0].backward(dsum)))
+        for i in 1..<3 { dz.add(branches[i].backward(relus[i].backward(dsum))) }
+        return dz
+    }
+}
