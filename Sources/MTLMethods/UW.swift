@@ -1,0 +1,67 @@
+import Foundation
+import MTLCore
+
+/// The learned log-variances s_t = log σ_t² of uncertainty weighting, shared by UW and IAL.
+/// Loss Σ_t [0.5 e^{-s_t} L_t + 0.5 s_t]; ∂/∂s_t = 0.5 − 0.5 e^{-s_t} L_t depends on task t's
+/// own loss only. The s_t are trained here with their own Adam (nash-mtl style, lr 0.025)
+/// from the GLOBAL losses, so every rank holds the same s and nothing rides the all-reduce.
+struct Uncertainty {
+    var s: [Double]
+    var adam: ScalarAdam
+
+    init(count: Int, initial: Double, lr: Double) {
+        s = [Double](repeating: initial, count: count)
+        adam = ScalarAdam(lr: lr, count: count)
+    }
+
+    /// The effective loss weights 0.5 e^{-s_t}.
+    var weights: [Double] { s.map { 0.5 * exp(-$0) } }
+    /// σ_t = e^{s_t / 2}.
+    var sigmas: [Double] { s.map { exp(0.5 * $0) } }
+
+    /// One Adam step on s from this step's losses. Called AFTER the step's weights were taken:
+    /// in autograd terms the weights use s_k and the optimizer then moves s_k → s_{k+1}.
+    mutating func update(losses: [Double]) {
+        let grad = (0..<s.count).map { 0.5 - 0.5 * exp(-s[$0]) * losses[$0] }
+        adam.step(&s, grad: grad)
+    }
+
+    var state: [String: [Double]] { ["s": s].merging(adam.state("adam")) { a, _ in a } }
+    static let keys = ["s"] + ScalarAdam.keys("adam")
+
+    mutating func load(_ state: [String: [Double]], method: String) throws {
+        s = try stateArray(state, method, "s", count: s.count)
+        try adam.load(state, "adam", method: method)
+    }
+}
+
+/// UW (Kendall et al., METHODS.md §2): loss weights 0.5 e^{-s_t} for decoders and encoder.
+/// Keys: lr (0.025), init (s_0 = 0).
+final class UW: MultiTaskMethod {
+    let name = "uw"
+    let needsGram = false
+    let needsGradients = false
+    let tasks: TaskSet
+    var uncertainty: Uncertainty
+
+    init(_ tasks: TaskSet, _ p: inout MethodParams) throws {
+        self.tasks = tasks
+        let lr = try p.double("lr", 0.025, min: 0)
+        let s0 = try p.double("init", 0)
+        uncertainty = Uncertainty(count: tasks.count, initial: s0, lr: lr)
+    }
+
+    func apply(_ ctx: MethodContext) throws -> MethodResult {
+        try check(ctx, name, tasks)
+        let w = uncertainty.weights
+        let logs = taskLogs("w", w, tasks.names) + taskLogs("sigma", uncertainty.sigmas, tasks.names)
+        uncertainty.update(losses: ctx.losses)
+        return MethodResult(encoderCoefficients: w, decoderWeights: w, logs: logs)
+    }
+
+    func stateValues() -> [String: [Double]] { uncertainty.state }
+    func loadState(_ state: [String: [Double]]) throws {
+        try checkStateKeys(state, name, Uncertainty.keys)
+        try uncertainty.load(state, method: name)
+    }
+}
