@@ -64,6 +64,48 @@ final class H5RawReader {
 
     deinit { H5Fclose(fid) }
 
+    /// Creates (truncates) a file holding the given empty groups, created without modification
+    /// times: MTLCore's `H5File.createGroup` uses the default group creation properties, which
+    /// record the time, so two otherwise identical files would differ in those bytes.
+    /// `strings` are 1-D variable-length UTF-8 string datasets (like `ids`) written the same way,
+    /// for the same reason (MTLCore's `writeStrings` uses the default dataset properties).
+    static func createFile(_ path: String, groups: [String], strings: [(String, [String])] = []) throws {
+        mtl_h5_silence()
+        let f = H5Fcreate(path, mtl_h5f_acc_trunc(), mtl_h5p_default(), mtl_h5p_default())
+        if f < 0 { throw MTLError("\(path): cannot create HDF5 file") }
+        defer { H5Fclose(f) }
+        H5open()  // initialises the property-list class ids read below (the H5P_GROUP_CREATE macro does the same)
+        let gcpl = H5Pcreate(H5P_CLS_GROUP_CREATE_ID_g)
+        defer { H5Pclose(gcpl) }
+        H5Pset_obj_track_times(gcpl, false)
+        for g in groups {
+            let id = H5Gcreate2(f, g, mtl_h5p_default(), gcpl, mtl_h5p_default())
+            if id < 0 { throw MTLError("\(path): cannot create group \(g)") }
+            H5Gclose(id)
+        }
+        let dcpl = H5Pcreate(mtl_h5p_dataset_create())
+        defer { H5Pclose(dcpl) }
+        H5Pset_obj_track_times(dcpl, false)
+        let type = H5Tcopy(mtl_c_s1())
+        H5Tset_size(type, mtl_h5t_variable())
+        H5Tset_cset(type, H5T_CSET_UTF8)
+        defer { H5Tclose(type) }
+        for (name, values) in strings {
+            var dims = [hsize_t(values.count)]
+            let space = H5Screate_simple(1, &dims, nil)
+            defer { H5Sclose(space) }
+            let d = H5Dcreate2(f, name, type, space, mtl_h5p_default(), dcpl, mtl_h5p_default())
+            if d < 0 { throw MTLError("\(path): cannot create string dataset \(name)") }
+            defer { H5Dclose(d) }
+            let copies = values.map { strdup($0) }
+            defer { copies.forEach { free($0) } }
+            var pointers: [UnsafePointer<CChar>?] = copies.map { UnsafePointer($0) }
+            if !values.isEmpty, H5Dwrite(d, type, mtl_h5s_all(), mtl_h5s_all(), mtl_h5p_default(), &pointers) < 0 {
+                throw MTLError("\(path): cannot write string dataset \(name)")
+            }
+        }
+    }
+
     /// All attributes of the object at `objectPath` ("/" for the root), by name.
     func attributes(_ objectPath: String) -> [String: H5AttributeValue] {
         let o = H5Oopen(fid, objectPath, mtl_h5p_default())

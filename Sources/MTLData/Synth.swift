@@ -28,7 +28,11 @@ public enum Synth {
     public static func write(to path: String, options o: SynthOptions, progress: ((String) -> Void)? = nil) throws {
         try validate(o)
         let tmp = path + ".tmp"
-        let file = try H5File.create(tmp)
+        let splits = o.valSamples > 0 ? [("train", o.samples), ("val", o.valSamples)] : [("train", o.samples)]
+        try H5RawReader.createFile(tmp, groups: splits.map { "/" + $0.0 }, strings: splits.map { name, n in
+            ("/\(name)/ids", (0..<n).map { String(format: "synth-%@-%06d", name, $0) })
+        })
+        let file = try H5File.open(tmp, readOnly: false)
         var closed = false
         defer {
             if !closed {
@@ -139,7 +143,6 @@ public enum Synth {
                 progress("\(name): \(i + 1)/\(n) samples")
             }
         }
-        try file.writeStrings(group + "/ids", (0..<n).map { String(format: "synth-%@-%06d", name, $0) })
 
         let classNames = (0..<o.numClasses).map(SynthScene.className)
         if want.contains("seg") {

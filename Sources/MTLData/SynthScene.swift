@@ -106,7 +106,7 @@ struct SynthScene {
         let camHeight = uniform(1.1, 1.6)
         let roomHeight = uniform(2.5, 3.2)
         let back = uniform(4.0, 7.5), left = uniform(1.4, 3.0), right = uniform(1.4, 3.0)
-        let yaw = uniform(-20, 20) * deg, pitch = uniform(-5, 18) * deg, roll = uniform(-3, 3) * deg
+        let yaw = uniform(-20, 20) * deg, pitch = uniform(3, 20) * deg, roll = uniform(-3, 3) * deg
 
         let forward = Vec3(sin(yaw) * cos(pitch), sin(pitch), cos(yaw) * cos(pitch))
         let flatRight = Vec3(cos(yaw), 0, -sin(yaw))
@@ -132,15 +132,17 @@ struct SynthScene {
         ]
         self.planes = planes
 
-        // 1–4 boxes on the floor, each of a random object class, at least 1.6 m in front.
+        // 1–4 boxes on the floor, each of a random object class, at least 1.6 m in front and
+        // biased towards the camera (u² below) so that objects are not just specks on the back wall.
         let objectClasses = max(1, numClasses - Int(RoomClass.firstObject))
         let boxCount = 1 + rng.int(below: 4)
         var boxes: [Box] = []
         for j in 0..<boxCount {
-            let half = [uniform(0.2, 0.6), uniform(0.2, 0.75), uniform(0.2, 0.5)]
+            let half = [uniform(0.25, 0.6), uniform(0.25, 0.75), uniform(0.2, 0.5)]
             let footprint = (half[0] * half[0] + half[2] * half[2]).squareRoot()
             let cx = uniform(-left + footprint, right - footprint)
-            let cz = uniform(1.6 + footprint, back - footprint)
+            let near = Double(rng.uniform())
+            let cz = 1.6 + footprint + (back - 1.6 - 2 * footprint) * near * near
             let centre = Vec3(cx, camHeight - half[1], cz)
             let theta = uniform(-45, 45) * deg
             let worldAxes = [Vec3(cos(theta), 0, -sin(theta)), Vec3(0, 1, 0), Vec3(sin(theta), 0, cos(theta))]
@@ -165,7 +167,7 @@ struct SynthScene {
             default:
                 let k = c - 3
                 a = Appearance(base: SynthScene.basePalette[k % 8], pattern: Pattern(rawValue: k % 5)!,
-                               period: (0.07 + 0.05 * Double((k / 5) % 3)) * uniform(0.8, 1.25),
+                               period: (0.14 + 0.08 * Double((k / 5) % 3)) * uniform(0.8, 1.25),
                                contrast: uniform(0.3, 0.55), phase: uniform(0, 2 * Double.pi))
             }
             let jitter = 0.12
@@ -176,9 +178,10 @@ struct SynthScene {
         }
         self.appearance = appearance
 
-        // A directional light from above (world y is down), in camera coordinates.
-        light = rotation.apply(Vec3(uniform(-0.6, 0.6), -1, uniform(-0.6, 0.3)).normalized)
-        ambient = uniform(0.3, 0.5)
+        // A directional light from above and from the camera's side of the room (world y is down,
+        // z forward), so that floor, walls and box faces all get distinct shading; camera coordinates.
+        light = rotation.apply(Vec3(uniform(-0.7, 0.7), -1, uniform(-1.0, -0.1)).normalized)
+        ambient = uniform(0.35, 0.55)
         whiteBalance = (uniform(0.85, 1.15), uniform(0.85, 1.15), uniform(0.85, 1.15))
         noiseSigma = uniform(1, 3) / 255
         textureSeed = rng.nextUInt32()
@@ -313,7 +316,7 @@ final class SynthRenderer {
         let pattern = patternValue(look, s: texS, t: texT, seed: scene.textureSeed &+ UInt32(cls))
         let albedo = 1 - look.contrast * pattern
         let lambert = max(0, normal.dot(scene.light))
-        let shade = (scene.ambient + (1 - scene.ambient) * lambert) * (1.1 - 0.04 * best) * albedo
+        let shade = (scene.ambient + (1 - scene.ambient) * lambert) * (1.2 - 0.04 * best) * albedo
         for c in 0..<3 {
             let channel = c == 0 ? look.base.0 * scene.whiteBalance.0
                 : (c == 1 ? look.base.1 * scene.whiteBalance.1 : look.base.2 * scene.whiteBalance.2)
