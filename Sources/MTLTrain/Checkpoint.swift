@@ -51,7 +51,11 @@ public struct CheckpointStore {
         if meta["step"] == nil { meta["step"] = String(step) }
         let metaJSON = String(data: try JSONSerialization.data(withJSONObject: meta, options: [.sortedKeys]), encoding: .utf8)!
 
-        unlink(tmp)   // a leftover from a crash during an earlier save
+        // Leftovers of saves that crashed half-way (only rank 0 ever writes here).
+        for n in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+        where n.hasPrefix("step-") && n.hasSuffix(".h5.tmp") {
+            unlink(directory + "/" + n)
+        }
         do {
             let f = try H5File.create(tmp)
             do {

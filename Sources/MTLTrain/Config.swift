@@ -213,6 +213,14 @@ public struct Config: Equatable {
     /// The nearest valid key to an unknown dotted key: edit distance between the last
     /// components, plus one when the parent differs (so `train.lr` → `optim.lr`).
     static func suggest(_ path: [String]) -> String {
+        // A misspelt task name: suggest the nearest task, keeping a valid task key after it.
+        if path.count >= 2, path[0] == "tasks", !TaskConfig.names.contains(path[1]) {
+            let best = TaskConfig.names.min { editDistance(path[1], $0) < editDistance(path[1], $1) }!
+            let rest = path.count == 3 && taskKeys.contains(path[2]) ? [path[2]] : []
+            return (["tasks", best] + rest).joined(separator: ".")
+        }
+        // Too deep under method: parameters are method.<name>.<key>.
+        if path.count > 3, path[0] == "method" { return path.prefix(3).joined(separator: ".") }
         var candidates: [[String]] = []
         for (s, keys) in sections {
             candidates.append([s])
@@ -224,10 +232,18 @@ public struct Config: Equatable {
         let leaf = path.last!, parent = Array(path.dropLast())
         var best = candidates[0], bestScore = Int.max
         for c in candidates {
-            let score = editDistance(leaf, c.last!) + (Array(c.dropLast()) == parent ? 0 : 1)
+            let score = keyDistance(leaf, c.last!) + (Array(c.dropLast()) == parent ? 0 : 1)
             if score < bestScore { best = c; bestScore = score }
         }
         return best.joined(separator: ".")
+    }
+
+    /// Edit distance, except that a key contained in the other (`warmup` in `warmup_steps`)
+    /// counts as one edit away: shortened names are the commonest misspelling.
+    static func keyDistance(_ a: String, _ b: String) -> Int {
+        let d = editDistance(a, b)
+        if (a.count >= 3 && b.contains(a)) || (b.count >= 3 && a.contains(b)) { return min(d, 1) }
+        return d
     }
 
     static func editDistance(_ a: String, _ b: String) -> Int {
