@@ -53,7 +53,7 @@ public final class Concat {
     public func backward(_ dy: Tensor) -> [Tensor] {
         let total = channelCounts.reduce(0, +)
         precondition(dy.rank == 4 && dy.c == total, "Concat: dy \(shapeString(dy.shape)) does not match the output \(shapeString(output.shape))")
-        while inputGrads.count < channelCounts.count { inputGrads.append(Tensor([0])) }
+        if inputGrads.count != channelCounts.count { inputGrads = channelCounts.map { _ in Tensor([0]) } }
         let n = dy.n, hw = dy.h * dy.w, src = dy.data
         var offset = 0
         for (i, c) in channelCounts.enumerated() {
@@ -65,6 +65,6 @@ public final class Concat {
             }
             offset += c
         }
-        return Array(inputGrads.prefix(channelCounts.count))
+        return inputGrads
     }
 }

@@ -30,10 +30,11 @@ public final class Conv2d: HasParameters {
     public var parameters: [Parameter] { bias.map { [weight, $0] } ?? [weight] }
     /// Scratch matrices (shared by all convolutions unless replaced).
     public var workspace = ConvWorkspace.shared
-    /// 1×1 convolutions use one GEMM per sample (no copies at all) when a sample has at least
-    /// this many pixels; below it the per-sample GEMMs get too thin and the batch is gathered
-    /// into one GEMM instead.
-    public static var pointwisePerSampleMinPixels = 1024
+    /// 1×1 stride-1 convolutions use one GEMM per sample straight on the NCHW planes (no copies)
+    /// when a sample has at least this many pixels; below it the per-sample GEMMs get too thin
+    /// and the batch is gathered into one GEMM. Measured with OpenBLAS on 1–2 threads: per-sample
+    /// was faster from 8×8 pixels (64) up, by 5–30%.
+    public static var pointwisePerSampleMinPixels = 64
 
     private let output = Tensor([0])
     private let inputGrad = Tensor([0])
@@ -221,8 +222,14 @@ public final class Conv2d: HasParameters {
                     if owHi < wo { (dst + owHi).update(repeating: 0, count: wo - owHi) }
                     if s == 1 {
                         (dst + owLo).update(from: srow + owLo, count: owHi - owLo)
+                    } else if s == 2 {
+                        // A constant stride and wrapping index arithmetic make this a tight gather
+                        // loop (2–3× faster than the generic one in the 7×7/2 stem).
+                        var ow = owLo
+                        while ow < owHi { dst[ow] = srow[ow &* 2]; ow &+= 1 }
                     } else {
-                        for ow in owLo..<owHi { dst[ow] = srow[ow * s] }
+                        var ow = owLo
+                        while ow < owHi { dst[ow] = srow[ow &* s]; ow &+= 1 }
                     }
                 }
             }
@@ -251,9 +258,14 @@ public final class Conv2d: HasParameters {
                         if ih < 0 || ih >= h { continue }
                         let src = row + oh * wo, drow = dst + ih * w + offW
                         if s == 1 {
-                            for ow in owLo..<owHi { drow[ow] += src[ow] }
+                            var ow = owLo
+                            while ow < owHi { drow[ow] += src[ow]; ow &+= 1 }
+                        } else if s == 2 {
+                            var ow = owLo
+                            while ow < owHi { drow[ow &* 2] += src[ow]; ow &+= 1 }
                         } else {
-                            for ow in owLo..<owHi { drow[ow * s] += src[ow] }
+                            var ow = owLo
+                            while ow < owHi { drow[ow &* s] += src[ow]; ow &+= 1 }
                         }
                     }
                 }
