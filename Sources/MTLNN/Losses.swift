@@ -24,14 +24,14 @@ public struct LossSum: Equatable {
 /// the data loader is where labels are validated with a proper error.
 public final class CrossEntropyLoss {
     public let ignoreIndex: Int
-    /// log Σ_c exp(z_c) per pixel, and the target class per pixel (−1 = ignored).
-    private let logSumExp = Tensor([0])
+    /// softmax(z) per pixel, kept from forward so that backward needs no exp.
+    private let probability = Tensor([0])
+    /// Per-pixel scratch: max logit and Σ exp; and the target class per pixel (−1 = ignored).
+    private let maxLogit = Tensor([0])
     private let sumExp = Tensor([0])
     private let classIndex = Int32Buffer()
-    private var logits: Tensor?
     private let inputGrad = Tensor([0])
     private let partials = DoubleBuffer()
-    private var validCount = 0
 
     public init(ignoreIndex: Int = -1) { self.ignoreIndex = ignoreIndex }
 
@@ -41,72 +41,69 @@ public final class CrossEntropyLoss {
         precondition(c > 0, "CrossEntropyLoss: logits have no channels")
         precondition(target.count == n * hw && (target.rank == 3 || (target.rank == 4 && target.c == 1)),
                      "CrossEntropyLoss: target \(shapeString(target.shape)) does not match logits \(shapeString(logits.shape)) (expected [N, H, W])")
-        self.logits = logits
-        logSumExp.resize([n, hw])
+        probability.resize(logits.shape)
+        maxLogit.resize([n, hw])
         sumExp.resize([n, hw])
         classIndex.resize(n * hw)
-        // One task per (sample, block of pixels): channel loops stay contiguous in memory.
+        // One task per (sample, block of pixels): the loops over a channel row stay contiguous.
         let blocksPerSample = (hw + elementBlock - 1) / elementBlock
         partials.resize(2 * n * blocksPerSample)
-        let z = logits.data, t = target.data, lse = logSumExp.data, cls = classIndex.data, part = partials.data
-        let se = sumExp.data
+        let z = logits.data, t = target.data, prob = probability.data, mx = maxLogit.data
+        let cls = classIndex.data, part = partials.data, se = sumExp.data
         let ignore = ignoreIndex, ignoreValue = Float(ignoreIndex)
         parallelFor(n * blocksPerSample) { task in
             let s = task / blocksPerSample, lo = (task % blocksPerSample) * elementBlock
-            let hi = min(hw, lo + elementBlock), len = hi - lo
-            let zs = z + s * c * hw + lo, m = lse + s * hw + lo
-            // m = max_c z, then lse = m + log Σ exp(z − m).
+            let len = min(hw, lo + elementBlock) - lo
+            let zs = z + s * c * hw + lo, ps = prob + s * c * hw + lo
+            let m = mx + s * hw + lo, sum = se + s * hw + lo
+            // m = max_c z; e_c = exp(z_c − m) into the probability rows, summed per pixel;
+            // loss = m + log Σ e − z_k; then the rows are divided by Σ e (all passes row-wise).
             m.update(from: zs, count: len)
-            for ch in 1..<max(c, 1) {
+            for ch in 1..<c {
                 let row = zs + ch * hw
                 for i in 0..<len { m[i] = max(m[i], row[i]) }
             }
-            let sum = se + s * hw + lo
             sum.update(repeating: 0, count: len)
             for ch in 0..<c {
-                let row = zs + ch * hw
-                for i in 0..<len { sum[i] += expf(row[i] - m[i]) }
+                let row = zs + ch * hw, e = ps + ch * hw
+                for i in 0..<len { let v = expf(row[i] - m[i]); e[i] = v; sum[i] += v }
             }
             var loss = 0.0, valid = 0
             for i in 0..<len {
-                m[i] += logf(sum[i])
                 let label = t[s * hw + lo + i]
                 if label == ignoreValue {
                     cls[s * hw + lo + i] = -1
-                    continue
+                } else {
+                    precondition(label >= 0 && label < Float(c) && label.rounded(.down) == label,
+                                 "CrossEntropyLoss: target \(label) at sample \(s), pixel \(lo + i) is not a class in [0, \(c)) nor ignoreIndex \(ignore)")
+                    let k = Int(label)
+                    cls[s * hw + lo + i] = Int32(k)
+                    loss += Double(m[i] + logf(sum[i]) - zs[k * hw + i])
+                    valid += 1
                 }
-                precondition(label >= 0 && label < Float(c) && label.rounded(.down) == label,
-                             "CrossEntropyLoss: target \(label) at sample \(s), pixel \(lo + i) is not a class in [0, \(c)) nor ignoreIndex \(ignore)")
-                let k = Int(label)
-                cls[s * hw + lo + i] = Int32(k)
-                loss += Double(m[i] - zs[k * hw + i])
-                valid += 1
+                sum[i] = 1 / sum[i]
+            }
+            for ch in 0..<c {
+                let e = ps + ch * hw
+                for i in 0..<len { e[i] *= sum[i] }
             }
             part[2 * task] = loss
             part[2 * task + 1] = Double(valid)
         }
-        var total = 0.0, count = 0
-        for task in 0..<(n * blocksPerSample) {
-            total += part[2 * task]
-            count += Int(part[2 * task + 1])
-        }
-        validCount = count
-        return LossSum(sum: total, count: count)
+        return sumPartials(part, n * blocksPerSample)
     }
 
     /// scale · (softmax(z) − onehot(target)) on valid pixels, 0 on ignored ones.
     public func backward(scale: Float) -> Tensor {
-        guard let logits else { preconditionFailure("CrossEntropyLoss: backward before forward") }
-        let n = logits.n, c = logits.c, hw = logits.h * logits.w
-        inputGrad.resize(logits.shape)
-        let z = logits.data, lse = logSumExp.data, cls = classIndex.data, g = inputGrad.data
+        precondition(probability.rank == 4, "CrossEntropyLoss: backward before forward")
+        let n = probability.n, c = probability.c, hw = probability.h * probability.w
+        inputGrad.resize(probability.shape)
+        let prob = probability.data, cls = classIndex.data, g = inputGrad.data
         parallelFor(n * c) { q in
             let s = q / c, ch = Int32(q % c)
-            let row = z + q * hw, out = g + q * hw, m = lse + s * hw, k = cls + s * hw
+            let p = prob + q * hw, out = g + q * hw, k = cls + s * hw
             for i in 0..<hw {
-                if k[i] < 0 { out[i] = 0; continue }
-                let p = expf(row[i] - m[i])
-                out[i] = scale * (k[i] == ch ? p - 1 : p)
+                out[i] = k[i] < 0 ? 0 : scale * (k[i] == ch ? p[i] - 1 : p[i])
             }
         }
         return inputGrad

@@ -12,6 +12,9 @@ public final class Upsample {
     private var rowIndex0: [Int] = [], rowIndex1: [Int] = [], rowWeight0: [Float] = [], rowWeight1: [Float] = []
     private var colIndex0: [Int] = [], colIndex1: [Int] = [], colWeight0: [Float] = [], colWeight1: [Float] = []
     private var tableKey = (0, 0, 0, 0)
+    /// One source-width row per (sample, channel) plane: the blended rows (forward) and the
+    /// horizontally spread gradients (backward).
+    private let rowScratch = Tensor([0])
 
     public init() {}
 
@@ -41,21 +44,21 @@ public final class Upsample {
             tableKey = (hi, wi, height, width)
         }
         output.resize([x.n, x.c, height, width])
-        let src = x.data, dst = output.data
+        rowScratch.resize([x.n * x.c, wi])
+        let src = x.data, dst = output.data, tmp = rowScratch.data
         rowIndex0.withUnsafeBufferPointer { r0 in rowIndex1.withUnsafeBufferPointer { r1 in
         rowWeight0.withUnsafeBufferPointer { rw0 in rowWeight1.withUnsafeBufferPointer { rw1 in
         colIndex0.withUnsafeBufferPointer { c0 in colIndex1.withUnsafeBufferPointer { c1 in
         colWeight0.withUnsafeBufferPointer { cw0 in colWeight1.withUnsafeBufferPointer { cw1 in
             parallelFor(x.n * x.c) { q in
-                let plane = src + q * hi * wi, out = dst + q * height * width
+                // Separable: blend the two source rows (length wi), then gather two columns of it.
+                let plane = src + q * hi * wi, out = dst + q * height * width, blend = tmp + q * wi
                 for oh in 0..<height {
                     let top = plane + r0[oh] * wi, bottom = plane + r1[oh] * wi
                     let a0 = rw0[oh], a1 = rw1[oh]
+                    for j in 0..<wi { blend[j] = a0 * top[j] + a1 * bottom[j] }
                     let row = out + oh * width
-                    for ow in 0..<width {
-                        let j0 = c0[ow], j1 = c1[ow], b0 = cw0[ow], b1 = cw1[ow]
-                        row[ow] = a0 * (b0 * top[j0] + b1 * top[j1]) + a1 * (b0 * bottom[j0] + b1 * bottom[j1])
-                    }
+                    for ow in 0..<width { row[ow] = cw0[ow] * blend[c0[ow]] + cw1[ow] * blend[c1[ow]] }
                 }
             }
         }}}}}}}}
@@ -68,25 +71,28 @@ public final class Upsample {
         inputGrad.resize(inputShape)
         inputGrad.zero()
         let (hi, wi) = (inputShape[2], inputShape[3]), (height, width) = (dy.h, dy.w)
-        let g = dy.data, dx = inputGrad.data
+        rowScratch.resize([dy.n * dy.c, wi])
+        let g = dy.data, dx = inputGrad.data, tmp = rowScratch.data
         rowIndex0.withUnsafeBufferPointer { r0 in rowIndex1.withUnsafeBufferPointer { r1 in
         rowWeight0.withUnsafeBufferPointer { rw0 in rowWeight1.withUnsafeBufferPointer { rw1 in
         colIndex0.withUnsafeBufferPointer { c0 in colIndex1.withUnsafeBufferPointer { c1 in
         colWeight0.withUnsafeBufferPointer { cw0 in colWeight1.withUnsafeBufferPointer { cw1 in
             parallelFor(dy.n * dy.c) { q in
-                let plane = dx + q * hi * wi, src = g + q * height * width
+                // Separable adjoint: scatter the row's gradient onto a source-width row, then add
+                // that row into the two source rows with the vertical weights.
+                let plane = dx + q * hi * wi, src = g + q * height * width, spread = tmp + q * wi
                 for oh in 0..<height {
-                    let top = plane + r0[oh] * wi, bottom = plane + r1[oh] * wi
-                    let a0 = rw0[oh], a1 = rw1[oh]
+                    spread.update(repeating: 0, count: wi)
                     let row = src + oh * width
                     for ow in 0..<width {
-                        let j0 = c0[ow], j1 = c1[ow], b0 = cw0[ow], b1 = cw1[ow]
                         let v = row[ow]
-                        top[j0] += a0 * b0 * v
-                        top[j1] += a0 * b1 * v
-                        bottom[j0] += a1 * b0 * v
-                        bottom[j1] += a1 * b1 * v
+                        spread[c0[ow]] += cw0[ow] * v
+                        spread[c1[ow]] += cw1[ow] * v
                     }
+                    let top = plane + r0[oh] * wi, bottom = plane + r1[oh] * wi
+                    let a0 = rw0[oh], a1 = rw1[oh]
+                    for j in 0..<wi { top[j] += a0 * spread[j] }
+                    for j in 0..<wi { bottom[j] += a1 * spread[j] }
                 }
             }
         }}}}}}}}
