@@ -118,7 +118,7 @@ public final class MTDataset {
         if let mean = imageAttributes["mean"]?.numbers, let std = imageAttributes["std"]?.numbers {
             guard mean.count == 3, std.count == 3, std.allSatisfy({ $0 > 0 && $0.isFinite }), mean.allSatisfy({ $0.isFinite }) else {
                 throw MTLError("\(path): \(imagesPath)@mean/std: expected 3 finite values each (std > 0), "
-                               + "found mean \(mean.map(formatNumber)) std \(std.map(formatNumber))")
+                               + "found mean \(H5AttributeValue.numbers(mean).text) std \(H5AttributeValue.numbers(std).text)")
             }
             imageMean = mean.map { Float($0) }
             imageStd = std.map { Float($0) }

@@ -17,6 +17,7 @@ func assertMTLError(_ words: [String], file: StaticString = #filePath, line: UIn
         try body()
         XCTFail("expected an MTLError containing \(words), nothing was thrown", file: file, line: line)
     } catch let e as MTLError {
+        if ProcessInfo.processInfo.environment["MTL_SHOW_ERRORS"] != nil { print("error: \(e.message)") }
         XCTAssertFalse(e.message.contains("\n"), "error is not one line: \(e.message)", file: file, line: line)
         for w in words {
             XCTAssertTrue(e.message.contains(w), "error \"\(e.message)\" does not contain \"\(w)\"", file: file, line: line)
