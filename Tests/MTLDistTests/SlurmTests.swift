@@ -1,0 +1,86 @@
+import Foundation
+import XCTest
+
+/// A real one-node Slurm (launch/slurm-local: munged, slurmctld, slurmd), started and stopped
+/// by the test, runs launch/train.sbatch with 2 tasks through `srun --mpi=pmix` and through
+/// `mpirun`. Until the trainer exists the job's `mtl` is a stand-in script that runs
+/// mtl-commcheck on the job's ranks (so the MPI world Slurm builds is checked collective by
+/// collective) and has rank 0 record the arguments and thread count it was given in the run
+/// directory. Skips, saying why, when not root or when Slurm is not installed.
+final class SlurmTests: XCTestCase {
+    func testTrainSbatchTwoTasksSrunAndMpirun() throws {
+        guard getuid() == 0 else { throw XCTSkip("Slurm test needs root (it starts munged, slurmctld and slurmd)") }
+        for tool in ["slurmctld", "slurmd", "munged", "sbatch", "squeue"] where which(tool) == nil
+            && !FileManager.default.isExecutableFile(atPath: "/usr/sbin/\(tool)") {
+            throw XCTSkip("Slurm is not installed (\(tool) missing): launch/test installs slurm-wlm and munge as root")
+        }
+        if let conf = try? String(contentsOfFile: "/etc/slurm/slurm.conf", encoding: .utf8),
+           !conf.contains("written by mtl launch/slurm-local") {
+            throw XCTSkip("/etc/slurm/slurm.conf belongs to a real Slurm set-up: not starting a test one")
+        }
+        let fm = FileManager.default
+        let root = packageRoot()
+        let slurmLocal = root.appendingPathComponent("launch/slurm-local").path
+        let work = fm.temporaryDirectory.appendingPathComponent("mtl-slurm-test-\(UUID().uuidString)")
+        try fm.createDirectory(at: work, withIntermediateDirectories: true)
+        let wasUp = (try run("/usr/bin/pgrep", ["-x", "slurmctld"], timeout: 10)).status == 0
+        let up = try run("/bin/bash", [slurmLocal, "up", work.appendingPathComponent("slurm").path], timeout: 300)
+        XCTAssertEqual(up.status, 0, up.stdout + up.stderr)
+        defer {
+            if !wasUp { _ = try? run("/bin/bash", [slurmLocal, "down", work.appendingPathComponent("slurm").path], timeout: 60) }
+            try? fm.removeItem(at: work)
+        }
+        guard up.status == 0 else { return }
+
+        // The stand-in for mtl: every rank runs the full commcheck, rank 0 then writes the run dir.
+        let fake = work.appendingPathComponent("fake-mtl")
+        try """
+        #!/bin/bash
+        run_dir=""; prev=""
+        for a in "$@"; do [ "$prev" = --run-dir ] && run_dir=$a; prev=$a; done
+        \(try commcheck()) --expect-size 2 || exit $?
+        if [ "${OMPI_COMM_WORLD_RANK:-${PMIX_RANK:-0}}" = 0 ]; then
+            mkdir -p "$run_dir"
+            { echo "$*"; echo "threads=$OMP_NUM_THREADS"; } > "$run_dir/args"
+        fi
+        """.write(to: fake, atomically: true, encoding: .utf8)
+        XCTAssertEqual(chmod(fake.path, 0o755), 0)
+
+        for launcher in ["srun", "mpirun"] {
+            let runDir = work.appendingPathComponent("run-\(launcher)")
+            let output = work.appendingPathComponent("job-\(launcher).out")
+            let submit = try run("/usr/bin/env", [
+                "sbatch", "--parsable", "--time=00:05:00", "-o", output.path,
+                "--export=ALL,MTL_BIN=\(fake.path),MTL_LAUNCHER=\(launcher),RUN_DIR=\(runDir.path)",
+                root.appendingPathComponent("launch/train.sbatch").path,
+                "--config", "configs/synthetic-tiny.yaml",
+            ], timeout: 30, directory: root)
+            XCTAssertEqual(submit.status, 0, submit.stderr)
+            let job = submit.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+            XCTAssertFalse(job.isEmpty, "sbatch printed no job id: \(submit.stderr)")
+
+            // Wait while squeue still lists the job (accounting is off: no sacct).
+            let start = Date()
+            var finished = false
+            while Date().timeIntervalSince(start) < 120 {
+                let q = try run("/usr/bin/env", ["squeue", "-h", "-j", job], timeout: 10)
+                if q.stdout.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty { finished = true; break }
+                usleep(300_000)
+            }
+            let log = (try? String(contentsOf: output, encoding: .utf8)) ?? "(no job output)"
+            if !finished { _ = try? run("/usr/bin/env", ["scancel", job], timeout: 10) }
+            XCTAssertTrue(finished, "\(launcher): job \(job) still queued or running after 120 s:\n\(log)")
+
+            let show = try run("/usr/bin/env", ["scontrol", "show", "job", job], timeout: 10)
+            XCTAssertTrue(show.stdout.contains("JobState=COMPLETED"), "\(launcher):\n\(show.stdout)\n\(log)")
+            XCTAssertTrue(show.stdout.contains("ExitCode=0:0"), "\(launcher):\n\(show.stdout)\n\(log)")
+            XCTAssertTrue(log.contains("[mtl] training exited with status 0"), log)
+            assertAllOK(RunResult(command: "sbatch (\(launcher))", status: 0, stdout: log, stderr: "",
+                                  seconds: 0, timedOut: false), size: 2)
+
+            let args = (try? String(contentsOf: runDir.appendingPathComponent("args"), encoding: .utf8)) ?? ""
+            XCTAssertEqual(args, "train --config configs/synthetic-tiny.yaml --run-dir \(runDir.path) --resume auto\n"
+                + "threads=1\n", "\(launcher): run directory\n\(log)")
+        }
+    }
+}
