@@ -1,0 +1,158 @@
+import Foundation
+import MTLCore
+import XCTest
+@testable import MTLMethods
+
+final class LossMethodTests: XCTestCase {
+    func testEW() throws {
+        let r = try make("ew", T: 3).apply(context(T: 3))
+        XCTAssertEqual(r.encoderCoefficients, [1, 1, 1])
+        XCTAssertEqual(r.decoderWeights, [1, 1, 1])
+    }
+
+    func testUWFirstStepByHandAndConvergesToLossOptimum() throws {
+        let m = try make("uw", T: 2)
+        let r0 = try m.apply(context(T: 2, losses: [4, 0.25]))
+        XCTAssertEqual(r0.encoderCoefficients, [0.5, 0.5])
+        XCTAssertEqual(r0.decoderWeights, [0.5, 0.5])
+        // ∂/∂s = 0.5 − 0.5·L = (−1.5, 0.375): Adam's first step moves each s by lr·sign.
+        let s1 = m.stateValues()["s"]!
+        XCTAssertEqual(s1[0], 0.025 * 1.5 / (1.5 + 1e-8), accuracy: 1e-15)
+        XCTAssertEqual(s1[1], -0.025 * 0.375 / (0.375 + 1e-8), accuracy: 1e-15)
+        let r1 = try m.apply(context(step: 1, T: 2, losses: [4, 0.25]))
+        assertClose(r1.encoderCoefficients, s1.map { 0.5 * exp(-$0) }, 1e-15)
+        for step in 2..<1500 { _ = try m.apply(context(step: step, T: 2, losses: [4, 0.25])) }
+        // At fixed L the optimum is e^s = L, i.e. weight 1/(2L).
+        let s = m.stateValues()["s"]!
+        XCTAssertEqual(s[0], log(4.0), accuracy: 0.03)
+        XCTAssertEqual(s[1], log(0.25), accuracy: 0.03)
+    }
+
+    func testUWParams() throws {
+        let m = try make("uw", T: 2, ["method.uw.lr": "0.1", "init": "-0.5"])
+        let r = try m.apply(context(T: 2, losses: [1, 1]))
+        XCTAssertEqual(r.encoderCoefficients[0], 0.5 * exp(0.5), accuracy: 1e-15)
+        // ∂/∂s = 0.5 − 0.5 e^{0.5} < 0: s rises by lr = 0.1.
+        XCTAssertEqual(m.stateValues()["s"]![0], -0.5 + 0.1, accuracy: 1e-8)
+    }
+
+    func testDWAByHand() throws {
+        let m = try make("dwa", T: 2)
+        // Epoch 0: losses (1,2) and (3,2) → means (2, 2). Epoch 1: (1, 2) → means (1, 2).
+        var r = try m.apply(context(step: 0, epoch: 0, T: 2, losses: [1, 2]))
+        XCTAssertEqual(r.encoderCoefficients, [1, 1])
+        r = try m.apply(context(step: 1, epoch: 0, T: 2, losses: [3, 2]))
+        r = try m.apply(context(step: 2, epoch: 1, T: 2, losses: [1, 2], epochEnded: true))
+        XCTAssertEqual(r.encoderCoefficients, [1, 1])  // only one epoch mean so far
+        r = try m.apply(context(step: 3, epoch: 2, T: 2, losses: [5, 5], epochEnded: true))
+        // r = (1/2, 2/2); w = 2·softmax(r/τ), τ = 2.
+        let e0 = exp(0.25), e1 = exp(0.5)
+        assertClose(r.encoderCoefficients, [2 * e0 / (e0 + e1), 2 * e1 / (e0 + e1)], 1e-14)
+        XCTAssertEqual(r.decoderWeights, r.encoderCoefficients)
+        // Constant within the epoch.
+        let r2 = try m.apply(context(step: 4, epoch: 2, T: 2, losses: [0.1, 9]))
+        XCTAssertEqual(r2.encoderCoefficients, r.encoderCoefficients)
+    }
+
+    func testRLWDistributions() throws {
+        for dist in ["normal", "uniform", "dirichlet", "bernoulli", "cbernoulli"] {
+            let m = try make("rlw", T: 4, ["dist": dist])
+            let a = try m.apply(context(step: 3, seed: 11, T: 4)).encoderCoefficients
+            let b = try m.apply(context(step: 3, seed: 11, T: 4)).encoderCoefficients
+            XCTAssertEqual(a, b, "same (seed, step) → same weights")
+            var differs = false
+            for step in 4..<20 {
+                if try m.apply(context(step: step, seed: 11, T: 4)).encoderCoefficients != a { differs = true }
+            }
+            XCTAssertTrue(differs, dist)
+            switch dist {
+            case "bernoulli":
+                XCTAssertTrue(a.allSatisfy { $0 == 0 || $0 == 1 } && a.contains(1))
+            case "cbernoulli":
+                XCTAssertEqual(a.filter { $0 == 1 }.count, 1)
+                XCTAssertEqual(a.reduce(0, +), 1)
+            default:
+                XCTAssertEqual(a.reduce(0, +), 1, accuracy: 1e-15)
+                XCTAssertTrue(a.allSatisfy { $0 > 0 })
+            }
+        }
+        // Normal: softmax of the first T normals of methodRNG(seed, step), by hand.
+        var rng = methodRNG(seed: 11, step: 3)
+        let z = (0..<4).map { _ in Double(rng.normal()) }
+        let e = z.map { exp($0) }
+        let expected = e.map { $0 / e.reduce(0, +) }
+        assertClose(try make("rlw", T: 4).apply(context(step: 3, seed: 11, T: 4)).encoderCoefficients, expected, 1e-14)
+    }
+
+    func testMethodRNGStepsDoNotOverlap() {
+        // Philox(index: step) would give step k+1's first block = step k's second block.
+        var a = methodRNG(seed: 1, step: 5), b = methodRNG(seed: 1, step: 6)
+        let xa = (0..<8).map { _ in a.nextUInt32() }, xb = (0..<8).map { _ in b.nextUInt32() }
+        XCTAssertNotEqual(Array(xa[4..<8]), Array(xb[0..<4]))
+        XCTAssertTrue(Set(xa).isDisjoint(with: Set(xb)))
+    }
+
+    func testLPSByHand() throws {
+        let m = try make("lps", T: 2)
+        let eta = 1e-6
+        // Epoch 0: one step, losses (1, 3). Warm-up weights 1; coefficients 1/(1 + L + η).
+        var r = try m.apply(context(step: 0, epoch: 0, T: 2, losses: [1, 3]))
+        assertClose(r.encoderCoefficients, [1 / (2 + eta), 1 / (4 + eta)], 1e-15)
+        // Epoch 1: losses (0.5, 3).
+        r = try m.apply(context(step: 1, epoch: 1, T: 2, losses: [0.5, 3], epochEnded: true))
+        assertClose(r.encoderCoefficients, [1 / (1.5 + eta), 1 / (4 + eta)], 1e-15)
+        // Epoch 2: ρ(e) from epoch 1, ρ(e−1) from epoch 0 (log-losses), w = ρ(e)/ρ(e−1), spread 2.5.
+        r = try m.apply(context(step: 2, epoch: 2, T: 2, losses: [1, 1], epochEnded: true))
+        let l0 = [log(2 + eta), log(4 + eta)], l1 = [log(1.5 + eta), log(4 + eta)]
+        let rho0 = l0.map { $0 / l0.reduce(0, +) }, rho1 = l1.map { $0 / l1.reduce(0, +) }
+        var w = [rho1[0] / rho0[0], rho1[1] / rho0[1]]
+        let mean = (w[0] + w[1]) / 2
+        w = w.map { max(mean + 2.5 * ($0 - mean), 1e-3) }
+        assertClose(r.logs.map { $0.1 }, w, 1e-14)
+        assertClose(r.encoderCoefficients, [w[0] / (2 + eta), w[1] / (2 + eta)], 1e-14)
+        XCTAssertLessThan(w[0], 1)  // seg improved faster than its share → de-prioritised
+        XCTAssertGreaterThan(w[1], 1)
+    }
+
+    func testGradNormOneStepByHand() throws {
+        let m = try make("gradnorm", T: 2)
+        let K = [1.0, 0.3, 0.3, 4.0]  // norms 1 and 2
+        let r0 = try m.apply(context(T: 2, losses: [1, 1], gram: K))
+        XCTAssertEqual(r0.encoderCoefficients, [1, 1])
+        // G = (1, 2), Ḡ = 1.5, r = 1 → C = 1.5: ∂/∂w = (−1·1, +1·2); Adam moves w by (+lr, −lr),
+        // which already sums to 2.
+        let w = m.stateValues()["w"]!
+        XCTAssertEqual(w[0], 1 + 0.025 * 1 / (1 + 1e-8), accuracy: 1e-12)
+        XCTAssertEqual(w[1], 1 - 0.025 * 2 / (2 + 1e-8), accuracy: 1e-12)
+        let r1 = try m.apply(context(step: 1, T: 2, losses: [0.5, 1], gram: K))
+        assertClose(r1.encoderCoefficients, w, 1e-15)
+        XCTAssertEqual(r1.decoderWeights, r1.encoderCoefficients)
+        XCTAssertEqual(m.stateValues()["w"]!.reduce(0, +), 2, accuracy: 1e-12)
+    }
+
+    func testGradNormBalancesNorms() throws {
+        // With constant losses (r = 1) the fixed point equalises w_t ‖h_t‖.
+        let m = try make("gradnorm", T: 3, ["lr": "0.01"])
+        let K = [1.0, 0, 0, 0, 4, 0, 0, 0, 0.25]
+        for step in 0..<3000 { _ = try m.apply(context(step: step, T: 3, losses: [1, 1, 1], gram: K)) }
+        let w = m.stateValues()["w"]!
+        // w ∝ 1/‖h‖ = (1, 0.5, 2), Σw = 3 → (6/7, 3/7, 12/7).
+        assertClose(w, [6.0 / 7, 3.0 / 7, 12.0 / 7], 0.03)
+    }
+
+    func testIMTLLossScalesByHand() throws {
+        let m = try make("imtl-l", T: 2)
+        let r0 = try m.apply(context(T: 2, losses: [4, 0.5]))
+        XCTAssertEqual(r0.encoderCoefficients, [1, 1])
+        XCTAssertEqual(r0.decoderWeights, [1, 1])
+        // ∂/∂s = e^s L − 1 = (3, −0.5) → s = (−lr, +lr).
+        let s = m.stateValues()["s"]!
+        XCTAssertEqual(s[0], -0.025 * 3 / (3 + 1e-8), accuracy: 1e-14)
+        XCTAssertEqual(s[1], 0.025 * 0.5 / (0.5 + 1e-8), accuracy: 1e-14)
+        for step in 1..<1500 { _ = try m.apply(context(step: step, T: 2, losses: [4, 0.5])) }
+        // e^s L → 1.
+        let sc = m.stateValues()["s"]!.map { exp($0) }
+        XCTAssertEqual(sc[0] * 4, 1, accuracy: 0.05)
+        XCTAssertEqual(sc[1] * 0.5, 1, accuracy: 0.05)
+    }
+}
