@@ -69,7 +69,7 @@ public final class MTDataset {
         guard format.text == schemaFormat else {
             throw MTLError("\(path): root attribute 'format': expected \"\(schemaFormat)\", found \"\(format.text)\"")
         }
-        guard let version = rootAttributes["format_version"]?.numbers?.first else {
+        guard let version = rootAttributes["format_version"]?.number else {
             throw MTLError("\(path): root attribute 'format_version' missing or not a number: expected \(schemaVersion)")
         }
         guard version == Double(schemaVersion) else {
@@ -83,7 +83,7 @@ public final class MTDataset {
             throw MTLError("\(path): split group \(group) not found: expected one of [\(splits.joined(separator: ", "))]")
         }
         let splitAttributes = raw.attributes(group)
-        guard let n = splitAttributes["num_samples"]?.numbers?.first else {
+        guard let n = splitAttributes["num_samples"]?.number else {
             throw MTLError("\(path): \(group): attribute 'num_samples' missing: expected the number of samples")
         }
         guard n > 0, n == n.rounded() else {
@@ -110,7 +110,7 @@ public final class MTDataset {
         height = imageShape[1]
         width = imageShape[2]
         for (key, value) in [("height", height), ("width", width)] {
-            if let attr = splitAttributes[key]?.numbers?.first, Int(attr) != value {
+            if let attr = splitAttributes[key]?.number, Int(attr) != value {
                 throw MTLError("\(path): \(group)@\(key): expected \(value) (from \(imagesPath)), found \(formatNumber(attr))")
             }
         }
@@ -152,7 +152,7 @@ public final class MTDataset {
                                + "\(layout.fileShapeDescription), found \(type.rawValue) \(shapeString(shape))\(dim0)")
             }
             if layout.isClassMap {
-                guard let k = raw.attributes(datasetPath)["num_classes"]?.numbers?.first, k >= 1, k == k.rounded() else {
+                guard let k = raw.attributes(datasetPath)["num_classes"]?.number, k >= 1, k == k.rounded() else {
                     throw MTLError("\(path): \(datasetPath): attribute 'num_classes' missing or not a positive integer "
                                    + "(needed to check labels and size the head)")
                 }

@@ -26,6 +26,15 @@ enum H5AttributeValue: Equatable {
 
     var numbers: [Double]? { if case .numbers(let a) = self { return a } else { return nil } }
 
+    /// A scalar number, also from a numeric string ("1"), which some writers produce.
+    var number: Double? {
+        switch self {
+        case .numbers(let a): return a.count == 1 ? a[0] : nil
+        case .string(let s): return Double(s.trimmingCharacters(in: .whitespaces))
+        default: return nil
+        }
+    }
+
     /// A list of names from a string array, a JSON array string, or a comma-separated string.
     var stringList: [String]? {
         switch self {

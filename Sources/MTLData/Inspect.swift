@@ -116,7 +116,7 @@ public enum DatasetInspector {
                 for v in buf { histogram[Int(v) + 32768] += 1 }
             }
             let total = n * perSample
-            let numClasses = attributes["num_classes"]?.numbers?.first.map { Int($0) }
+            let numClasses = attributes["num_classes"]?.number.map { Int($0) }
             let names = attributes["class_names"]?.stringList ?? []
             var lines: [String] = []
             var parts: [String] = []
