@@ -20,7 +20,8 @@ public final class ConvWorkspace {
 /// columns from the cached input (cheaper than keeping them per layer), dW += dY·colsᵀ
 /// (one GEMM with the batch in the inner dimension), dcols = Wᵀ·dY (into the same
 /// scratch), col2im into dx. 1×1 stride-1 unpadded convolutions skip im2col: the input
-/// planes already are the columns.
+/// planes already are the columns. Kernel taps that only ever read padding (large dilation on a
+/// small map) are dropped from the GEMMs; their weight gradient is exactly zero.
 public final class Conv2d: HasParameters {
     public let name: String
     public let inChannels: Int, outChannels: Int
@@ -66,6 +67,39 @@ public final class Conv2d: HasParameters {
 
     private var isPointwise: Bool { kernel == 1 && stride == 1 && padding == 0 }
 
+    /// Kernel taps (ki·k + kj) that see at least one input pixel for this input size. With a
+    /// large dilation on a small feature map (ASPP rate 36 on 36×48) whole kernel rows only ever
+    /// read padding: their im2col rows would be zero, so they are left out of the GEMMs.
+    private var taps: [Int] = []
+    private var tapsKey = (-1, -1)
+    /// The weight restricted to the active taps [O, C·T] and its gradient (only when T < k·k).
+    private let compactWeight = Tensor([0])
+    private let compactGrad = Tensor([0])
+
+    private func updateTaps(h: Int, w: Int, ho: Int, wo: Int) {
+        if tapsKey == (h, w) { return }
+        tapsKey = (h, w)
+        // Tap index i along one axis reads input positions pos·stride + i·dilation − padding.
+        func active(_ i: Int, size: Int, outSize: Int) -> Bool {
+            let (lo, hi) = validRange(offset: i * dilation - padding, size: size, outSize: outSize)
+            return lo < hi
+        }
+        taps.removeAll(keepingCapacity: true)
+        for ki in 0..<kernel where active(ki, size: h, outSize: ho) {
+            for kj in 0..<kernel where active(kj, size: w, outSize: wo) { taps.append(ki * kernel + kj) }
+        }
+    }
+
+    /// compactWeight[o, c·T + t] = W[o, c, taps[t]].
+    private func gatherCompactWeight() {
+        let o = outChannels, c = inChannels, kk = kernel * kernel, t = taps.count
+        compactWeight.resize([o, c * t])
+        let src = weight.value.data, dst = compactWeight.data
+        for q in 0..<(o * c) {
+            for (i, tap) in taps.enumerated() { dst[q * t + i] = src[q * kk + tap] }
+        }
+    }
+
     public func forward(_ x: Tensor) -> Tensor {
         precondition(x.rank == 4 && x.c == inChannels,
                      "\(name): expected input [N, \(inChannels), H, W], got \(shapeString(x.shape))")
@@ -74,19 +108,32 @@ public final class Conv2d: HasParameters {
         precondition(ho > 0 && wo > 0, "\(name): input \(h)x\(w) is smaller than the kernel's span")
         input = x
         output.resize([n, outChannels, ho, wo])
-        let o = outChannels, pix = ho * wo, ckk = inChannels * kernel * kernel
-        let y = output.data, wt = weight.value.data
+        let o = outChannels, pix = ho * wo
+        let y = output.data
 
         if isPointwise && (n == 1 || pix >= Conv2d.pointwisePerSampleMinPixels) {
             // y[s] = W · x[s]: one GEMM per sample straight from/to the NCHW planes.
             for s in 0..<n {
-                sgemm(m: o, n: pix, k: inChannels, a: wt, lda: inChannels,
+                sgemm(m: o, n: pix, k: inChannels, a: weight.value.data, lda: inChannels,
                       b: x.data + s * inChannels * pix, ldb: pix, c: y + s * o * pix, ldc: pix)
             }
             addBias(y, n: n, pix: pix)
             return output
         }
 
+        updateTaps(h: h, w: w, ho: ho, wo: wo)
+        let ckk = inChannels * taps.count
+        if ckk == 0 {
+            // Every tap reads padding only (e.g. a strided 1×1 conv with padding on a 1-pixel map).
+            output.zero()
+            addBias(y, n: n, pix: pix)
+            return output
+        }
+        var wt = UnsafePointer(weight.value.data)
+        if taps.count < kernel * kernel {
+            gatherCompactWeight()
+            wt = UnsafePointer(compactWeight.data)
+        }
         let cols = workspace.cols
         cols.resize([ckk, n * pix])
         im2col(x.data, n: n, h: h, w: w, ho: ho, wo: wo, cols: cols.data)
@@ -132,8 +179,8 @@ public final class Conv2d: HasParameters {
         let (ho, wo) = outputSize(height: h, width: w)
         precondition(dy.shape == [n, outChannels, ho, wo],
                      "\(name): dy \(shapeString(dy.shape)) does not match the output \(shapeString([n, outChannels, ho, wo]))")
-        let o = outChannels, pix = ho * wo, ckk = inChannels * kernel * kernel
-        let wt = weight.value.data, dw = weight.grad.data, g = dy.data
+        let o = outChannels, pix = ho * wo
+        let g = dy.data
 
         if let bias {
             // db[o] += Σ_{n,p} dy[n, o, p], in Double for long sums.
@@ -146,6 +193,7 @@ public final class Conv2d: HasParameters {
         }
 
         if isPointwise && (n == 1 || pix >= Conv2d.pointwisePerSampleMinPixels) {
+            let wt = weight.value.data, dw = weight.grad.data
             for s in 0..<n {
                 // dW[O, C] += dy[s] [O, P] · x[s]ᵀ [P, C]
                 sgemm(transB: true, m: o, n: inChannels, k: pix, a: g + s * o * pix, lda: pix,
@@ -159,6 +207,23 @@ public final class Conv2d: HasParameters {
                       b: g + s * o * pix, ldb: pix, c: inputGrad.data + s * inChannels * pix, ldc: pix)
             }
             return inputGrad
+        }
+
+        updateTaps(h: h, w: w, ho: ho, wo: wo)
+        let ckk = inChannels * taps.count
+        if ckk == 0 {
+            guard computeInputGrad else { return empty }
+            inputGrad.resize(x.shape)
+            inputGrad.zero()
+            return inputGrad
+        }
+        let compact = taps.count < kernel * kernel
+        var wt = UnsafePointer(weight.value.data), dw = weight.grad.data
+        if compact {
+            gatherCompactWeight()
+            wt = UnsafePointer(compactWeight.data)
+            compactGrad.resize([o, ckk])
+            dw = compactGrad.data
         }
 
         // dy as one matrix [O, N·P] (for one sample it already is).
@@ -176,9 +241,15 @@ public final class Conv2d: HasParameters {
         let cols = workspace.cols
         cols.resize([ckk, n * pix])
         im2col(x.data, n: n, h: h, w: w, ho: ho, wo: wo, cols: cols.data)
-        // dW [O, CKK] += dY [O, NP] · colsᵀ [NP, CKK]
+        // dW [O, CKK] += dY [O, NP] · colsᵀ [NP, CKK]  (compact: = then scattered into W's gradient)
         sgemm(transB: true, m: o, n: ckk, k: n * pix, a: dyRows, lda: n * pix, b: cols.data, ldb: n * pix,
-              beta: 1, c: dw, ldc: ckk)
+              beta: compact ? 0 : 1, c: dw, ldc: ckk)
+        if compact {
+            let t = taps.count, kk = kernel * kernel, full = weight.grad.data
+            for q in 0..<(o * inChannels) {
+                for (i, tap) in taps.enumerated() { full[q * kk + tap] += dw[q * t + i] }
+            }
+        }
         guard computeInputGrad else { return empty }
         // dcols [CKK, NP] = Wᵀ [CKK, O] · dY [O, NP], overwriting the columns (no longer needed).
         sgemm(transA: true, m: ckk, n: n * pix, k: o, a: wt, lda: ckk, b: dyRows, ldb: n * pix,
@@ -188,7 +259,7 @@ public final class Conv2d: HasParameters {
         return inputGrad
     }
 
-    /// The range of output columns ow whose input column ow·stride + offset lies in [0, w).
+    /// The range of output positions whose input position pos·stride + offset lies in [0, size).
     @inline(__always)
     private func validRange(offset: Int, size: Int, outSize: Int) -> (Int, Int) {
         let s = stride
@@ -198,61 +269,64 @@ public final class Conv2d: HasParameters {
     }
 
     /// cols[r][s·P + oh·Wo + ow] = x[s, c, oh·stride − pad + ki·dil, ow·stride − pad + kj·dil] (0 outside),
-    /// r = (c·k + ki)·k + kj. One row per task: rows are disjoint, so no races.
+    /// r = c·T + t for the active tap t = (ki, kj). One row per task: rows are disjoint, so no races.
     private func im2col(_ x: UnsafePointer<Float>, n: Int, h: Int, w: Int, ho: Int, wo: Int,
                         cols: UnsafeMutablePointer<Float>) {
         let k = kernel, c = inChannels, s = stride, pad = padding, d = dilation
         let plane = h * w, pix = ho * wo, np = n * pix
-        parallelFor(c * k * k) { r in
-            let ci = r / (k * k), ki = (r / k) % k, kj = r % k
-            let offW = kj * d - pad, offH = ki * d - pad
-            let (owLo, owHi) = self.validRange(offset: offW, size: w, outSize: wo)
-            let row = cols + r * np
-            for smp in 0..<n {
-                let src = x + (smp * c + ci) * plane
-                for oh in 0..<ho {
-                    let dst = row + smp * pix + oh * wo
-                    let ih = oh * s + offH
-                    if ih < 0 || ih >= h {
-                        dst.update(repeating: 0, count: wo)
-                        continue
-                    }
-                    let srow = src + ih * w + offW
-                    if owLo > 0 { dst.update(repeating: 0, count: owLo) }
-                    if owHi < wo { (dst + owHi).update(repeating: 0, count: wo - owHi) }
-                    if s == 1 {
-                        (dst + owLo).update(from: srow + owLo, count: owHi - owLo)
-                    } else if s == 2 {
-                        // A constant stride and wrapping index arithmetic make this a tight gather
-                        // loop (2–3× faster than the generic one in the 7×7/2 stem).
-                        var ow = owLo
-                        while ow < owHi { dst[ow] = srow[ow &* 2]; ow &+= 1 }
-                    } else {
-                        var ow = owLo
-                        while ow < owHi { dst[ow] = srow[ow &* s]; ow &+= 1 }
+        taps.withUnsafeBufferPointer { taps in
+            let t = taps.count
+            parallelFor(c * t) { r in
+                let ci = r / t, tap = taps[r % t], ki = tap / k, kj = tap % k
+                let offW = kj * d - pad, offH = ki * d - pad
+                let (owLo, owHi) = self.validRange(offset: offW, size: w, outSize: wo)
+                let row = cols + r * np
+                for smp in 0..<n {
+                    let src = x + (smp * c + ci) * plane
+                    for oh in 0..<ho {
+                        let dst = row + smp * pix + oh * wo
+                        let ih = oh * s + offH
+                        if ih < 0 || ih >= h {
+                            dst.update(repeating: 0, count: wo)
+                            continue
+                        }
+                        let srow = src + ih * w + offW
+                        if owLo > 0 { dst.update(repeating: 0, count: owLo) }
+                        if owHi < wo { (dst + owHi).update(repeating: 0, count: wo - owHi) }
+                        if s == 1 {
+                            (dst + owLo).update(from: srow + owLo, count: owHi - owLo)
+                        } else if s == 2 {
+                            // A constant stride and wrapping index arithmetic make this a tight gather
+                            // loop (2–3× faster than the generic one in the 7×7/2 stem).
+                            var ow = owLo
+                            while ow < owHi { dst[ow] = srow[ow &* 2]; ow &+= 1 }
+                        } else {
+                            var ow = owLo
+                            while ow < owHi { dst[ow] = srow[ow &* s]; ow &+= 1 }
+                        }
                     }
                 }
             }
         }
     }
 
-    /// The adjoint of im2col: dx[s, c] = Σ over the k·k rows of channel c of their scattered
-    /// columns. One (sample, channel) plane per task, so no two tasks write the same memory.
+    /// The adjoint of im2col: dx[s, c] = Σ over the active-tap rows of channel c of their
+    /// scattered columns. One (sample, channel) plane per task, so no two tasks write the same memory.
     private func col2im(_ cols: UnsafePointer<Float>, n: Int, h: Int, w: Int, ho: Int, wo: Int,
                         dx: UnsafeMutablePointer<Float>) {
         let k = kernel, c = inChannels, s = stride, pad = padding, d = dilation
         let plane = h * w, pix = ho * wo, np = n * pix
-        parallelFor(n * c) { q in
-            let smp = q / c, ci = q % c
-            let dst = dx + q * plane
-            dst.update(repeating: 0, count: plane)
-            for ki in 0..<k {
-                let offH = ki * d - pad
-                for kj in 0..<k {
-                    let offW = kj * d - pad
+        taps.withUnsafeBufferPointer { taps in
+            let t = taps.count
+            parallelFor(n * c) { q in
+                let smp = q / c, ci = q % c
+                let dst = dx + q * plane
+                dst.update(repeating: 0, count: plane)
+                for (i, tap) in taps.enumerated() {
+                    let offH = (tap / k) * d - pad, offW = (tap % k) * d - pad
                     let (owLo, owHi) = self.validRange(offset: offW, size: w, outSize: wo)
                     if owLo >= owHi { continue }
-                    let row = cols + ((ci * k + ki) * k + kj) * np + smp * pix
+                    let row = cols + (ci * t + i) * np + smp * pix
                     for oh in 0..<ho {
                         let ih = oh * s + offH
                         if ih < 0 || ih >= h { continue }

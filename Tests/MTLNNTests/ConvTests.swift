@@ -37,6 +37,8 @@ final class ConvTests: XCTestCase {
         Config(n: 2, c: 4, h: 7, w: 5, o: 3, k: 1, stride: 2, pad: 0, dil: 1, bias: false),   // 1x1 stride 2 (downsample)
         Config(n: 2, c: 2, h: 6, w: 6, o: 2, k: 2, stride: 2, pad: 0, dil: 1, bias: true),    // even kernel
         Config(n: 2, c: 2, h: 4, w: 5, o: 3, k: 3, stride: 3, pad: 2, dil: 2, bias: true),    // stride 3, pad ≥ span/2
+        Config(n: 2, c: 3, h: 5, w: 9, o: 4, k: 3, stride: 1, pad: 6, dil: 6, bias: true),    // ASPP-like: kernel rows 0 and 2 read only padding
+        Config(n: 1, c: 2, h: 4, w: 3, o: 2, k: 3, stride: 1, pad: 5, dil: 5, bias: false),   // only the centre tap is active, N = 1
     ]
 
     func makeConv(_ cfg: Config, seed: UInt64) -> Conv2d {
@@ -77,8 +79,39 @@ final class ConvTests: XCTestCase {
         runGradCheck(configs[5], seed: 30)
     }
 
+    func testTapsReadingOnlyPaddingGetZeroGradient() {
+        // Rows ki = 0, 2 of a dilation-6 kernel never reach a 5-row input: zero weight gradient there.
+        let cfg = configs[9]
+        let conv = makeConv(cfg, seed: 40)
+        var rng = Philox(seed: 41, stream: 1)
+        let x = randomTensor([cfg.n, cfg.c, cfg.h, cfg.w], &rng)
+        let y = conv.forward(x)
+        conv.zeroGrad()
+        _ = conv.backward(randomTensor(y.shape, &rng))
+        let g = conv.weight.grad.array
+        for q in 0..<(cfg.o * cfg.c) {
+            for kj in 0..<3 {
+                XCTAssertEqual(g[q * 9 + kj], 0)
+                XCTAssertEqual(g[q * 9 + 6 + kj], 0)
+            }
+            XCTAssertNotEqual(g[q * 9 + 4], 0)
+        }
+        // A strided 1x1 conv with padding on a 1-row map: every tap reads padding, y = bias, dx = 0.
+        var initRng = Philox(seed: 42, stream: 1)
+        let edge = Conv2d("edge", inChannels: 2, outChannels: 3, kernel: 1, stride: 3, padding: 1, bias: true, rng: &initRng)
+        let xe = randomTensor([2, 2, 1, 4], &rng)
+        let ye = edge.forward(xe)
+        XCTAssertEqual(ye.shape, [2, 3, 1, 2])
+        XCTAssertEqual(ye.array, naiveConv(xe, edge))
+        edge.zeroGrad()
+        let dxe = edge.backward(Tensor(ye.shape, repeating: 1))
+        XCTAssertEqual(dxe.array, [Float](repeating: 0, count: xe.count))
+        XCTAssertEqual(edge.weight.grad.array, [0, 0, 0, 0, 0, 0])
+        XCTAssertEqual(edge.bias!.grad.array, [4, 4, 4])
+    }
+
     func testBackwardTwiceGivesSameGradients() {
-        for cfg in [configs[0], configs[5]] {
+        for cfg in [configs[0], configs[5], configs[9]] {
             let conv = makeConv(cfg, seed: 3)
             var rng = Philox(seed: 4, stream: 1)
             let x = randomTensor([cfg.n, cfg.c, cfg.h, cfg.w], &rng)
