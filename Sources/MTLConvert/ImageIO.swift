@@ -43,6 +43,7 @@ public enum PNG {
     /// sample values unchanged: our PNGs hold labels, disparities and normals, which are data, not colours
     /// (this is also what PIL-based loaders see). Each chunk carries its own CRC, so the rest stays valid.
     static func stripColorChunks(_ b: [UInt8]) -> [UInt8] {
+        if b.count < 8 { return b }
         var out = [UInt8](b[0..<8]); out.reserveCapacity(b.count)
         var o = 8
         while o + 12 <= b.count {
