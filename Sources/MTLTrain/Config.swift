@@ -100,7 +100,7 @@ public struct CheckpointConfig: Equatable {
 
 public struct MethodConfig: Equatable {
     public var name = "ew"
-    public var level = "representation"    // representation|parameter
+    public var level = "representation"    // representation|parameters
     /// `method.<group>.<key>: scalar` as written (method name → key → raw scalar text);
     /// the methods module validates and converts them.
     public var params: [String: [String: String]] = [:]
@@ -146,7 +146,7 @@ public struct Config: Equatable {
     static let optimizers = ["adam", "adamw", "sgd"]
     static let schedules = ["constant", "step", "poly", "cosine"]
     static let nanPolicies = ["stop", "skip"]
-    static let levels = ["representation", "parameter"]
+    static let levels = ["representation", "parameters"]   // MTLMethods.GradientLevel, MTLEngine.MethodLevel
 
     // MARK: loading
 
@@ -185,7 +185,7 @@ public struct Config: Equatable {
             try root.set(path, value, origin: origin)
             origins[key] = origin
         }
-        var reader = Reader(source: source, origins: origins)
+        let reader = Reader(source: source, origins: origins)
         return try reader.config(root)
     }
 

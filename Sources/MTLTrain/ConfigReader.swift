@@ -193,7 +193,7 @@ struct Reader {
         return e
     }
 
-    mutating func config(_ root: YValue) throws -> Config {
+    func config(_ root: YValue) throws -> Config {
         var c = Config()
         let top = try entries(root, "config")
         try checkKeys(top, allowed: Config.sections.map { $0.0 }, prefix: [])

@@ -12,6 +12,21 @@ public protocol Metric: AnyObject {
     func results() -> [(String, Double)]
     /// For each result name: true if higher is better (for Δm and "best" tracking).
     var higherIsBetter: [String: Bool] { get }
+    /// The task-specific `update` under one name, so a trainer can loop over its tasks:
+    /// `output` is the head's raw output (logits / prediction), `target` the label tensor.
+    func update(output: Tensor, target: Tensor)
+}
+
+/// The metric for a task name (seg/parts: confusion matrix with `classes` classes; depth;
+/// normals; edges/saliency: binary maps).
+public func makeMetric(task: String, classes: Int) -> Metric {
+    switch task {
+    case "seg", "parts": return SegmentationMetric(numClasses: classes)
+    case "depth": return DepthMetric()
+    case "normals": return NormalsMetric()
+    case "edges", "saliency": return BinaryMetric()
+    default: preconditionFailure("makeMetric: unknown task \(task) (Config validates task names)")
+    }
 }
 
 // MARK: - Segmentation
@@ -40,6 +55,7 @@ public final class SegmentationMetric: Metric {
     public func reset() { state = [Double](repeating: 0, count: numClasses * numClasses) }
 
     public var higherIsBetter: [String: Bool] { ["miou": true, "pixel_acc": true] }
+    public func update(output: Tensor, target: Tensor) { update(logits: output, target: target) }
 
     /// logits [N,C,H,W]; target [N,H,W] (or [N,1,H,W]) holding class indices as Float.
     public func update(logits: Tensor, target: Tensor) {
@@ -109,6 +125,7 @@ public final class DepthMetric: Metric {
     public init() {}
     public func reset() { state = [0, 0, 0, 0] }
     public var higherIsBetter: [String: Bool] { ["abs_err": false, "rel_err": false, "rmse": false] }
+    public func update(output: Tensor, target: Tensor) { update(pred: output, target: target) }
 
     /// pred and target [N,1,H,W] (same element count).
     public func update(pred: Tensor, target: Tensor) {
@@ -151,6 +168,7 @@ public final class NormalsMetric: Metric {
     public var higherIsBetter: [String: Bool] {
         ["mean": false, "median": false, "rmse": false, "within_11.25": true, "within_22.5": true, "within_30": true]
     }
+    public func update(output: Tensor, target: Tensor) { update(pred: output, target: target) }
 
     /// pred [N,3,H,W] (not necessarily unit length), target [N,3,H,W].
     public func update(pred: Tensor, target: Tensor) {
@@ -231,6 +249,7 @@ public final class BinaryMetric: Metric {
     public init() {}
     public func reset() { state = [Double](repeating: 0, count: 1 + 3 * BinaryMetric.T) }
     public var higherIsBetter: [String: Bool] { ["miou": true, "max_miou": true, "max_f": true] }
+    public func update(output: Tensor, target: Tensor) { update(logits: output, target: target) }
 
     /// logits [N,1,H,W]; target with N·H·W elements: 1 foreground, 0 background, −1/255 ignore.
     public func update(logits: Tensor, target: Tensor) {

@@ -94,7 +94,7 @@ final class ConfigTests: XCTestCase {
         checkpoint: {every: 2, keep: 0}
         method:
           name: ial
-          level: parameter
+          level: parameters
           ial: {lr: 0.01, warmup: 5, mode: "a b", flag: true}
           pcgrad: {reduction: mean}
         """
@@ -187,6 +187,8 @@ final class ConfigTests: XCTestCase {
                        "config.yaml: tasks.depth.loss: expected one of ce|l1|cosine|bce, found 'l2'")
         XCTAssertEqual(message { try self.parse("schedule: {name: linear}") },
                        "config.yaml: schedule.name: expected one of constant|step|poly|cosine, found 'linear'")
+        XCTAssertEqual(message { try self.parse("method: {level: param}") },
+                       "config.yaml: method.level: expected one of representation|parameters, found 'param'")
         XCTAssertEqual(message { try self.parse("train: {batch_size: 0}") },
                        "config.yaml: train.batch_size: expected an integer >= 1, found 0")
         XCTAssertEqual(message { try self.parse("train: {steps: -5}") },

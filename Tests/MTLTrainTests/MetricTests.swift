@@ -73,6 +73,12 @@ final class MetricTests: XCTestCase {
         m.state = zip(m.state, other.state).map { $0 + $1 }
         XCTAssertEqual(result(m, "abs_err"), 5.0 / 4, accuracy: 1e-12)
         XCTAssertEqual(m.higherIsBetter["abs_err"], false)
+        // the generic entry point and the factory reach the same code
+        let generic = makeMetric(task: "depth", classes: 0)
+        generic.update(output: Tensor([1, 1, 1, 5], [1, 2, 3, 4, 5]), target: Tensor([1, 1, 1, 5], [2, 0, 1, 4, -1]))
+        XCTAssertEqual(result(generic, "rel_err"), 5.0 / 6, accuracy: 1e-12)
+        XCTAssertTrue(makeMetric(task: "parts", classes: 7) is SegmentationMetric)
+        XCTAssertTrue(makeMetric(task: "saliency", classes: 0) is BinaryMetric)
     }
 
     /// Target (0,0,1) everywhere; predictions at 0°, 10°, 45°, 90°, 135° (not unit length) and
