@@ -135,6 +135,26 @@ final class OptimizerTests: XCTestCase {
         }
     }
 
+    /// Large tensors are updated in chunks on the thread pool: same bits as one thread.
+    func testThreadedUpdateMatchesSingleThread() {
+        let saved = Threads.count
+        defer { Threads.set(saved) }
+        var results: [[Float]] = []
+        for threads in [1, 2] {
+            Threads.set(threads)
+            var rng = Philox(seed: 5, stream: 0)
+            let n = 100_003
+            let p = Parameter("big", Tensor([n], (0..<n).map { _ in rng.normal() }))
+            let opt = Adam([p], beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01, decoupled: true)
+            for _ in 0..<2 {
+                for j in 0..<n { p.grad[j] = rng.normal() }
+                opt.step(lr: 0.01)
+            }
+            results.append(p.value.array)
+        }
+        XCTAssertEqual(results[0], results[1])
+    }
+
     func testLoadStateErrorsNameTheTensor() {
         let opt = Adam(makeParams(), beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0, decoupled: false)
         var state: [String: Tensor] = [:]
