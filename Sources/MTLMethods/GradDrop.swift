@@ -12,7 +12,8 @@ import MTLCore
 ///     on its local h_t.
 ///   level = parameters (and `mtl balance`): the sign-free variant on the vectors themselves
 ///     (q_t = g_t, as CAGrad/auto-lambda apply it to parameter gradients); the combined
-///     Σ_t m_t ⊙ g_t is written into grads[0] (`combinedGradientWritten`).
+///     Σ_t m_t ⊙ g_t is written into grads[0] (`combinedGradientWritten`). A rank may pass just
+///     its slice of the vectors with `gradsOffset` = the slice's global start.
 /// U[j] is lane j%4 of Philox block j/4 of methodRNG(seed, step): the same on every rank and
 /// independent of the thread count. Decoders: weight 1. Key: leak (0.0).
 public final class GradDrop: MultiTaskMethod {
@@ -27,8 +28,8 @@ public final class GradDrop: MultiTaskMethod {
         leak = Float(try p.double("leak", 0.0, min: 0, max: 1))
     }
 
-    /// U for elements 4b..4b+3: block b of methodRNG(seed, step), i.e. exactly what sequential
-    /// `uniform()` draws of that generator return, but computable in any order (threads).
+    /// U for global elements 4b..4b+3: block b of methodRNG(seed, step), i.e. exactly what
+    /// sequential `uniform()` draws of that generator return, but computable in any order.
     @inline(__always)
     static func uniforms(key: (UInt32, UInt32), base: (UInt32, UInt32, UInt32, UInt32), block b: Int) -> (Float, Float, Float, Float) {
         let index = UInt64(b) &+ (UInt64(base.0) | UInt64(base.1) << 32)
@@ -39,18 +40,22 @@ public final class GradDrop: MultiTaskMethod {
     }
 
     /// Overwrites q_t with m_t (`combined` = false) or writes Σ_t m_t q_t into q_0 (`combined` = true).
-    static func drop(_ q: [UnsafeMutableBufferPointer<Float>], leak: Float, seed: UInt64, step: Int, combined: Bool) {
+    /// q[t][i] is global element `offset + i`.
+    static func drop(_ q: [UnsafeMutableBufferPointer<Float>], leak: Float, seed: UInt64, step: Int, combined: Bool,
+                     offset: Int = 0) {
         let T = q.count, P = q[0].count
-        let blocks = (P + 3) / 4
+        let firstBlock = offset / 4
+        let blocks = (offset + P + 3) / 4 - firstBlock
         let perChunk = 2048  // blocks of 4 elements per parallel chunk
         let rng = methodRNG(seed: seed, step: step)
         let key = rng.key, base = rng.counter
         parallelFor((blocks + perChunk - 1) / perChunk, minChunk: 2) { c in
             let b0 = c * perChunk, b1 = min(blocks, b0 + perChunk)
             for b in b0..<b1 {
-                let u = uniforms(key: key, base: base, block: b)
+                let u = uniforms(key: key, base: base, block: firstBlock + b)
                 for lane in 0..<4 {
-                    let j = 4 * b + lane
+                    let j = 4 * (firstBlock + b) + lane - offset  // local index
+                    if j < 0 { continue }
                     if j >= P { break }
                     let U = lane == 0 ? u.0 : (lane == 1 ? u.1 : (lane == 2 ? u.2 : u.3))
                     var sum: Float = 0, abs: Float = 0
@@ -72,7 +77,7 @@ public final class GradDrop: MultiTaskMethod {
     public func apply(_ ctx: MethodContext) throws -> MethodResult {
         try check(ctx, name, tasks, grads: true)
         let combined = ctx.level == .parameters
-        GradDrop.drop(ctx.grads!, leak: leak, seed: ctx.seed, step: ctx.step, combined: combined)
+        GradDrop.drop(ctx.grads!, leak: leak, seed: ctx.seed, step: ctx.step, combined: combined, offset: ctx.gradsOffset)
         let ones = [Double](repeating: 1, count: tasks.count)
         return MethodResult(encoderCoefficients: ones, decoderWeights: ones,
                             combinedGradientWritten: combined, multipliersWritten: !combined)

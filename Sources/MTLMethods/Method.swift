@@ -31,10 +31,14 @@ public struct MethodContext {
     public var epochEnded: Bool
     /// Added to the brief's interface: GradDrop's output depends on the level (see GradDrop.swift).
     public var level: GradientLevel
+    /// Added: the global index of grads[t][0] when a rank passes only its slice of the vectors
+    /// (parameter level after a reduce-scatter), so that per-element randomness (GradDrop's U)
+    /// is keyed by the global element index and does not depend on the world size.
+    public var gradsOffset: Int
 
     public init(step: Int, epoch: Int = 0, seed: UInt64 = 0, roles: [TaskRole], losses: [Double],
                 gram: [Double]? = nil, grads: [UnsafeMutableBufferPointer<Float>]? = nil,
-                epochEnded: Bool = false, level: GradientLevel = .representation) {
+                epochEnded: Bool = false, level: GradientLevel = .representation, gradsOffset: Int = 0) {
         self.step = step
         self.epoch = epoch
         self.seed = seed
@@ -44,6 +48,7 @@ public struct MethodContext {
         self.grads = grads
         self.epochEnded = epochEnded
         self.level = level
+        self.gradsOffset = gradsOffset
     }
 }
 

@@ -46,27 +46,38 @@ final class Nash: MultiTaskMethod {
         }
         var alpha = start
         var iterations = 0
+        var gradNorm = Double.infinity
         for _ in 0..<maxIter {
             let Ka = Dense.matVec(K, alpha)
             let g = (0..<T).map { Ka[$0] - 1 / alpha[$0] }
             // Scale-free stop: α_i (Kα)_i = 1 to within rounding.
             var worst = 0.0
             for i in 0..<T { worst = max(worst, abs(alpha[i] * Ka[i] - 1)) }
-            if worst < 1e-13 { break }
+            if worst < 1e-12 { break }
             var H = K
             for i in 0..<T { H[i * T + i] += 1 / (alpha[i] * alpha[i]) }
             guard let d = Dense.solve(H, g.map { -$0 }, relTol: 1e-300) else { break }
             let slope = Dense.dot(g, d)
+            // −slope is the squared Newton decrement, ≈ 2(f − f*).
             if !(slope < 0) { break }
             var t = 1.0
             while t > 1e-12, (0..<T).contains(where: { alpha[$0] + t * d[$0] <= 0 }) { t *= 0.5 }
-            let f0 = f(alpha)
-            while t > 1e-12 {
-                let trial = (0..<T).map { alpha[$0] + t * d[$0] }
-                if f(trial) <= f0 + 1e-4 * t * slope { break }
-                t *= 0.5
+            if -slope > 1e-8 {
+                // Damped phase: Armijo backtracking on f.
+                let f0 = f(alpha)
+                while t > 1e-12 {
+                    let trial = (0..<T).map { alpha[$0] + t * d[$0] }
+                    if f(trial) <= f0 + 1e-4 * t * slope { break }
+                    t *= 0.5
+                }
+                if t <= 1e-12 { break }
+            } else {
+                // Quadratic phase: f differences are below rounding, so judge the step by the
+                // residual ‖∇f‖ instead and stop once it no longer decreases.
+                let gn = g.reduce(0) { $0 + $1 * $1 }
+                if gn >= gradNorm { break }
+                gradNorm = gn
             }
-            if t <= 1e-12 { break }
             alpha = (0..<T).map { alpha[$0] + t * d[$0] }
             iterations += 1
         }

@@ -39,6 +39,22 @@ final class GradDropTests: XCTestCase {
         XCTAssertEqual(q[0][0], 3.5, accuracy: 1e-6)
     }
 
+    func testParameterSlicesWithOffsetsEqualWhole() throws {
+        let v = Vectors.random(T: 3, P: 103, seed: 40)
+        let m = try make("graddrop", T: 3)
+        func run(_ lo: Int, _ hi: Int, offset: Int? = nil) throws -> [Float] {
+            var part = v.data.map { Array($0[lo..<hi]) }
+            _ = try part.withUnsafeMutableBufferPointerArray { bufs in
+                try m.apply(MethodContext(step: 6, seed: 2, roles: roles(3), losses: [1, 1, 1], grads: bufs,
+                                          level: .parameters, gradsOffset: offset ?? lo))
+            }
+            return part[0]
+        }
+        let whole = try run(0, 103)
+        XCTAssertEqual(try run(0, 7) + run(7, 50) + run(50, 103), whole)  // 7 and 50: not block-aligned
+        XCTAssertNotEqual(try run(7, 50, offset: 0), Array(whole[7..<50]))  // the offset matters
+    }
+
     func testRepresentationMultipliersAndCombineAcrossRanks() throws {
         // Two "ranks" with 2 samples each of a per-sample size-5 representation.
         let B = 4, S = 5, T = 2

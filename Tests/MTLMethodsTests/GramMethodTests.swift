@@ -39,9 +39,9 @@ final class GramMethodTests: XCTestCase {
 
     func testPCGradHandCase() throws {
         // g1 = (1, 0), g2 = (−1, 1): <g1,g2> = −1. v1 = g1 − (−1/2) g2 = (0.5, 0.5);
-        // v2 = g2 − (−1/1) g1 = (0, 1). Sum (0.5, 1.5) = 1.5 g1 + 1.5 g2 → β = (1.5, 1.5).
+        // v2 = g2 − (−1/1) g1 = (0, 1). Sum (0.5, 1.5) = 2 g1 + 1.5 g2 → β = (2, 1.5).
         let r = try make("pcgrad", T: 2).apply(context(T: 2, gram: [1, -1, -1, 2]))
-        assertClose(r.encoderCoefficients, [1.5, 1.5], 1e-15)
+        assertClose(r.encoderCoefficients, [2, 1.5], 1e-15)
         // No conflict → β = 1.
         let r2 = try make("pcgrad", T: 2).apply(context(T: 2, gram: [1, 0.2, 0.2, 2]))
         XCTAssertEqual(r2.encoderCoefficients, [1, 1])

@@ -25,7 +25,7 @@ final class Vectors {
 
     /// Σ of the Grams of the two halves [0, P/2) and [P/2, P): what two ranks produce.
     func splitGram() -> [Double] {
-        let h = P / 2
+        let h = (P + 1) / 2
         let a = Vectors(data.map { Array($0[0..<h]) }).gram()
         let b = Vectors(data.map { Array($0[h..<P]) }).gram()
         return zip(a, b).map { $0 + $1 }

@@ -5,7 +5,7 @@ import XCTest
 
 final class InterfaceTests: XCTestCase {
     let T = 3
-    lazy var v = Vectors.random(T: T, P: 40, seed: 21, conflict: 0.4, scales: [1, 2, 0.5])
+    lazy var v = Vectors.random(T: T, P: 3001, seed: 21, conflict: 0.4, scales: [1, 2, 0.5])
 
     /// Runs `steps` steps (two epochs' worth of epoch changes) and returns every result.
     func run(_ m: MultiTaskMethod, gram: [Double], from: Int = 0, steps: Int = 6) throws -> [MethodResult] {

@@ -120,10 +120,12 @@ final class LossMethodTests: XCTestCase {
         let r0 = try m.apply(context(T: 2, losses: [1, 1], gram: K))
         XCTAssertEqual(r0.encoderCoefficients, [1, 1])
         // G = (1, 2), Ḡ = 1.5, r = 1 → C = 1.5: ∂/∂w = (−1·1, +1·2); Adam moves w by (+lr, −lr),
-        // which already sums to 2.
+        // then renormalised to Σw = 2.
         let w = m.stateValues()["w"]!
-        XCTAssertEqual(w[0], 1 + 0.025 * 1 / (1 + 1e-8), accuracy: 1e-12)
-        XCTAssertEqual(w[1], 1 - 0.025 * 2 / (2 + 1e-8), accuracy: 1e-12)
+        let raw = [1 + 0.025 * 1 / (1 + 1e-8), 1 - 0.025 * 2 / (2 + 1e-8)]
+        XCTAssertEqual(w[0], raw[0] * 2 / (raw[0] + raw[1]), accuracy: 1e-14)
+        XCTAssertEqual(w[1], raw[1] * 2 / (raw[0] + raw[1]), accuracy: 1e-14)
+        XCTAssertEqual(w[0], 1.025, accuracy: 1e-9)
         let r1 = try m.apply(context(step: 1, T: 2, losses: [0.5, 1], gram: K))
         assertClose(r1.encoderCoefficients, w, 1e-15)
         XCTAssertEqual(r1.decoderWeights, r1.encoderCoefficients)
