@@ -29,10 +29,16 @@ public enum Synth {
         try validate(o)
         let tmp = path + ".tmp"
         let splits = o.valSamples > 0 ? [("train", o.samples), ("val", o.valSamples)] : [("train", o.samples)]
-        try H5RawReader.createFile(tmp, groups: splits.map { "/" + $0.0 }, strings: splits.map { name, n in
-            ("/\(name)/ids", (0..<n).map { String(format: "synth-%@-%06d", name, $0) })
-        })
-        let file = try H5File.open(tmp, readOnly: false)
+        let file: H5File
+        do {
+            try H5RawReader.createFile(tmp, groups: splits.map { "/" + $0.0 }, strings: splits.map { name, n in
+                ("/\(name)/ids", (0..<n).map { String(format: "synth-%@-%06d", name, $0) })
+            })
+            file = try H5File.open(tmp, readOnly: false)
+        } catch {
+            try? FileManager.default.removeItem(atPath: tmp)
+            throw error
+        }
         var closed = false
         defer {
             if !closed {

@@ -232,6 +232,9 @@ final class SynthTests: XCTestCase {
         o.samples = 0
         assertMTLError(["--samples", "found 0"]) { try Synth.write(to: dir + "/x.h5", options: o) }
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/x.h5"))
+        assertMTLError([dir + "/missing/x.h5.tmp", "cannot create"]) {
+            try Synth.write(to: dir + "/missing/x.h5", options: options())
+        }
     }
 
     func testInspectorDescribesSchemaAndStatistics() throws {
