@@ -16,7 +16,8 @@ public final class ConvWorkspace {
 /// padding (zeros) and dilation.
 ///
 /// Forward: im2col of the WHOLE batch into cols [C·k·k, N·Ho·Wo], one GEMM
-/// W[O, C·k·k] · cols → [O, N·Ho·Wo], reordered to [N, O, Ho, Wo]. Backward recomputes the
+/// W[O, C·k·k] · cols → [O, N·Ho·Wo], reordered to [N, O, Ho, Wo] (batches whose columns
+/// exceed `columnBudget` go in groups of whole samples, one GEMM each). Backward recomputes the
 /// columns from the cached input (cheaper than keeping them per layer), dW += dY·colsᵀ
 /// (one GEMM with the batch in the inner dimension), dcols = Wᵀ·dY (into the same
 /// scratch), col2im into dx. 1×1 stride-1 unpadded convolutions skip im2col: the input
@@ -31,6 +32,10 @@ public final class Conv2d: HasParameters {
     public var parameters: [Parameter] { bias.map { [weight, $0] } ?? [weight] }
     /// Scratch matrices (shared by all convolutions unless replaced).
     public var workspace = ConvWorkspace.shared
+    /// Upper bound (in floats) of the im2col matrix: a batch whose columns would exceed it is
+    /// processed in groups of whole samples, one GEMM per group (ResNet-50 ASPP at 288×384,
+    /// batch 8, would otherwise need 1 GB of columns). 2^26 floats = 256 MB.
+    public static var columnBudget = 1 << 26
     /// 1×1 stride-1 convolutions use one GEMM per sample straight on the NCHW planes (no copies)
     /// when a sample has at least this many pixels; below it the per-sample GEMMs get too thin
     /// and the batch is gathered into one GEMM. Measured with OpenBLAS on 1–2 threads: per-sample
@@ -63,6 +68,11 @@ public final class Conv2d: HasParameters {
     public func outputSize(height: Int, width: Int) -> (height: Int, width: Int) {
         let span = dilation * (kernel - 1) + 1
         return ((height + 2 * padding - span) / stride + 1, (width + 2 * padding - span) / stride + 1)
+    }
+
+    /// Samples per GEMM so that the columns stay within `columnBudget` (at least one).
+    private func samplesPerGroup(ckk: Int, pix: Int, n: Int) -> Int {
+        max(1, min(n, Conv2d.columnBudget / max(1, ckk * pix)))
     }
 
     private var isPointwise: Bool { kernel == 1 && stride == 1 && padding == 0 }
@@ -135,17 +145,25 @@ public final class Conv2d: HasParameters {
             wt = UnsafePointer(compactWeight.data)
         }
         let cols = workspace.cols
-        cols.resize([ckk, n * pix])
-        im2col(x.data, n: n, h: h, w: w, ho: ho, wo: wo, cols: cols.data)
+        let group = samplesPerGroup(ckk: ckk, pix: pix, n: n)
         if n == 1 {
             // [O, 1·Ho·Wo] already is the NCHW layout.
+            cols.resize([ckk, pix])
+            im2col(x.data, n: 1, h: h, w: w, ho: ho, wo: wo, cols: cols.data)
             sgemm(m: o, n: pix, k: ckk, a: wt, lda: ckk, b: cols.data, ldb: pix, c: y, ldc: pix)
             addBias(y, n: 1, pix: pix)
             return output
         }
         let rows = workspace.rows
         rows.resize([o, n * pix])
-        sgemm(m: o, n: n * pix, k: ckk, a: wt, lda: ckk, b: cols.data, ldb: n * pix, c: rows.data, ldc: n * pix)
+        for s0 in Swift.stride(from: 0, to: n, by: group) {
+            // Samples [s0, s1) as one GEMM into columns s0·P..<s1·P of rows [O, N·P].
+            let count = min(group, n - s0)
+            cols.resize([ckk, count * pix])
+            im2col(x.data + s0 * inChannels * h * w, n: count, h: h, w: w, ho: ho, wo: wo, cols: cols.data)
+            sgemm(m: o, n: count * pix, k: ckk, a: wt, lda: ckk, b: cols.data, ldb: count * pix,
+                  c: rows.data + s0 * pix, ldc: n * pix)
+        }
         // [O, N, P] → [N, O, P], adding the bias on the way.
         let r = rows.data, b = bias?.value.data
         parallelFor(n * o) { q in
@@ -238,24 +256,32 @@ public final class Conv2d: HasParameters {
             }
             dyRows = UnsafePointer(r)
         }
+        if computeInputGrad { inputGrad.resize(x.shape) }
         let cols = workspace.cols
-        cols.resize([ckk, n * pix])
-        im2col(x.data, n: n, h: h, w: w, ho: ho, wo: wo, cols: cols.data)
-        // dW [O, CKK] += dY [O, NP] · colsᵀ [NP, CKK]  (compact: = then scattered into W's gradient)
-        sgemm(transB: true, m: o, n: ckk, k: n * pix, a: dyRows, lda: n * pix, b: cols.data, ldb: n * pix,
-              beta: compact ? 0 : 1, c: dw, ldc: ckk)
+        let group = samplesPerGroup(ckk: ckk, pix: pix, n: n)
+        let plane = inChannels * h * w
+        for s0 in Swift.stride(from: 0, to: n, by: group) {
+            let count = min(group, n - s0)
+            let dyGroup = dyRows + s0 * pix          // columns s0·P..<s1·P of dY [O, N·P]
+            cols.resize([ckk, count * pix])
+            im2col(x.data + s0 * plane, n: count, h: h, w: w, ho: ho, wo: wo, cols: cols.data)
+            // dW [O, CKK] += dY [O, count·P] · colsᵀ [count·P, CKK]  (compact: the first group overwrites)
+            sgemm(transB: true, m: o, n: ckk, k: count * pix, a: dyGroup, lda: n * pix, b: cols.data, ldb: count * pix,
+                  beta: compact && s0 == 0 ? 0 : 1, c: dw, ldc: ckk)
+            guard computeInputGrad else { continue }
+            // dcols [CKK, count·P] = Wᵀ [CKK, O] · dY [O, count·P], overwriting the columns (no longer needed).
+            sgemm(transA: true, m: ckk, n: count * pix, k: o, a: wt, lda: ckk, b: dyGroup, ldb: n * pix,
+                  c: cols.data, ldc: count * pix)
+            col2im(cols.data, n: count, h: h, w: w, ho: ho, wo: wo, dx: inputGrad.data + s0 * plane)
+        }
         if compact {
+            // Scatter the active taps' gradient into the full [O, C, k, k] gradient.
             let t = taps.count, kk = kernel * kernel, full = weight.grad.data
             for q in 0..<(o * inChannels) {
                 for (i, tap) in taps.enumerated() { full[q * kk + tap] += dw[q * t + i] }
             }
         }
         guard computeInputGrad else { return empty }
-        // dcols [CKK, NP] = Wᵀ [CKK, O] · dY [O, NP], overwriting the columns (no longer needed).
-        sgemm(transA: true, m: ckk, n: n * pix, k: o, a: wt, lda: ckk, b: dyRows, ldb: n * pix,
-              c: cols.data, ldc: n * pix)
-        inputGrad.resize(x.shape)
-        col2im(cols.data, n: n, h: h, w: w, ho: ho, wo: wo, dx: inputGrad.data)
         return inputGrad
     }
 

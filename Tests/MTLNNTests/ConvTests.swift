@@ -110,6 +110,18 @@ final class ConvTests: XCTestCase {
         XCTAssertEqual(edge.bias!.grad.array, [4, 4, 4])
     }
 
+    func testSampleGroupsUnderColumnBudget() {
+        // A tiny column budget forces one GEMM per sample (or pair of samples): same results.
+        let saved = Conv2d.columnBudget
+        defer { Conv2d.columnBudget = saved }
+        for budget in [1, 2 * 3 * 9 * 16] {
+            Conv2d.columnBudget = budget
+            runGradCheck(configs[4], seed: 50)   // N = 3, 7×7/2
+            runGradCheck(configs[9], seed: 51)   // compact taps, N = 2
+            runGradCheck(configs[1], seed: 52)
+        }
+    }
+
     func testBackwardTwiceGivesSameGradients() {
         for cfg in [configs[0], configs[5], configs[9]] {
             let conv = makeConv(cfg, seed: 3)
