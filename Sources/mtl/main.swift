@@ -1,1 +1,234 @@
-print("mtl")
+import ArgumentParser
+import Foundation
+import MTLConvert
+import MTLCore
+import MTLData
+import MTLDist
+import MTLEngine
+import MTLMethods
+import MTLTrain
+
+/// Prints `error: <one line>` and exits non-zero. Under MPI the whole job is aborted so that
+/// no rank is left waiting in a collective.
+func fail(_ error: Error, comm: Communicator? = nil) -> Never {
+    let message = (error as? MTLError)?.message ?? "\(error)"
+    if let comm, comm.size > 1 { comm.abort(code: 1, reason: message) }
+    FileHandle.standardError.write(Data("error: \(message)\n".utf8))
+    exit(1)
+}
+
+struct MTL: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "mtl",
+        abstract: "Multi-task dense prediction training on MPI data-parallel ranks.",
+        discussion: "Run under mpirun/srun for data parallelism; without them it runs as one process.",
+        subcommands: [Train.self, Eval.self, SynthCommand.self, Convert.self, Inspect.self, BalanceCommand.self, BenchCommand.self])
+}
+
+struct Train: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Train a model from a YAML config.")
+    @Option(help: "Experiment config (YAML).") var config: String
+    @Option(name: .customLong("set"), help: "Override a config key: section.key=value (repeatable).")
+    var overrides: [String] = []
+    @Option(help: "Run directory (logs, metrics.jsonl, checkpoints). Default: runs/<config name>.")
+    var runDir: String?
+    @Option(help: "Resume: 'auto' (latest checkpoint in the run directory, if any) or a checkpoint path.")
+    var resume: String?
+    @Option(help: "Debug: every K steps check that all ranks hold identical parameters (0 = off).")
+    var checkConsistency = 0
+    @Flag(help: "Debug: ranks other than 0 write rank-K.log in the run directory.")
+    var logAllRanks = false
+
+    func run() throws {
+        let comm: Communicator
+        do { comm = try CommunicatorFactory.make() } catch { fail(error) }
+        do {
+            let cfg = try Config.load(path: config, overrides: overrides)
+            let dir = runDir ?? "runs/" + ((config as NSString).lastPathComponent as NSString).deletingPathExtension
+            installStopSignalHandlers()
+            var options = TrainerOptions()
+            options.checkConsistency = checkConsistency
+            options.logAllRanks = logAllRanks
+            let trainer = try Trainer(config: cfg, runDir: dir, comm: comm, resume: resume, options: options)
+            let summary = try trainer.run()
+            if comm.isRoot && !summary.evaluation.isEmpty {
+                print("final metrics (step \(summary.finalStep)):\n" + Evaluator.table(summary.evaluation))
+            }
+            (comm as? MPICommunicator)?.finalize()
+        } catch { fail(error, comm: comm) }
+    }
+}
+
+struct Eval: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Evaluate a checkpoint on the validation split.")
+    @Option(help: "Experiment config (YAML); the checkpoint's own config is used if omitted.") var config: String?
+    @Option(name: .customLong("set"), help: "Override a config key (repeatable).") var overrides: [String] = []
+    @Option(help: "Checkpoint file (checkpoints/step-*.h5).") var checkpoint: String
+    @Option(help: "Split to evaluate (default: data.val_split).") var split: String?
+    @Flag(help: "Print the metrics as one JSON object.") var json = false
+
+    func run() throws {
+        let comm: Communicator
+        do { comm = try CommunicatorFactory.make() } catch { fail(error) }
+        do {
+            let (tensors, meta) = try CheckpointStore.load(checkpoint)
+            let cfg: Config
+            if let config {
+                cfg = try Config.load(path: config, overrides: overrides)
+            } else {
+                guard let y = meta["config"] else { throw MTLError("\(checkpoint): no config stored; pass --config") }
+                cfg = try Config.parse(yaml: y, source: checkpoint, overrides: overrides)
+            }
+            Threads.set(cfg.train.threads > 0 ? cfg.train.threads : max(1, ProcessInfo.processInfo.activeProcessorCount / max(1, comm.localSize)))
+            let names = cfg.tasks.map { $0.name }
+            let ds = try MTDataset(path: cfg.data.path, split: split ?? cfg.data.valSplit, tasks: names)
+            let setup = try RunSetup(config: cfg, dataset: ds)
+            var modelTensors: [String: Tensor] = [:]
+            for (k, v) in tensors where k.hasPrefix("model.") { modelTensors[String(k.dropFirst(6))] = v }
+            try setup.model.load(modelTensors, source: checkpoint)
+            let results = try Evaluator.run(model: setup.model, dataset: ds, losses: setup.lossKinds,
+                                            classes: setup.classes, comm: comm,
+                                            batchSize: max(1, cfg.train.batchSize / comm.size))
+            if comm.isRoot {
+                if json {
+                    var obj: [String: Any] = ["checkpoint": checkpoint, "split": split ?? cfg.data.valSplit]
+                    for r in results { for (k, v) in r.values { obj["\(r.task).\(k)"] = v } }
+                    let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
+                    print(String(decoding: data, as: UTF8.self))
+                } else {
+                    print("\(checkpoint) on \(ds.split) (\(ds.count) samples):\n" + Evaluator.table(results))
+                }
+            }
+            (comm as? MPICommunicator)?.finalize()
+        } catch { fail(error, comm: comm) }
+    }
+}
+
+struct SynthCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "synth", abstract: "Write a synthetic multi-task dataset (HDF5, mtdp-hdf5 schema).")
+    @Option(help: "Output HDF5 file.") var out: String
+    @Option(help: "Training samples.") var samples = 64
+    @Option(help: "Validation samples (default: samples / 4).") var valSamples: Int?
+    @Option(help: "Image height (multiple of 32).") var height = 64
+    @Option(help: "Image width (multiple of 32).") var width = 96
+    @Option(help: "Tasks, comma-separated (seg,depth,normals,edges,saliency).") var tasks = "seg,depth,normals"
+    @Option(help: "Random seed.") var seed: UInt64 = 0
+
+    func run() throws {
+        do {
+            var o = SynthOptions()
+            o.samples = samples
+            o.valSamples = valSamples ?? max(1, samples / 4)
+            o.height = height
+            o.width = width
+            o.tasks = tasks.split(separator: ",").map { String($0) }
+            o.seed = seed
+            let t = Date()
+            try MTLData.Synth.write(to: out, options: o) { print($0) }
+            print(String(format: "wrote %@ (%d train + %d val samples, %dx%d) in %.2f s", out, o.samples, o.valSamples,
+                         height, width, Date().timeIntervalSince(t)))
+        } catch { fail(error) }
+    }
+}
+
+struct Convert: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Convert an official dataset release into the mtdp-hdf5 schema (see docs/DATASETS.md).",
+        discussion: "Kinds: \(Converter.kinds.joined(separator: ", ")). The output is written to OUT.tmp and renamed when complete.")
+    @Argument(help: "Dataset kind: \(Converter.kinds.joined(separator: " | ")).") var kind: String
+    @Option(help: "The official release: a directory, or nyu_depth_v2_labeled.mat for nyuv2.") var src: String
+    @Option(help: "Output HDF5 file.") var out: String
+    @Option(help: "Resize to this height (with --width).") var height: Int?
+    @Option(help: "Resize to this width (with --height).") var width: Int?
+    @Option(help: "Classes: cityscapes 7 or 19, nyuv2 13 or 40.") var classes: Int?
+    @Option(help: "nyuv2: splits file (splits.mat or text).") var splits: String?
+    @Option(help: "nyuv2: directory of precomputed normals (else computed from depth).") var normals: String?
+    @Option(help: "nyuv2: classMapping40.mat (894 → 40 classes; default <src dir>/classMapping40.mat).") var classMap: String?
+
+    func run() throws {
+        do {
+            var o = ConvertOptions()
+            o.height = height
+            o.width = width
+            o.classes = classes
+            o.splitsFile = splits
+            o.normalsDir = normals
+            o.classMapFile = classMap
+            print(try Converter.run(kind: kind, src: src, out: out, options: o) { print($0) })
+        } catch { fail(error) }
+    }
+}
+
+struct Inspect: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print a dataset's or a checkpoint's contents.")
+    @Argument(help: "A dataset (.h5) or a checkpoint (checkpoints/step-*.h5).") var path: String
+
+    func run() throws {
+        do {
+            if DatasetInspector.isDataset(path) {
+                print(try DatasetInspector.describe(path))
+            } else {
+                let (tensors, meta) = try CheckpointStore.load(path)
+                print("checkpoint \(path)")
+                for k in meta.keys.sorted() where k != "config" { print("  \(k): \(meta[k]!)") }
+                var total = 0
+                for k in tensors.keys.sorted() {
+                    let t = tensors[k]!
+                    total += t.count
+                    let rms = t.count > 0 ? (t.sumOfSquares() / Double(t.count)).squareRoot() : 0
+                    print("  \(k) \(t.shape) rms=\(String(format: "%.4g", rms))")
+                }
+                print("  \(tensors.count) tensors, \(total) values")
+                if let c = meta["config"] { print("config:\n" + c) }
+            }
+        } catch { fail(error) }
+    }
+}
+
+struct BalanceCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "balance", abstract: "Apply one multi-task method to given per-task gradients (debugging, cross-checks).")
+    @Option(help: "Method name (\(methodNames.joined(separator: ", "))).") var method: String
+    @Option(help: "HDF5 file with `grads` [T, P] float32, optional `losses` [T], attribute `primary`.") var grads: String
+    @Option(help: "Seed for the method's randomness.") var seed: UInt64 = 0
+    @Option(help: "Step (keys the randomness).") var step = 0
+    @Option(name: .customLong("param"), help: "Method hyperparameter key=value (repeatable).") var params: [String] = []
+    @Option(help: "Output HDF5 file (`combined` [P], `coefficients` [T]).") var out: String
+
+    func run() throws {
+        do {
+            var p: [String: String] = [:]
+            for kv in params {
+                guard let eq = kv.firstIndex(of: "=") else { throw MTLError("--param \(kv): expected key=value") }
+                p[String(kv[..<eq])] = String(kv[kv.index(after: eq)...])
+            }
+            print(try MTLMethods.Balance.run(gradsPath: grads, method: method, seed: seed, step: step, params: p, outPath: out))
+        } catch { fail(error) }
+    }
+}
+
+struct BenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "bench",
+        abstract: "Time training steps of the bench network of ../shared/bench/torch_ref.py (same flags).")
+    @Option(help: "Base width of the encoder.") var width = 32
+    @Option(help: "Batch size.") var batch = 4
+    @Option(help: "Image height.") var height = 128
+    @Option(help: "Image width.") var wide = 256
+    @Option(help: "Threads.") var threads = 2
+    @Option(help: "Method: ew | pcgrad (parameter level) | ial (representation level) | any method name.") var method = "ew"
+    @Option(help: "Timed steps (median reported).") var steps = 8
+    @Option(help: "Model (only 'bench').") var model = "bench"
+    @Flag(help: "Print one JSON object.") var json = false
+
+    func run() throws {
+        do {
+            guard model == "bench" else { throw MTLError("--model: expected bench, found \(model)") }
+            var o = BenchOptions()
+            o.width = width; o.batch = batch; o.height = height; o.wide = wide
+            o.threads = threads; o.method = method; o.steps = max(5, steps)
+            let r = try Bench.run(o)
+            print(json ? r.json : r.text)
+        } catch { fail(error) }
+    }
+}
+
+MTL.main()

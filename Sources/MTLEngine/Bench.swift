@@ -1,0 +1,143 @@
+import Foundation
+import MTLCore
+import MTLModels
+import MTLData
+import MTLDist
+import MTLMethods
+import MTLTrain
+
+/// `mtl bench`: the network and batch of ../shared/bench/torch_ref.py, timed per training step.
+public struct BenchOptions {
+    public var width = 32, batch = 4, height = 128, wide = 256, threads = 2, steps = 8, warmup = 2
+    public var method = "ew"
+    public init() {}
+}
+
+public struct BenchResult {
+    public var options: BenchOptions
+    public var msPerStepMedian: Double
+    public var msPerStepMin: Double
+    public var gflopPerStep: Double
+    public var gflops: Double
+    public var sgemmPeakGflops: Double
+    public var peakFraction: Double
+    public var peakRSSMB: Double
+
+    public var json: String {
+        String(format: "{\"method\": \"%@\", \"width\": %d, \"batch\": %d, \"height\": %d, \"width_px\": %d, \"threads\": %d, \"ms_per_step_median\": %.2f, \"ms_per_step_min\": %.2f, \"gflop_per_step\": %.3f, \"gflops\": %.2f, \"sgemm_peak_gflops\": %.2f, \"peak_fraction\": %.3f, \"peak_rss_mb\": %.1f}",
+               options.method, options.width, options.batch, options.height, options.wide, options.threads,
+               msPerStepMedian, msPerStepMin, gflopPerStep, gflops, sgemmPeakGflops, peakFraction, peakRSSMB)
+    }
+
+    public var text: String {
+        String(format: """
+        bench: width %d, batch %d, %dx%d, method %@, %d thread(s)
+          %.2f ms/step (median of %d; min %.2f)
+          %.3f GFLOP/step, %.2f GFLOP/s = %.1f%% of the measured sgemm peak (%.2f GFLOP/s)
+          peak RSS %.1f MB
+        """, options.width, options.batch, options.height, options.wide, options.method, options.threads,
+               msPerStepMedian, options.steps, msPerStepMin, gflopPerStep, gflops, peakFraction * 100,
+               sgemmPeakGflops, peakRSSMB)
+    }
+}
+
+public enum Bench {
+    /// Best GFLOP/s of one large single-call sgemm with the current thread count: the machine's practical peak.
+    public static func sgemmPeak(size n: Int = 1024, repeats: Int = 5) -> Double {
+        let a = Tensor([n, n]), b = Tensor([n, n]), c = Tensor([n, n])
+        var rng = Philox(seed: 1, stream: 99)
+        for i in 0..<(n * n) { a[i] = rng.uniform(); b[i] = rng.uniform() }
+        var best = Double.infinity
+        for _ in 0..<repeats {
+            let t = Date()
+            sgemm(m: n, n: n, k: n, a: a.data, lda: n, b: b.data, ldb: n, c: c.data, ldc: n)
+            best = min(best, Date().timeIntervalSince(t))
+        }
+        return 2 * Double(n * n * n) / best / 1e9
+    }
+
+    public static func peakRSSMB() -> Double {
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        return Double(usage.ru_maxrss) / 1024  // kilobytes on Linux
+    }
+
+    /// A batch like torch_ref's: x ~ N(0,1), seg ∈ {-1..12}, depth ~ U(0,1), unit normals.
+    static func randomBatch(_ o: BenchOptions) -> Batch {
+        let batch = Batch()
+        var rng = Philox(seed: 0, stream: 77)
+        let B = o.batch, H = o.height, W = o.wide
+        batch.images.resize([B, 3, H, W])
+        for i in 0..<batch.images.count { batch.images[i] = rng.normal() }
+        let seg = Tensor([B, H, W]), depth = Tensor([B, 1, H, W]), normals = Tensor([B, 3, H, W])
+        for i in 0..<seg.count { seg[i] = Float(rng.int(below: 14) - 1) }
+        for i in 0..<depth.count { depth[i] = rng.uniform() }
+        let hw = H * W
+        for b in 0..<B {
+            for p in 0..<hw {
+                let base = b * 3 * hw + p
+                let x = rng.normal(), y = rng.normal(), z = rng.normal()
+                let n = max((x * x + y * y + z * z).squareRoot(), 1e-12)
+                normals[base] = x / n; normals[base + hw] = y / n; normals[base + 2 * hw] = z / n
+            }
+        }
+        batch.targets = ["seg": seg, "depth": depth, "normals": normals]
+        batch.indices = Array(0..<B)
+        return batch
+    }
+
+    public static func run(_ o: BenchOptions) throws -> BenchResult {
+        Threads.set(o.threads)
+        let spec = ModelSpec(encoder: "bench", width: o.width, outputStride: 8, head: "bench", headChannels: 64,
+                             tasks: [("seg", 13), ("depth", 1), ("normals", 3)])
+        let model = try MultiTaskModel(spec, seed: 0)
+        let names = ["seg", "depth", "normals"]
+        let roles: [TaskRole] = [.primary, .auxiliary, .auxiliary]
+        let method = try makeMethod(name: o.method, taskNames: names, roles: roles, params: [:])
+        // torch_ref runs PCGrad on the shared parameters and IAL on the representation.
+        let level: MethodLevel = o.method == "pcgrad" ? .parameters : .representation
+        let adam = Adam(model.parameters, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0, decoupled: false)
+        let engine = StepEngine(model: model, losses: [try TaskLoss(kind: "ce"), try TaskLoss(kind: "l1"),
+                                                       try TaskLoss(kind: "cosine")],
+                                lossWeights: [1, 1, 1], roles: roles, method: method, level: level,
+                                optimizer: adam, comm: SingleProcessCommunicator(), seed: 0, skipNonFinite: true)
+        let batch = randomBatch(o)
+        for s in 0..<o.warmup { _ = try engine.step(batch: batch, stepIndex: s, epoch: 0, epochEnded: false, lr: 1e-4) }
+        FlopCounter.forwardFlops = 0
+        FlopCounter.backwardFlops = 0
+        FlopCounter.enabled = true
+        _ = try engine.step(batch: batch, stepIndex: o.warmup, epoch: 0, epochEnded: false, lr: 1e-4)
+        FlopCounter.enabled = false
+        var flops = FlopCounter.forwardFlops + FlopCounter.backwardFlops
+        if level == .parameters {
+            // The encoder's backward runs once per task: count the extra passes.
+            flops += Double(names.count - 1) * FlopCounter.backwardFlops * encoderShare(model, o)
+        }
+        var times: [Double] = []
+        for s in 0..<o.steps {
+            let t = Date()
+            _ = try engine.step(batch: batch, stepIndex: o.warmup + 1 + s, epoch: 0, epochEnded: false, lr: 1e-4)
+            times.append(Date().timeIntervalSince(t) * 1000)
+        }
+        times.sort()
+        let median = times.count % 2 == 1 ? times[times.count / 2] : 0.5 * (times[times.count / 2 - 1] + times[times.count / 2])
+        let peak = sgemmPeak()
+        let gflops = flops / 1e9 / (median / 1000)
+        return BenchResult(options: o, msPerStepMedian: median, msPerStepMin: times.first ?? 0,
+                           gflopPerStep: flops / 1e9, gflops: gflops, sgemmPeakGflops: peak,
+                           peakFraction: gflops / peak, peakRSSMB: peakRSSMB())
+    }
+
+    /// Fraction of backward FLOPs that belong to the encoder (measured by counting an encoder-only pass).
+    static func encoderShare(_ model: MultiTaskModel, _ o: BenchOptions) -> Double {
+        let x = Tensor([o.batch, 3, o.height, o.wide])
+        let before = FlopCounter.backwardFlops
+        FlopCounter.backwardFlops = 0
+        FlopCounter.enabled = true
+        _ = model.encoder.forward(x)
+        FlopCounter.enabled = false
+        let enc = FlopCounter.backwardFlops
+        FlopCounter.backwardFlops = before
+        return before > 0 ? enc / before : 0
+    }
+}

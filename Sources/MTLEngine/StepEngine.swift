@@ -1,0 +1,246 @@
+import Foundation
+import MTLCore
+import MTLNN
+import MTLModels
+import MTLData
+import MTLDist
+import MTLMethods
+import MTLTrain
+
+/// Where a multi-task method looks at per-task gradients.
+public enum MethodLevel: String, Sendable {
+    /// ∂L_t/∂z at the shared encoder output: one encoder backward, a T×T Gram all-reduce.
+    case representation
+    /// ∂L_t/∂θ_shared: T encoder backwards and the per-task shared gradients all-reduced.
+    case parameters
+}
+
+/// What one step measured (global values: identical on every rank).
+public struct StepStats {
+    public var losses: [Double]           // global mean loss per task
+    public var counts: [Double]           // global number of valid elements per task
+    public var methodLogs: [(String, Double)]
+    public var coefficients: [Double]     // encoder coefficients the method chose
+    public var gradNorm: Double           // norm of the reduced gradient (all trainable parameters)
+    public var skipped: Bool              // NaN/Inf with nan_policy=skip: no update applied
+    public var computeSeconds: Double     // this rank's forward/backward time
+    public var commSeconds: Double        // this rank's time in collectives
+}
+
+/// One training step, as data flows in ARCHITECTURE.md:
+/// encoder forward → per task: head forward, loss, head backward (∂L_t/∂z kept) → ONE all-reduce of
+/// (loss sums, valid counts, local Gram) → method → decoder grads scaled, encoder backward with Σ α_t ∂L_t/∂z
+/// → gradient all-reduce → NaN check (same decision everywhere) → optimizer step.
+/// Losses are normalised by GLOBAL valid counts, so N ranks × b equal 1 rank × N·b.
+public final class StepEngine {
+    public let model: MultiTaskModel
+    public let taskNames: [String]
+    public let losses: [TaskLoss]
+    public let lossWeights: [Double]
+    public let roles: [TaskRole]
+    public let method: MultiTaskMethod
+    public let level: MethodLevel
+    public let optimizer: Optimizer
+    public let comm: Communicator
+    public let seed: UInt64
+    public let skipNonFinite: Bool
+
+    /// Parameters that are updated and all-reduced (frozen heads excluded), in a fixed order.
+    let trainable: [Parameter]
+    let encoderParams: [Parameter]
+    /// ∂L_t/∂z per task (unscaled: computed with loss scale 1, scaled once the global counts are known).
+    let taskGrads: [Tensor]
+    let combined = Tensor([0])
+    /// Trainable parameters whose gradients the step all-reduces (at parameter level the encoder's
+    /// are already global after the method, so only the heads' are reduced).
+    let reduced: [Parameter]
+    let flatGrads: Tensor
+    /// Parameter level: the per-task shared gradients, T × P_encoder.
+    var taskParamGrads: [Tensor] = []
+    var reduction: [Double]
+
+    public init(model: MultiTaskModel, losses: [TaskLoss], lossWeights: [Double], roles: [TaskRole],
+                method: MultiTaskMethod, level: MethodLevel, optimizer: Optimizer, comm: Communicator,
+                seed: UInt64, skipNonFinite: Bool) {
+        self.model = model
+        self.taskNames = model.taskNames
+        self.losses = losses
+        self.lossWeights = lossWeights
+        self.roles = roles
+        self.method = method
+        self.level = method.needsGram ? level : .representation
+        self.optimizer = optimizer
+        self.comm = comm
+        self.seed = seed
+        self.skipNonFinite = skipNonFinite
+        trainable = model.parameters.filter { $0.trainable }
+        encoderParams = model.encoder.parameters
+        taskGrads = model.taskNames.map { _ in Tensor([0]) }
+        let encoderNames = Set(encoderParams.map { $0.name })
+        reduced = self.level == .parameters ? trainable.filter { !encoderNames.contains($0.name) } : trainable
+        flatGrads = Tensor([reduced.reduce(0) { $0 + $1.value.count }])
+        let t = model.taskNames.count
+        reduction = [Double](repeating: 0, count: 2 * t + t * t)
+    }
+
+    /// Runs one step on this rank's shard `batch`. `stepIndex`/`epoch` key the method's randomness.
+    public func step(batch: Batch, stepIndex: Int, epoch: Int, epochEnded: Bool, lr: Float) throws -> StepStats {
+        let stats = try gradients(batch: batch, stepIndex: stepIndex, epoch: epoch, epochEnded: epochEnded)
+        if !stats.skipped { optimizer.step(lr: lr) }
+        return stats
+    }
+
+    /// Everything of a step but the optimizer update: leaves the reduced, combined gradient in every
+    /// trainable parameter's `grad` (identical on all ranks).
+    public func gradients(batch: Batch, stepIndex: Int, epoch: Int, epochEnded: Bool) throws -> StepStats {
+        let T = taskNames.count
+        var commTime = 0.0
+        let t0 = Date()
+        model.zeroGrad()
+        let H = batch.images.h, W = batch.images.w
+
+        // Forward the shared encoder once; each head forward/loss/backward in turn.
+        let z = model.encoder.forward(batch.images)
+        var localSums = [Double](repeating: 0, count: T)
+        var localCounts = [Double](repeating: 0, count: T)
+        for t in 0..<T {
+            guard let target = batch.targets[taskNames[t]] else {
+                throw MTLError("batch has no target for task \(taskNames[t])")
+            }
+            let pred = model.heads[t].forward(z, height: H, width: W)
+            let ls = losses[t].forward(pred, target)
+            localSums[t] = ls.sum * lossWeights[t]
+            localCounts[t] = Double(ls.count)
+            let dz = model.heads[t].backward(losses[t].backward(scale: Float(lossWeights[t])))
+            taskGrads[t].copy(from: dz)
+        }
+
+        // One small all-reduce: loss sums, valid counts, and (representation level) the local Gram.
+        let repGram = method.needsGram && level == .representation
+        for t in 0..<T {
+            reduction[t] = localSums[t]
+            reduction[T + t] = localCounts[t]
+        }
+        for i in 0..<(T * T) { reduction[2 * T + i] = 0 }
+        if repGram {
+            for i in 0..<T {
+                for j in i..<T {
+                    let g = taskGrads[i].dot(taskGrads[j])
+                    reduction[2 * T + i * T + j] = g
+                    reduction[2 * T + j * T + i] = g
+                }
+            }
+        }
+        let tc = Date()
+        reduction.withUnsafeMutableBufferPointer { comm.allReduceSum($0) }
+        commTime += Date().timeIntervalSince(tc)
+
+        let counts = Array(reduction[T..<(2 * T)])
+        // 1/N_t: the loss of a task with no valid element anywhere is 0 and gets no gradient.
+        let inv = counts.map { $0 > 0 ? 1.0 / $0 : 0.0 }
+        let globalLosses = (0..<T).map { reduction[$0] * inv[$0] }
+        var gram: [Double]? = nil
+        if repGram {
+            gram = (0..<(T * T)).map { k in reduction[2 * T + k] * inv[k / T] * inv[k % T] }
+        }
+
+        var ctx = MethodContext(step: stepIndex, epoch: epoch, seed: seed, roles: roles, losses: globalLosses,
+                                gram: gram, grads: nil, epochEnded: epochEnded)
+        var result: MethodResult
+        if level == .parameters {
+            result = try parameterLevel(&ctx, inv: inv, commTime: &commTime)
+        } else {
+            result = try method.apply(ctx)
+            // Encoder: one backward with Σ α_t/N_t ∂L_t/∂z.
+            combined.resize(taskGrads[0].shape)
+            combined.zero()
+            for t in 0..<T where inv[t] > 0 {
+                combined.add(taskGrads[t], alpha: Float(result.encoderCoefficients[t] * inv[t]))
+            }
+            model.encoder.backward(combined)
+        }
+        // Decoders: each head saw its own loss with scale 1; now scale by w_t/N_t.
+        for t in 0..<T {
+            let s = Float(result.decoderWeights[t] * inv[t])
+            for p in model.heads[t].parameters { p.grad.scale(s) }
+        }
+        let computeTime = Date().timeIntervalSince(t0) - commTime
+
+        // Gradient all-reduce (sums: the losses are already global means).
+        var offset = 0
+        for p in reduced {
+            (flatGrads.data + offset).update(from: p.grad.data, count: p.grad.count)
+            offset += p.grad.count
+        }
+        let tr = Date()
+        if comm.size > 1 { comm.allReduceSum(flatGrads.buffer) }
+        commTime += Date().timeIntervalSince(tr)
+        offset = 0
+        for p in reduced {
+            p.grad.data.update(from: flatGrads.data + offset, count: p.grad.count)
+            offset += p.grad.count
+        }
+        var sq = 0.0
+        for p in trainable { sq += p.grad.sumOfSquares() }
+
+        // Every rank holds the same reduced values, so every rank takes the same decision here.
+        let finite = sq.isFinite && globalLosses.allSatisfy { $0.isFinite }
+        if !finite && !skipNonFinite {
+            let bad = zip(taskNames, globalLosses).filter { !$0.1.isFinite }.map { $0.0 }
+            throw MTLError("step \(stepIndex): non-finite \(bad.isEmpty ? "gradient" : "loss for " + bad.joined(separator: ", ")) (train.nan_policy=stop; use skip to drop such steps)")
+        }
+        return StepStats(losses: globalLosses, counts: counts, methodLogs: result.logs,
+                         coefficients: result.encoderCoefficients, gradNorm: sq.squareRoot(), skipped: !finite,
+                         computeSeconds: computeTime, commSeconds: commTime)
+    }
+
+    /// Parameter level: T encoder backwards give the per-task shared gradients; they are all-reduced
+    /// (T × P floats) so that every rank forms the same global Gram, and the method combines them.
+    private func parameterLevel(_ ctx: inout MethodContext, inv: [Double], commTime: inout Double) throws -> MethodResult {
+        let T = taskNames.count
+        let P = encoderParams.reduce(0) { $0 + $1.value.count }
+        if taskParamGrads.count != T { taskParamGrads = (0..<T).map { _ in Tensor([P]) } }
+        for t in 0..<T {
+            for p in encoderParams { p.grad.zero() }
+            taskGrads[t].scale(Float(inv[t]))
+            model.encoder.backward(taskGrads[t])
+            var off = 0
+            for p in encoderParams {
+                (taskParamGrads[t].data + off).update(from: p.grad.data, count: p.grad.count)
+                off += p.grad.count
+            }
+        }
+        let tc = Date()
+        if comm.size > 1 { for t in 0..<T { comm.allReduceSum(taskParamGrads[t].buffer) } }
+        commTime += Date().timeIntervalSince(tc)
+        var gram = [Double](repeating: 0, count: T * T)
+        for i in 0..<T {
+            for j in i..<T {
+                let g = taskParamGrads[i].dot(taskParamGrads[j])
+                gram[i * T + j] = g
+                gram[j * T + i] = g
+            }
+        }
+        ctx.gram = gram
+        ctx.grads = taskParamGrads.map { $0.buffer }
+        let result = try method.apply(ctx)
+        // The combined shared gradient, already global: written into the encoder's grads.
+        var off = 0
+        for p in encoderParams {
+            let n = p.grad.count
+            let g = p.grad.data
+            if result.combinedGradientWritten {
+                g.update(from: taskParamGrads[0].data + off, count: n)
+            } else {
+                for i in 0..<n { g[i] = 0 }
+                for t in 0..<T {
+                    let a = Float(result.encoderCoefficients[t])
+                    let src = taskParamGrads[t].data + off
+                    for i in 0..<n { g[i] += a * src[i] }
+                }
+            }
+            off += n
+        }
+        return result
+    }
+}

@@ -1,0 +1,310 @@
+import Foundation
+import MTLCore
+import MTLModels
+import MTLData
+import MTLDist
+import MTLMethods
+import MTLTrain
+
+/// Set by SIGTERM/SIGUSR1 (Slurm's pre-emption warning); read at step boundaries.
+nonisolated(unsafe) var stopSignalReceived: Int32 = 0
+
+/// Installs the handlers that turn SIGTERM / SIGUSR1 into "checkpoint at the next step boundary, exit 0".
+public func installStopSignalHandlers() {
+    signal(SIGTERM) { _ in stopSignalReceived = 1 }
+    signal(SIGUSR1) { _ in stopSignalReceived = 1 }
+}
+
+/// The outcome of `mtl train`.
+public struct TrainSummary {
+    public var finalStep: Int
+    public var stoppedBySignal: Bool
+    public var lastLosses: [(String, Double)]
+    public var evaluation: [TaskMetrics]
+    public var checkpoint: String?
+}
+
+/// Everything a run is built from, shared by `train`, `eval` and tests.
+public struct RunSetup {
+    public let config: Config
+    public let model: MultiTaskModel
+    public let taskNames: [String]
+    public let lossKinds: [String]
+    public let classes: [Int]
+    public let roles: [TaskRole]
+
+    /// Builds the model for `config`, reading class counts from the dataset where the config leaves them 0.
+    public init(config: Config, dataset: MTDataset?) throws {
+        self.config = config
+        var specTasks: [(name: String, channels: Int)] = []
+        var classes: [Int] = []
+        for t in config.tasks {
+            var k = t.classes
+            if t.loss == "ce" && k <= 0 {
+                guard let n = dataset?.numClasses(t.name) else {
+                    throw MTLError("tasks.\(t.name).classes: not set and the dataset gives no num_classes for \(t.name)")
+                }
+                k = n
+            }
+            classes.append(k)
+            specTasks.append((t.name, TaskLoss.channels(task: t.name, loss: t.loss, classes: k)))
+        }
+        let spec = ModelSpec(encoder: config.model.encoder, width: config.model.width,
+                             outputStride: config.model.outputStride, head: config.model.head,
+                             headChannels: config.model.headChannels, tasks: specTasks)
+        model = try MultiTaskModel(spec, seed: UInt64(config.train.seed))
+        taskNames = config.tasks.map { $0.name }
+        lossKinds = config.tasks.map { $0.loss }
+        self.classes = classes
+        roles = config.tasks.map { $0.role }
+        for (t, tc) in config.tasks.enumerated() where tc.frozen {
+            for p in model.heads[t].parameters { p.trainable = false }
+        }
+        if !config.model.pretrained.isEmpty {
+            try Pretrained.loadEncoder(model: model, path: config.model.pretrained)
+        }
+    }
+}
+
+/// Debugging options of `mtl train`.
+public struct TrainerOptions {
+    /// Every K steps, compare a checksum of every parameter and buffer across ranks; stop naming the first
+    /// tensor that differs (0 = off).
+    public var checkConsistency = 0
+    /// Ranks other than 0 write `rank-K.log` in the run directory.
+    public var logAllRanks = false
+    public init() {}
+}
+
+/// The training loop: data shard → StepEngine → rank 0 logs, metrics, checkpoints; evaluation; resume;
+/// stop on signal at a step boundary agreed by all ranks.
+public final class Trainer {
+    public let config: Config
+    public let comm: Communicator
+    public let runDir: String
+    let setup: RunSetup
+    let dataset: MTDataset
+    let valDataset: MTDataset?
+    let engine: StepEngine
+    let sampler: ShardedSampler
+    let schedule: LRSchedule
+    let store: CheckpointStore
+    let log: RunLog?
+    var startStep = 0
+
+    let options: TrainerOptions
+    let rankLog: FileHandle?
+
+    public init(config: Config, runDir: String, comm: Communicator, resume: String?,
+                options: TrainerOptions = TrainerOptions()) throws {
+        self.config = config
+        self.options = options
+        self.comm = comm
+        self.runDir = runDir
+        let threads = config.train.threads > 0
+            ? config.train.threads : max(1, ProcessInfo.processInfo.activeProcessorCount / max(1, comm.localSize))
+        Threads.set(threads)
+
+        let names = config.tasks.map { $0.name }
+        dataset = try MTDataset(path: config.data.path, split: config.data.trainSplit, tasks: names)
+        valDataset = Trainer.hasSplit(config.data.path, config.data.valSplit)
+            ? try MTDataset(path: config.data.path, split: config.data.valSplit, tasks: names) : nil
+        setup = try RunSetup(config: config, dataset: dataset)
+        let model = setup.model
+        if config.model.syncBN && comm.size > 1 { model.setStatsReducer(comm) }
+
+        let method = try makeMethod(name: config.method.name, taskNames: names, roles: setup.roles,
+                                    params: config.method.params[config.method.name] ?? [:])
+        guard let level = MethodLevel(rawValue: config.method.level) else {
+            throw MTLError("method.level: expected representation|parameters, found '\(config.method.level)'")
+        }
+        let optimizer = makeOptimizer(config.optim, model.parameters.filter { $0.trainable })
+        let losses = try config.tasks.map { try TaskLoss(kind: $0.loss, posWeight: Float($0.posWeight)) }
+        engine = StepEngine(model: model, losses: losses, lossWeights: config.tasks.map { $0.weight },
+                            roles: setup.roles, method: method, level: level, optimizer: optimizer, comm: comm,
+                            seed: UInt64(config.train.seed), skipNonFinite: config.train.nanPolicy == "skip")
+        sampler = try ShardedSampler(count: dataset.count, globalBatch: config.train.batchSize, rank: comm.rank,
+                                     worldSize: comm.size, seed: UInt64(config.train.seed))
+        schedule = LRSchedule(config.schedule, baseLR: config.optim.lr, totalSteps: config.train.steps)
+        store = CheckpointStore(directory: runDir + "/checkpoints")
+        log = comm.isRoot ? try RunLog(directory: runDir, echo: true) : nil
+        if options.logAllRanks && !comm.isRoot {
+            try FileManager.default.createDirectory(atPath: runDir, withIntermediateDirectories: true)
+            let path = runDir + "/rank-\(comm.rank).log"
+            FileManager.default.createFile(atPath: path, contents: nil)
+            rankLog = FileHandle(forWritingAtPath: path)
+        } else {
+            rankLog = nil
+        }
+
+        // The same initial parameters everywhere (rank 0's), whatever each rank computed.
+        for (_, t) in model.stateTensors() { comm.broadcast(t.buffer, root: 0) }
+
+        if let resume {
+            let path = resume == "auto" ? store.latest() : resume
+            if let path { try restore(path) } else { log?.line("resume auto: no checkpoint in \(runDir)/checkpoints, starting at step 0") }
+        }
+        try log?.writeConfig(config.yaml())
+    }
+
+    static func hasSplit(_ path: String, _ split: String) -> Bool {
+        guard let f = try? H5File.open(path) else { return false }
+        defer { f.close() }
+        return f.exists("/" + split)
+    }
+
+    // MARK: checkpoints
+
+    func save(nextStep: Int) throws -> String? {
+        guard comm.isRoot else { return nil }
+        let tensors = setup.model.stateTensors().map { ("model." + $0.0, $0.1) } + engine.optimizer.stateTensors()
+        let methodState = engine.method.stateValues()
+        let json = try JSONSerialization.data(withJSONObject: methodState.mapValues { $0.map { "\($0)" } },
+                                              options: [.sortedKeys])
+        let meta = ["format": "mtl-checkpoint", "version": "1", "step": "\(nextStep)", "world_size": "\(comm.size)",
+                    "seed": "\(config.train.seed)", "config": config.yaml(),
+                    "method": config.method.name, "method_state": String(decoding: json, as: UTF8.self)]
+        let path = try store.save(step: nextStep, tensors: tensors, meta: meta, keep: config.checkpoint.keep)
+        log?.line("checkpoint \(path)")
+        return path
+    }
+
+    func restore(_ path: String) throws {
+        let (tensors, meta) = try CheckpointStore.load(path)
+        var modelTensors: [String: Tensor] = [:]
+        for (k, v) in tensors where k.hasPrefix("model.") { modelTensors[String(k.dropFirst(6))] = v }
+        try setup.model.load(modelTensors, source: path)
+        try engine.optimizer.loadState(tensors)
+        if let js = meta["method_state"], let obj = try JSONSerialization.jsonObject(with: Data(js.utf8)) as? [String: [String]] {
+            try engine.method.loadState(obj.mapValues { $0.compactMap { Double($0) } })
+        }
+        guard let s = meta["step"].flatMap({ Int($0) }) else { throw MTLError("\(path): checkpoint has no step") }
+        startStep = s
+        let oldWorld = meta["world_size"] ?? "?"
+        log?.line("resumed from \(path) at step \(s) (saved with world size \(oldWorld), now \(comm.size))")
+    }
+
+    // MARK: the loop
+
+    public func run() throws -> TrainSummary {
+        let steps = config.train.steps
+        let names = setup.taskNames
+        let batch = Batch()
+        var last: StepStats? = nil
+        var lastCheckpoint: String? = nil
+        var windowStart = Date()
+        var windowSamples = 0
+        let runStart = Date()
+        var stoppedBySignal = false
+        var step = startStep
+        log?.line("training \(names.joined(separator: ", ")) with \(config.method.name) on \(comm.size) rank(s) × \(Threads.count) thread(s); \(setup.model.parameterCount) parameters; global batch \(config.train.batchSize); steps \(startStep)..<\(steps)")
+        while step < steps {
+            let epoch = sampler.epoch(ofStep: step)
+            let epochEnded = step > 0 && sampler.epoch(ofStep: step - 1) != epoch
+            let t0 = Date()
+            try dataset.load(sampler.localBatch(step: step), into: batch)
+            let lr = schedule.lr(step: step)
+            let stats = try engine.step(batch: batch, stepIndex: step, epoch: epoch, epochEnded: epochEnded, lr: Float(lr))
+            let stepTime = Date().timeIntervalSince(t0)
+            last = stats
+            windowSamples += config.train.batchSize
+            step += 1
+
+            // One tiny all-reduce per step: the stop flag (max) and this rank's step time spread.
+            var agree: [Double] = [Double(stopSignalReceived), stepTime, -stepTime]
+            agree.withUnsafeMutableBufferPointer { comm.allReduceMax($0) }
+            let stop = agree[0] > 0
+
+            if let rankLog {
+                let line = String(format: "step %d | %@ | %.1f ms (compute %.1f, comm %.1f)\n", step,
+                                  zip(names, stats.losses).map { "\($0.0) \(String(format: "%.4f", $0.1))" }.joined(separator: " "),
+                                  stepTime * 1000, stats.computeSeconds * 1000, stats.commSeconds * 1000)
+                rankLog.write(Data(line.utf8))
+            }
+            if options.checkConsistency > 0 && step % options.checkConsistency == 0 { try checkConsistency(step: step) }
+
+            let logNow = step % max(1, config.log.every) == 0 || step == steps || stop
+            if logNow, let log {
+                let elapsed = Date().timeIntervalSince(windowStart)
+                let sps = Double(windowSamples) / max(elapsed, 1e-9)
+                let eta = Double(steps - step) * elapsed / Double(max(1, windowSamples / config.train.batchSize))
+                log.line(formatProgress(step: step, total: steps, losses: Array(zip(names, stats.losses)), lr: lr,
+                                        samplesPerSecond: sps, etaSeconds: eta)
+                         + String(format: " | step %.0f–%.0f ms over ranks", -agree[2] * 1000, agree[1] * 1000)
+                         + (stats.skipped ? " | SKIPPED (non-finite)" : ""))
+                var rec: [String: Any] = ["kind": "train", "step": step, "epoch": epoch, "lr": lr,
+                                          "samples_per_s": sps, "grad_norm": stats.gradNorm,
+                                          "step_time_max_s": agree[1], "step_time_min_s": -agree[2],
+                                          "compute_s": stats.computeSeconds, "comm_s": stats.commSeconds,
+                                          "skipped": stats.skipped]
+                for (n, l) in zip(names, stats.losses) { rec["loss.\(n)"] = l }
+                for (n, c) in zip(names, stats.coefficients) { rec["coef.\(n)"] = c }
+                for (k, v) in stats.methodLogs { rec["method.\(k)"] = v }
+                log.record(rec)
+                windowStart = Date()
+                windowSamples = 0
+            }
+            if config.checkpoint.every > 0 && step % config.checkpoint.every == 0 && step < steps && !stop {
+                lastCheckpoint = try save(nextStep: step)
+            }
+            if config.train.evalEvery > 0 && step % config.train.evalEvery == 0 && step < steps && !stop {
+                _ = try evaluate(step: step)
+            }
+            if stop {
+                log?.line("stop signal received: checkpointing at step \(step) and exiting (resume with --resume auto)")
+                stoppedBySignal = true
+                break
+            }
+        }
+        if step > startStep || lastCheckpoint == nil { lastCheckpoint = try save(nextStep: step) ?? lastCheckpoint }
+        let evaluation = stoppedBySignal ? [] : try evaluate(step: step)
+        log?.line(String(format: "done: %d steps in %.1f s", step - startStep, Date().timeIntervalSince(runStart)))
+        return TrainSummary(finalStep: step, stoppedBySignal: stoppedBySignal,
+                            lastLosses: last.map { Array(zip(names, $0.losses)) } ?? [],
+                            evaluation: evaluation, checkpoint: lastCheckpoint)
+    }
+
+    /// Rank 0's per-tensor checksums are broadcast; every rank compares its own and all ranks agree (max)
+    /// on the first mismatching tensor, so the whole job stops with the same message.
+    func checkConsistency(step: Int) throws {
+        let tensors = setup.model.stateTensors()
+        var mine = [Double](repeating: 0, count: 2 * tensors.count)
+        for (i, (_, t)) in tensors.enumerated() {
+            var s = 0.0, w = 0.0
+            for k in 0..<t.count {
+                let v = Double(t[k])
+                s += v
+                w += v * Double(k % 7 + 1)
+            }
+            mine[2 * i] = s
+            mine[2 * i + 1] = w
+        }
+        var root = mine
+        root.withUnsafeMutableBufferPointer { comm.broadcast($0, root: 0) }
+        var firstBad = [Double(tensors.count)]
+        for i in 0..<tensors.count {
+            let same = mine[2 * i] == root[2 * i] && mine[2 * i + 1] == root[2 * i + 1]
+            if !same { firstBad[0] = Double(i); break }
+        }
+        firstBad[0] = -firstBad[0]
+        firstBad.withUnsafeMutableBufferPointer { comm.allReduceMax($0) }   // max of -index = min index
+        let index = Int(-firstBad[0])
+        if index < tensors.count {
+            throw MTLError("consistency check at step \(step): tensor \(tensors[index].0) differs across ranks")
+        }
+    }
+
+    func evaluate(step: Int) throws -> [TaskMetrics] {
+        guard let valDataset else { return [] }
+        let results = try Evaluator.run(model: setup.model, dataset: valDataset, losses: setup.lossKinds,
+                                        classes: setup.classes, comm: comm,
+                                        batchSize: max(1, config.train.batchSize / comm.size))
+        if let log {
+            log.line("evaluation at step \(step) on \(config.data.valSplit) (\(valDataset.count) samples):\n" + Evaluator.table(results))
+            var rec: [String: Any] = ["kind": "eval", "step": step, "split": config.data.valSplit]
+            for r in results { for (k, v) in r.values { rec["\(r.task).\(k)"] = v } }
+            log.record(rec)
+        }
+        return results
+    }
+}
