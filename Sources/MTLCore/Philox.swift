@@ -10,10 +10,12 @@ public struct Philox: Sendable {
 
     /// `seed` is the run's seed; `stream` separates purposes (data order, augmentation,
     /// method randomness, init); `index` is the step/epoch/sample the draws belong to.
+    /// Counter layout: word 0 counts the blocks drawn, words 1–2 hold the index, word 3 the
+    /// stream, so the draws of different (stream, index) pairs never overlap (2^32 blocks each).
     public init(seed: UInt64, stream: UInt64, index: UInt64 = 0) {
         key = (UInt32(truncatingIfNeeded: seed), UInt32(truncatingIfNeeded: seed >> 32))
-        counter = (UInt32(truncatingIfNeeded: index), UInt32(truncatingIfNeeded: index >> 32),
-                   UInt32(truncatingIfNeeded: stream), UInt32(truncatingIfNeeded: stream >> 32))
+        counter = (0, UInt32(truncatingIfNeeded: index), UInt32(truncatingIfNeeded: index >> 32),
+                   UInt32(truncatingIfNeeded: stream))
     }
 
     @inline(__always)
@@ -40,9 +42,7 @@ public struct Philox: Sendable {
     public mutating func nextUInt32() -> UInt32 {
         if cached == 0 {
             cache = Philox.block(key: key, counter: counter)
-            // Advance the 64-bit low half of the counter; the high half holds the stream.
             counter.0 &+= 1
-            if counter.0 == 0 { counter.1 &+= 1 }
             cached = 4
         }
         cached -= 1

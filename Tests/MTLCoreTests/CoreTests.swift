@@ -72,3 +72,14 @@ final class HDF5Tests: XCTestCase {
         }
     }
 }
+
+final class PhiloxStreamTests: XCTestCase {
+    /// Consecutive indices must not share draws (the block counter has its own word).
+    func testConsecutiveIndicesDoNotOverlap() {
+        var a = Philox(seed: 3, stream: 2, index: 10)
+        var b = Philox(seed: 3, stream: 2, index: 11)
+        let xa = Set((0..<4000).map { _ in a.nextUInt32() })
+        let xb = (0..<4000).map { _ in b.nextUInt32() }
+        XCTAssertLessThan(xb.filter { xa.contains($0) }.count, 5)
+    }
+}
