@@ -69,6 +69,33 @@ final class ConvTests: XCTestCase {
         for (i, cfg) in configs.enumerated() { runGradCheck(cfg, seed: UInt64(10 + i)) }
     }
 
+    func testRegionAndDensePathsBothCorrect() {
+        // Force each convolution through the dense im2col and through the padding-aware regions.
+        let saved = Conv2d.regionMinSaving
+        defer { Conv2d.regionMinSaving = saved }
+        for (i, cfg) in configs.enumerated() {
+            Conv2d.regionMinSaving = 2       // never regions
+            runGradCheck(cfg, seed: UInt64(60 + i))
+            Conv2d.regionMinSaving = -1      // always regions
+            runGradCheck(cfg, seed: UInt64(60 + i))
+        }
+    }
+
+    func testRegionWorkFraction() {
+        var rng = Philox(seed: 1, stream: 1)
+        // DeepLab rate 12 on a 16×32 map: rows see (4·2 + 8·1 + 4·2)/16 of 3 taps, columns
+        // (12·2 + 8·3 + 12·2)/32 of 3 → 0.5 · 0.75 of the dense work.
+        let aspp = Conv2d("a", inChannels: 1, outChannels: 1, kernel: 3, padding: 12, dilation: 12, rng: &rng)
+        XCTAssertEqual(aspp.regionWorkFraction(height: 16, width: 32)!, 0.375, accuracy: 1e-12)
+        // Rate 36 on 36×48: only the centre kernel row, columns (12·2 + 24·1 + 12·2)/48 of 3.
+        let r36 = Conv2d("b", inChannels: 1, outChannels: 1, kernel: 3, padding: 36, dilation: 36, rng: &rng)
+        XCTAssertEqual(r36.regionWorkFraction(height: 36, width: 48)!, 1.0 / 3 * 0.5, accuracy: 1e-12)
+        // An ordinary 3×3/1 conv loses only its border: (1·2 + 30·3 + 1·2)/32 · (1·2 + 62·3 + 1·2)/64 / 9.
+        let plain = Conv2d("c", inChannels: 1, outChannels: 1, kernel: 3, padding: 1, rng: &rng)
+        XCTAssertEqual(plain.regionWorkFraction(height: 32, width: 64)!, (94.0 / 96) * (190.0 / 192), accuracy: 1e-12)
+        XCTAssertNil(Conv2d("d", inChannels: 1, outChannels: 1, kernel: 1, rng: &rng).regionWorkFraction(height: 4, width: 4))
+    }
+
     func testPointwisePerSamplePath() {
         // Both 1x1 strategies (per-sample GEMMs and the gathered batch GEMM) must agree.
         let saved = Conv2d.pointwisePerSampleMinPixels
