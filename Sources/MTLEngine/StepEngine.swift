@@ -68,7 +68,7 @@ public final class StepEngine {
         self.lossWeights = lossWeights
         self.roles = roles
         self.method = method
-        self.level = method.needsGram ? level : .representation
+        self.level = (method.needsGram || method.needsGradients) ? level : .representation
         self.optimizer = optimizer
         self.comm = comm
         self.seed = seed
@@ -145,10 +145,13 @@ public final class StepEngine {
         }
 
         var ctx = MethodContext(step: stepIndex, epoch: epoch, seed: seed, roles: roles, losses: globalLosses,
-                                gram: gram, grads: nil, epochEnded: epochEnded)
+                                gram: gram, grads: nil, epochEnded: epochEnded,
+                                level: level == .parameters ? .parameters : .representation)
         var result: MethodResult
         if level == .parameters {
             result = try parameterLevel(&ctx, inv: inv, commTime: &commTime)
+        } else if method.needsGradients {
+            result = try representationVectors(&ctx, z: z, inv: inv, commTime: &commTime)
         } else {
             result = try method.apply(ctx)
             // Encoder: one backward with Σ α_t/N_t ∂L_t/∂z.
@@ -192,6 +195,40 @@ public final class StepEngine {
         return StepStats(losses: globalLosses, counts: counts, methodLogs: result.logs,
                          coefficients: result.encoderCoefficients, gradNorm: sq.squareRoot(), skipped: !finite,
                          computeSeconds: computeTime, commSeconds: commTime)
+    }
+
+    /// Representation level, non-linear methods (GradDrop): the per-position sign-corrected sums
+    /// q_t[j] = Σ_b sign(z[b,j]) ∂L_t/∂z[b,j] are all-reduced (T × C·h·w floats), the method turns them
+    /// into per-position multipliers m_t (same on every rank), and each rank backpropagates
+    /// Σ_t m_t ⊙ ∂L_t/∂z of its own samples.
+    private func representationVectors(_ ctx: inout MethodContext, z: Tensor, inv: [Double],
+                                       commTime: inout Double) throws -> MethodResult {
+        let T = taskNames.count
+        let batch = z.n, perSample = z.count / max(1, z.n)
+        if taskParamGrads.count != T || taskParamGrads[0].count != perSample {
+            taskParamGrads = (0..<T).map { _ in Tensor([perSample]) }
+        }
+        for t in 0..<T {
+            taskGrads[t].scale(Float(inv[t]))
+            GradDrop.signCorrectedSum(z: z.data, h: taskGrads[t].data, batch: batch, perSample: perSample,
+                                      into: taskParamGrads[t].data)
+        }
+        let tc = Date()
+        if comm.size > 1 { for t in 0..<T { comm.allReduceSum(taskParamGrads[t].buffer) } }
+        commTime += Date().timeIntervalSince(tc)
+        ctx.grads = taskParamGrads.map { $0.buffer }
+        let result = try method.apply(ctx)
+        combined.resize(taskGrads[0].shape)
+        if result.multipliersWritten {
+            GradDrop.combine(multipliers: taskParamGrads.map { UnsafeBufferPointer($0.buffer) },
+                             h: taskGrads.map { UnsafePointer($0.data) }, batch: batch, perSample: perSample,
+                             into: combined.data)
+        } else {
+            combined.zero()
+            for t in 0..<T { combined.add(taskGrads[t], alpha: Float(result.encoderCoefficients[t])) }
+        }
+        model.encoder.backward(combined)
+        return result
     }
 
     /// Parameter level: T encoder backwards give the per-task shared gradients; they are all-reduced
