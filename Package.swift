@@ -35,8 +35,9 @@ let package = Package(
         .target(name: "MTLDist", dependencies: ["MTLCore", "CMPI"]),
         .target(name: "MTLMethods", dependencies: ["MTLCore"]),
         .target(name: "MTLTrain", dependencies: ["MTLCore", .product(name: "Yams", package: "Yams")]),
+        .target(name: "MTLReport", dependencies: ["MTLCore"]),
         .target(name: "MTLEngine", dependencies: ["MTLCore", "MTLNN", "MTLModels", "MTLData",
-                                                  "MTLDist", "MTLMethods", "MTLTrain", "MTLConvert"]),
+                                                  "MTLDist", "MTLMethods", "MTLTrain", "MTLConvert", "MTLReport"]),
         .executableTarget(name: "mtl", dependencies: [
             "MTLEngine", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
@@ -49,6 +50,7 @@ let package = Package(
         .testTarget(name: "MTLEngineTests", dependencies: ["MTLEngine"]),
         .testTarget(name: "MTLDistTests", dependencies: ["MTLDist"]),
         .testTarget(name: "MTLMethodsTests", dependencies: ["MTLMethods"]),
+        .testTarget(name: "MTLReportTests", dependencies: ["MTLReport"]),
         .testTarget(name: "MTLConvertTests", dependencies: ["MTLConvert", "MTLData"]),
     ],
     swiftLanguageModes: [.v5]
