@@ -48,8 +48,9 @@ public final class Conv2d: HasParameters {
     /// was faster from 8×8 pixels (64) up, by 5–30%.
     public static var pointwisePerSampleMinPixels = 64
     /// The region decomposition is used when it removes at least this fraction of the dense
-    /// multiply-adds (smaller savings do not pay for the extra, smaller GEMMs).
-    public static var regionMinSaving = 0.1
+    /// multiply-adds (smaller savings do not pay for the extra, smaller GEMMs: measured, a 12%
+    /// saving ran at par with the dense path, 24% ran ~10% faster, 62% ~2× faster).
+    public static var regionMinSaving = 0.2
 
     private let output = Tensor([0])
     private let inputGrad = Tensor([0])
