@@ -9,6 +9,9 @@ public final class ConvWorkspace {
     let cols = Tensor([0])
     /// GEMM output [O, N·Ho·Wo] in forward, reordered dy in backward.
     let rows = Tensor([0])
+    /// The weight restricted to one region's taps [O, C·T] and that part of its gradient.
+    let compactWeight = Tensor([0])
+    let compactGrad = Tensor([0])
     public init() {}
 }
 
@@ -67,10 +70,6 @@ public final class Conv2d: HasParameters {
     /// nil: the dense path (all taps, bounds-checked im2col). Recomputed when the input size changes.
     private var regions: [Region]?
     private var planKey = (-1, -1, 0.0)
-    /// The weight restricted to one region's taps [O, C·T] and that part of its gradient.
-    private let compactWeight = Tensor([0])
-    private let compactGrad = Tensor([0])
-
     public init(_ name: String, inChannels: Int, outChannels: Int, kernel: Int, stride: Int = 1,
                 padding: Int = 0, dilation: Int = 1, bias: Bool = false, rng: inout Philox) {
         precondition(inChannels > 0 && outChannels > 0 && kernel > 0 && stride > 0 && padding >= 0 && dilation > 0,
@@ -153,6 +152,7 @@ public final class Conv2d: HasParameters {
     /// compactWeight[o, c·T + t] = W[o, c, taps[t]].
     private func gatherCompactWeight(_ taps: [Int]) {
         let o = outChannels, c = inChannels, kk = kernel * kernel, t = taps.count
+        let compactWeight = workspace.compactWeight
         compactWeight.resize([o, c * t])
         let src = weight.value.data, dst = compactWeight.data
         taps.withUnsafeBufferPointer { taps in
@@ -259,7 +259,7 @@ public final class Conv2d: HasParameters {
                 cols.resize([ckk, count * pr])
                 im2colRegion(x.data + s0 * samplePlane, n: count, h: h, w: w, region: region, cols: cols.data)
                 rows.resize([o, count * pr])
-                sgemm(m: o, n: count * pr, k: ckk, a: compactWeight.data, lda: ckk, b: cols.data, ldb: count * pr,
+                sgemm(m: o, n: count * pr, k: ckk, a: workspace.compactWeight.data, lda: ckk, b: cols.data, ldb: count * pr,
                       c: rows.data, ldc: count * pr)
                 // rows [O, count, pr] → the region's pixels of y[s0 + s, o], plus bias.
                 let r = rows.data
@@ -368,6 +368,7 @@ public final class Conv2d: HasParameters {
             let (rowLo, rowHi, colLo) = (region.rowLo, region.rowHi, region.colLo)
             let ckk = inChannels * t
             gatherCompactWeight(region.taps)
+            let compactWeight = workspace.compactWeight, compactGrad = workspace.compactGrad
             compactGrad.resize([o, ckk])
             let group = samplesPerGroup(ckk: ckk, pix: pr, n: n)
             for s0 in Swift.stride(from: 0, to: n, by: group) {
