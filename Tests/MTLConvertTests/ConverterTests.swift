@@ -169,6 +169,17 @@ final class ConverterTests: XCTestCase {
         XCTAssertThrowsError(try convert("cityscapes", src, dir + "/bad.h5")) { XCTAssertTrue("\($0)".contains("leftImg8bit/val: folder not found"), "\($0)") }
     }
 
+    /// Conversion speed at Cityscapes' real size (2048×1024); run with MTL_CONVERT_BENCH=1 (numbers in docs/DATASETS.md).
+    func testBenchCityscapesFullResolution() throws {
+        guard ProcessInfo.processInfo.environment["MTL_CONVERT_BENCH"] == "1" else { return }
+        let dir = makeTempDir("csbench"), src = dir + "/cityscapes"
+        try makeCityscapes(src, W: 2048, H: 1024, counts: ["train": 6, "val": 2])
+        _ = try convert("cityscapes", src, dir + "/full.h5")
+        var o = ConvertOptions(); o.classes = 7; o.height = 128; o.width = 256
+        _ = try convert("cityscapes", src, dir + "/small.h5", o)
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+
     // MARK: nyuv2 (official .mat v7.3)
 
     func testNYUv2Official() throws {
