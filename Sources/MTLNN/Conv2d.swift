@@ -70,6 +70,7 @@ public final class Conv2d: HasParameters {
     /// nil: the dense path (all taps, bounds-checked im2col). Recomputed when the input size changes.
     private var regions: [Region]?
     private var planKey = (-1, -1, 0.0)
+
     public init(_ name: String, inChannels: Int, outChannels: Int, kernel: Int, stride: Int = 1,
                 padding: Int = 0, dilation: Int = 1, bias: Bool = false, rng: inout Philox) {
         precondition(inChannels > 0 && outChannels > 0 && kernel > 0 && stride > 0 && padding >= 0 && dilation > 0,
