@@ -41,7 +41,7 @@ public enum MatV5 {
 
     public static func parse(_ b: [UInt8], path: String) throws -> [String: MatValue] {
         guard b.count >= 128 else { throw MTLError("\(path): not a MAT-file (expected a 128-byte header, found \(b.count) bytes)") }
-        if b.count >= 520, String(decoding: b[512..<520], as: UTF8.self) == "\u{89}HDF\r\n\u{1A}\n" || b[513] == 0x48 && b[514] == 0x44 && b[515] == 0x46 {
+        if b.count >= 520, Array(b[512..<520]) == [0x89, 0x48, 0x44, 0x46, 0x0D, 0x0A, 0x1A, 0x0A] {
             throw MTLError("\(path): this is a MATLAB v7.3 (HDF5) MAT-file, expected level 5 (save with -v7)")
         }
         let text = String(decoding: b[0..<116], as: UTF8.self)

@@ -216,6 +216,7 @@ final class ConverterTests: XCTestCase {
         let mapClass = (0..<894).map { UInt8($0 % 40 + 1) }
         MatWriter.file(dir + "/classMapping40.mat", [MatWriter.compressed(MatWriter.uint8("mapClass", dims: [1, 894], mapClass))])
 
+        XCTAssertThrowsError(try MatV5.read(dir + "/nyu_depth_v2_labeled.mat")) { XCTAssertTrue("\($0)".contains("v7.3 (HDF5)"), "\($0)") }
         let out = dir + "/nyu.h5"
         _ = try convert("nyuv2", dir + "/nyu_depth_v2_labeled.mat", out)
         let g = try H5File.open(out)
