@@ -65,7 +65,7 @@ public enum Report {
             throw MTLError("report: cannot create the output folder \(out): \(error.localizedDescription)")
         }
         var written: [String] = []
-        for (name, svg) in figures(runs: runs) {
+        for (name, svg) in figures(runs: runs, baseline: baseRuns) {
             let path = (out as NSString).appendingPathComponent(name)
             do {
                 try svg.write(toFile: path, atomically: true, encoding: .utf8)
@@ -162,8 +162,9 @@ public enum Report {
     }
 
     /// The SVG figures (file name, text): per group its losses, eval metrics and method weights
-    /// over steps, and one comparison of the groups on the primary task's metrics.
-    public static func figures(runs: [RunData]) -> [(String, String)] {
+    /// over steps, and one comparison of the groups on the primary task's metrics (the baseline
+    /// runs too, grey, when they are not among the runs).
+    public static func figures(runs: [RunData], baseline: [RunData] = []) -> [(String, String)] {
         var out: [(String, String)] = []
         let groups = groupRuns(runs)
         for group in groups {
@@ -244,6 +245,15 @@ public enum Report {
                         Series(label: group.label, points: meanCurve(group.runs.map { curve($0.evals, key) }),
                                color: palette[g % palette.count], dash: g >= palette.count ? dashes[1] : "")
                     }))
+                }
+            }
+            let baseDirs = Set(baseline.map { $0.dir })
+            if !baseline.isEmpty && !groups.contains(where: { Set($0.runs.map { $0.dir }) == baseDirs }) {
+                let label = "baseline: " + groupRuns(baseline)[0].label
+                for (i, panel) in panels.enumerated() {
+                    let key = String(panel.title.split(separator: " ")[0])
+                    panels[i].series.append(Series(label: label, points: meanCurve(baseline.map { curve($0.evals, key) }),
+                                                   color: "#000000", dash: "6 3"))
                 }
             }
             if !panels.isEmpty {

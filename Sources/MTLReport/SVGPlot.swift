@@ -75,7 +75,10 @@ func tickLabel(_ v: Double) -> String {
 public func renderSVG(title: String, panels: [Panel], columns: Int = 3) -> String {
     let cols = max(1, min(columns, panels.count))
     let rows = max(1, (panels.count + cols - 1) / cols)
-    let panelW = 360.0, panelH = 250.0, top = 36.0
+    // Every panel: title (24), plot area (150), tick labels and "step" (40), legend rows of 13.
+    let legendRows = panels.map { p in (Set(p.series.map { $0.label }).count + 1) / 2 }.max() ?? 0
+    let legendH = 13.0 * Double(legendRows) + 8
+    let panelW = 360.0, panelH = 24 + 150 + 40 + legendH, top = 36.0
     let width = Double(cols) * panelW, height = top + Double(rows) * panelH
     var svg = """
     <?xml version="1.0" encoding="UTF-8"?>
@@ -87,7 +90,7 @@ public func renderSVG(title: String, panels: [Panel], columns: Int = 3) -> Strin
     for (index, panel) in panels.enumerated() {
         let ox = Double(index % cols) * panelW, oy = top + Double(index / cols) * panelH
         // Plot area inside the panel: room for tick labels left/bottom, the title on top.
-        let left = ox + 58, right = ox + panelW - 12, upper = oy + 24, lower = oy + panelH - 76
+        let left = ox + 58, right = ox + panelW - 12, upper = oy + 24, lower = oy + 174
         let points = panel.series.flatMap { $0.points }.filter { $0.x.isFinite && $0.y.isFinite }
         svg += "<g>\n<text x=\"\(fmt((left + right) / 2))\" y=\"\(fmt(oy + 14))\" text-anchor=\"middle\" font-size=\"12\">\(xmlEscape(panel.title))</text>\n"
         svg += "<rect x=\"\(fmt(left))\" y=\"\(fmt(upper))\" width=\"\(fmt(right - left))\" height=\"\(fmt(lower - upper))\" fill=\"none\" stroke=\"#444\"/>\n"
@@ -128,7 +131,6 @@ public func renderSVG(title: String, panels: [Panel], columns: Int = 3) -> Strin
         let entries = panel.series.filter { seen.insert($0.label).inserted }
         for (k, s) in entries.enumerated() {
             let lx = ox + 20 + Double(k % 2) * (panelW / 2), ly = lower + 40 + Double(k / 2) * 13
-            if ly > oy + panelH - 2 { break }
             let dash = s.dash.isEmpty ? "" : " stroke-dasharray=\"\(s.dash)\""
             svg += "<line x1=\"\(fmt(lx))\" y1=\"\(fmt(ly - 4))\" x2=\"\(fmt(lx + 22))\" y2=\"\(fmt(ly - 4))\" stroke=\"\(s.color)\" stroke-width=\"2\"\(dash)/>"
             svg += "<text x=\"\(fmt(lx + 27))\" y=\"\(fmt(ly))\">\(xmlEscape(s.label))</text>\n"

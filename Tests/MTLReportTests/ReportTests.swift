@@ -123,6 +123,10 @@ final class ReportTests: XCTestCase {
         // Δm over the baseline's tasks only (seg): (0.3 − 0.4)/0.4 = −25 %.
         XCTAssertEqual(rows[2], "| ew | 1 | 0.3000 | 1.0000 | -25.00 | -25.00 |")
         XCTAssertEqual(rows[3], "| baseline: ew (seg only) | 1 | 0.4000 | — | 0.00 | 0.00 |")
+        // The comparison figure draws the single-task baseline next to the runs.
+        _ = try Report.run(runDirs: [ew], baseline: stl, outDir: root + "/out", format: "svg")
+        let compare = try String(contentsOfFile: root + "/out/compare-primary.svg", encoding: .utf8)
+        XCTAssertTrue(compare.contains(">baseline: ew<"), compare)
     }
 
     // MARK: - SVG
@@ -184,7 +188,7 @@ final class ReportTests: XCTestCase {
         XCTAssertTrue(svg.contains("t &amp; &lt;x&gt;"))
         let line = svg.split(separator: "\n").first { $0.hasPrefix("<polyline") }!
         // x: left 58 … right 348; y: the 5 % padding maps 0 → lower − 0.05/1.1 of the height.
-        let lower = 36.0 + 250 - 76, upper = 36.0 + 24
+        let lower = 36.0 + 174, upper = 36.0 + 24
         let y0 = lower - (0.05 / 1.1) * (lower - upper), y1 = lower - (1.05 / 1.1) * (lower - upper)
         XCTAssertTrue(line.contains(String(format: "58.0,%.1f 348.0,%.1f", y0, y1)), String(line))
         let ticks = niceTicks(0, 1)
