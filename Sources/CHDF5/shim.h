@@ -10,6 +10,7 @@ static inline unsigned mtl_h5f_acc_trunc(void) { return H5F_ACC_TRUNC; }
 static inline hid_t mtl_h5p_dataset_create(void) { return H5P_DATASET_CREATE; }
 static inline hid_t mtl_h5p_file_access(void) { return H5P_FILE_ACCESS; }
 static inline hid_t mtl_h5p_link_create(void) { return H5P_LINK_CREATE; }
+static inline hid_t mtl_h5p_group_create(void) { return H5P_GROUP_CREATE; }
 static inline hid_t mtl_native_float(void) { return H5T_NATIVE_FLOAT; }
 static inline hid_t mtl_native_double(void) { return H5T_NATIVE_DOUBLE; }
 static inline hid_t mtl_native_int8(void) { return H5T_NATIVE_INT8; }

@@ -113,7 +113,10 @@ public final class H5File: @unchecked Sendable {
         for comp in groupPath.split(separator: "/") {
             partial += "/" + comp
             if H5Lexists(id, partial, mtl_h5p_default()) > 0 { continue }
-            let g = H5Gcreate2(id, partial, mtl_h5p_default(), mtl_h5p_default(), mtl_h5p_default())
+            let gcpl = H5Pcreate(mtl_h5p_group_create())
+            H5Pset_obj_track_times(gcpl, false)  // byte-reproducible files
+            let g = H5Gcreate2(id, partial, mtl_h5p_default(), gcpl, mtl_h5p_default())
+            H5Pclose(gcpl)
             if g < 0 { throw MTLError("\(path): cannot create group \(partial)") }
             H5Gclose(g)
         }
@@ -317,7 +320,10 @@ public final class H5File: @unchecked Sendable {
         var dims = [hsize_t(values.count)]
         let space = H5Screate_simple(1, &dims, nil)
         defer { H5Sclose(space) }
-        let d = H5Dcreate2(id, name, t, space, mtl_h5p_default(), mtl_h5p_default(), mtl_h5p_default())
+        let dcpl = H5Pcreate(mtl_h5p_dataset_create())
+        H5Pset_obj_track_times(dcpl, false)  // byte-reproducible files
+        defer { H5Pclose(dcpl) }
+        let d = H5Dcreate2(id, name, t, space, mtl_h5p_default(), dcpl, mtl_h5p_default())
         if d < 0 { throw MTLError("\(path): cannot create string dataset \(name)") }
         defer { H5Dclose(d) }
         let cstrs = values.map { strdup($0) }
@@ -435,20 +441,26 @@ public final class H5File: @unchecked Sendable {
             let ftype = H5Aget_type(a)
             defer { H5Tclose(ftype) }
             if H5Tget_class(ftype) != H5T_STRING { return nil }
+            // A string or an array of strings (h5py writes lists that way): the elements joined by ",".
+            let space = H5Aget_space(a)
+            defer { H5Sclose(space) }
+            let n = max(1, Int(H5Sget_simple_extent_npoints(space)))
             if H5Tis_variable_str(ftype) > 0 {
                 let t = H5Tcopy(mtl_c_s1())
                 H5Tset_size(t, mtl_h5t_variable())
                 H5Tset_cset(t, H5Tget_cset(ftype))  // HDF5 does not convert between ASCII and UTF-8
                 defer { H5Tclose(t) }
-                var p: UnsafeMutablePointer<CChar>? = nil
-                if H5Aread(a, t, &p) < 0 { return nil }
-                defer { free(p) }
-                return p.map { String(cString: $0) }
+                var ptrs = [UnsafeMutablePointer<CChar>?](repeating: nil, count: n)
+                if H5Aread(a, t, &ptrs) < 0 { return nil }
+                defer { for p in ptrs { free(p) } }
+                return ptrs.map { $0.map { String(cString: $0) } ?? "" }.joined(separator: ",")
             }
             let size = H5Tget_size(ftype)
-            var buf = [CChar](repeating: 0, count: size + 1)
+            var buf = [CChar](repeating: 0, count: n * size + 1)
             if H5Aread(a, ftype, &buf) < 0 { return nil }
-            return String(cString: buf)
+            return (0..<n).map { i in
+                String(decoding: buf[(i * size)..<((i + 1) * size)].prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            }.joined(separator: ",")
         } ?? nil
     }
 

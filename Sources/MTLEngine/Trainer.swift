@@ -101,9 +101,7 @@ public final class Trainer {
         self.options = options
         self.comm = comm
         self.runDir = runDir
-        let threads = config.train.threads > 0
-            ? config.train.threads : max(1, ProcessInfo.processInfo.activeProcessorCount / max(1, comm.localSize))
-        Threads.set(threads)
+        Threads.set(Trainer.threadCount(configured: config.train.threads, comm: comm))
 
         let names = config.tasks.map { $0.name }
         dataset = try MTDataset(path: config.data.path, split: config.data.trainSplit, tasks: names)
@@ -147,6 +145,17 @@ public final class Trainer {
         try log?.writeConfig(config.yaml())
     }
 
+    /// train.threads if set; else what the launcher exported (MTL_THREADS, SLURM_CPUS_PER_TASK,
+    /// OMP_NUM_THREADS, in that order); else this node's cores divided by the ranks on it.
+    public static func threadCount(configured: Int, comm: Communicator) -> Int {
+        if configured > 0 { return configured }
+        let env = ProcessInfo.processInfo.environment
+        for key in ["MTL_THREADS", "SLURM_CPUS_PER_TASK", "OMP_NUM_THREADS"] {
+            if let v = env[key].flatMap({ Int($0) }), v > 0 { return v }
+        }
+        return max(1, ProcessInfo.processInfo.activeProcessorCount / max(1, comm.localSize))
+    }
+
     static func hasSplit(_ path: String, _ split: String) -> Bool {
         guard let f = try? H5File.open(path) else { return false }
         defer { f.close() }
@@ -155,7 +164,16 @@ public final class Trainer {
 
     // MARK: checkpoints
 
+    /// Without SyncBN every rank keeps its own BatchNorm running statistics; like PyTorch DDP
+    /// (broadcast_buffers), rank 0's are the model's: broadcast before evaluating or saving, so that
+    /// the distributed evaluation equals `mtl eval` of the checkpoint.
+    func broadcastBuffers() {
+        guard comm.size > 1 else { return }
+        for b in setup.model.buffers { comm.broadcast(b.value.buffer, root: 0) }
+    }
+
     func save(nextStep: Int) throws -> String? {
+        broadcastBuffers()
         guard comm.isRoot else { return nil }
         let tensors = setup.model.stateTensors().map { ("model." + $0.0, $0.1) } + engine.optimizer.stateTensors()
         let methodState = engine.method.stateValues()
@@ -267,7 +285,10 @@ public final class Trainer {
     /// Rank 0's per-tensor checksums are broadcast; every rank compares its own and all ranks agree (max)
     /// on the first mismatching tensor, so the whole job stops with the same message.
     func checkConsistency(step: Int) throws {
-        let tensors = setup.model.stateTensors()
+        // Parameters always; BatchNorm statistics only with SyncBN (otherwise each rank keeps its own
+        // until they are broadcast before evaluation and saving, as in PyTorch DDP).
+        let tensors = config.model.syncBN ? setup.model.stateTensors()
+            : setup.model.parameters.map { ($0.name, $0.value) }
         var mine = [Double](repeating: 0, count: 2 * tensors.count)
         for (i, (_, t)) in tensors.enumerated() {
             var s = 0.0, w = 0.0
@@ -296,6 +317,7 @@ public final class Trainer {
 
     func evaluate(step: Int) throws -> [TaskMetrics] {
         guard let valDataset else { return [] }
+        broadcastBuffers()
         let results = try Evaluator.run(model: setup.model, dataset: valDataset, losses: setup.lossKinds,
                                         classes: setup.classes, comm: comm,
                                         batchSize: max(1, config.train.batchSize / comm.size))

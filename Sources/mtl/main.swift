@@ -79,7 +79,7 @@ struct Eval: ParsableCommand {
                 guard let y = meta["config"] else { throw MTLError("\(checkpoint): no config stored; pass --config") }
                 cfg = try Config.parse(yaml: y, source: checkpoint, overrides: overrides)
             }
-            Threads.set(cfg.train.threads > 0 ? cfg.train.threads : max(1, ProcessInfo.processInfo.activeProcessorCount / max(1, comm.localSize)))
+            Threads.set(Trainer.threadCount(configured: cfg.train.threads, comm: comm))
             let names = cfg.tasks.map { $0.name }
             let ds = try MTDataset(path: cfg.data.path, split: split ?? cfg.data.valSplit, tasks: names)
             let setup = try RunSetup(config: cfg, dataset: ds)

@@ -149,6 +149,29 @@ final class DistributedTrainingTests: XCTestCase {
         XCTAssertEqual(try losses("n3").count, 4)
     }
 
+    /// Without SyncBN the ranks' running statistics differ; rank 0's are broadcast before evaluating and
+    /// saving, so the 2-rank evaluation at the end equals `mtl eval` of the saved checkpoint.
+    func testDistributedEvaluationEqualsCheckpointEvaluation() throws {
+        let r = try Self.mpirun(2, ["train", "--config", config, "--run-dir", dir + "/ev", "--set", "train.steps=4",
+                                    "--set", "model.head=bench", "--set", "model.width=8"])
+        XCTAssertEqual(r.status, 0, r.err)
+        let text = try String(contentsOfFile: dir + "/ev/metrics.jsonl", encoding: .utf8)
+        let evals = text.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+            .filter { $0["kind"] as? String == "eval" }
+        guard let last = evals.last else { return XCTFail("no eval record") }
+        let ckpt = CheckpointStore(directory: dir + "/ev/checkpoints").latest()!
+        let e = try Self.run([try Self.mtlBinary(), "eval", "--config", dir + "/ev/config.yaml", "--checkpoint", ckpt, "--json"])
+        XCTAssertEqual(e.status, 0, e.err)
+        let single = try JSONSerialization.jsonObject(with: Data(e.out.split(separator: "\n").last!.utf8)) as! [String: Any]
+        var compared = 0
+        for (k, v) in last {
+            guard let a = v as? Double, k.contains("."), let b = single[k] as? Double else { continue }
+            XCTAssertEqual(a, b, accuracy: 1e-9 * max(1, abs(a)), k)
+            compared += 1
+        }
+        XCTAssertGreaterThan(compared, 8)
+    }
+
     /// A batch that the world size does not divide: one line, non-zero exit, no hang.
     func testBatchNotDivisibleByWorldSizeFailsCleanly() throws {
         let r = try train(2, run: "bad", ["--set", "train.batch_size=5"], timeout: 60)
