@@ -6,6 +6,7 @@ import MTLData
 import MTLDist
 import MTLEngine
 import MTLMethods
+import MTLReport
 import MTLTrain
 
 /// Prints `error: <one line>` and exits non-zero. Under MPI the whole job is aborted so that
@@ -22,7 +23,7 @@ struct MTL: ParsableCommand {
         commandName: "mtl",
         abstract: "Multi-task dense prediction training on MPI data-parallel ranks.",
         discussion: "Run under mpirun/srun for data parallelism; without them it runs as one process.",
-        subcommands: [Train.self, Eval.self, SynthCommand.self, Convert.self, Inspect.self, BalanceCommand.self, BenchCommand.self])
+        subcommands: [Train.self, Eval.self, SynthCommand.self, Convert.self, Inspect.self, BalanceCommand.self, BenchCommand.self, ReportCommand.self])
 }
 
 struct Train: ParsableCommand {
@@ -141,7 +142,7 @@ struct Convert: ParsableCommand {
     @Option(help: "Resize to this height (with --width).") var height: Int?
     @Option(help: "Resize to this width (with --height).") var width: Int?
     @Option(help: "Classes: cityscapes 7 or 19, nyuv2 13 or 40.") var classes: Int?
-    @Option(help: "nyuv2: splits file (splits.mat or text).") var splits: String?
+    @Option(help: "nyuv2: splits.mat (MAT v5; default <src dir>/splits.mat).") var splits: String?
     @Option(help: "nyuv2: directory of precomputed normals (else computed from depth).") var normals: String?
     @Option(help: "nyuv2: classMapping40.mat (894 → 40 classes; default <src dir>/classMapping40.mat).") var classMap: String?
 
@@ -227,6 +228,20 @@ struct BenchCommand: ParsableCommand {
             o.threads = threads; o.method = method; o.steps = max(5, steps)
             let r = try Bench.run(o)
             print(json ? r.json : r.text)
+        } catch { fail(error) }
+    }
+}
+
+struct ReportCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "report",
+        abstract: "Per-metric table and Δm versus a baseline (markdown), and SVG plots of losses, metrics and method weights.")
+    @Argument(help: "Run directories (each with config.yaml and metrics.jsonl).") var runDirs: [String]
+    @Option(help: "Baseline run directory (repeatable: several seeds are averaged).") var baseline: [String] = []
+    @Option(help: "Directory for the figures (default: <parent of the first run>/report).") var out: String?
+
+    func run() throws {
+        do {
+            print(try Report.run(runDirs: runDirs, baselines: baseline, outDir: out, format: "svg"))
         } catch { fail(error) }
     }
 }
