@@ -8,7 +8,8 @@ import XCTest
 /// collective) and has rank 0 record the arguments and thread count it was given in the run
 /// directory. Skips, saying why, when not root or when Slurm is not installed.
 final class SlurmTests: XCTestCase {
-    func testTrainSbatchTwoTasksSrunAndMpirun() throws {
+    /// Starts a test Slurm (unless one of ours is already up); returns the scratch folder and the teardown.
+    func startLocalSlurm() throws -> (work: URL, teardown: () -> Void) {
         guard getuid() == 0 else { throw XCTSkip("Slurm test needs root (it starts munged, slurmctld and slurmd)") }
         for tool in ["slurmctld", "slurmd", "munged", "sbatch", "squeue"] where which(tool) == nil
             && !FileManager.default.isExecutableFile(atPath: "/usr/sbin/\(tool)") {
@@ -19,18 +20,75 @@ final class SlurmTests: XCTestCase {
             throw XCTSkip("/etc/slurm/slurm.conf belongs to a real Slurm set-up: not starting a test one")
         }
         let fm = FileManager.default
-        let root = packageRoot()
-        let slurmLocal = root.appendingPathComponent("launch/slurm-local").path
+        let slurmLocal = packageRoot().appendingPathComponent("launch/slurm-local").path
         let work = fm.temporaryDirectory.appendingPathComponent("mtl-slurm-test-\(UUID().uuidString)")
         try fm.createDirectory(at: work, withIntermediateDirectories: true)
         let wasUp = (try run("/usr/bin/pgrep", ["-x", "slurmctld"], timeout: 10)).status == 0
         let up = try run("/bin/bash", [slurmLocal, "up", work.appendingPathComponent("slurm").path], timeout: 300)
-        XCTAssertEqual(up.status, 0, up.stdout + up.stderr)
-        defer {
-            if !wasUp { _ = try? run("/bin/bash", [slurmLocal, "down", work.appendingPathComponent("slurm").path], timeout: 60) }
+        let teardown = {
+            if !wasUp { _ = try? self.run("/bin/bash", [slurmLocal, "down", work.appendingPathComponent("slurm").path], timeout: 60) }
             try? fm.removeItem(at: work)
         }
-        guard up.status == 0 else { return }
+        guard up.status == 0 else {
+            teardown()
+            XCTFail(up.stdout + up.stderr)
+            throw XCTSkip("launch/slurm-local up failed")
+        }
+        return (work, teardown)
+    }
+
+    /// Waits while squeue lists the job (accounting is off: no sacct); returns whether it finished.
+    func waitForJob(_ job: String, seconds: Double) throws -> Bool {
+        let start = Date()
+        while Date().timeIntervalSince(start) < seconds {
+            let q = try run("/usr/bin/env", ["squeue", "-h", "-j", job], timeout: 10)
+            if q.stdout.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty { return true }
+            usleep(300_000)
+        }
+        return false
+    }
+
+    /// The real trainer: train.sbatch with 2 tasks (srun --mpi=pmix) trains a tiny synthetic run; rank 0's
+    /// run directory has the config, one metrics record per step, an evaluation and the final checkpoint.
+    func testTrainSbatchRunsTheRealTrainer() throws {
+        let root = packageRoot()
+        let mtl = ["release", "debug"].map { root.appendingPathComponent(".build/\($0)/mtl").path }
+            .first { FileManager.default.isExecutableFile(atPath: $0) }
+        guard let mtl else { throw XCTSkip("mtl is not built (swift build -c release --product mtl)") }
+        let (work, teardown) = try startLocalSlurm()
+        defer { teardown() }
+        let data = work.appendingPathComponent("synth.h5").path
+        let synth = try run(mtl, ["synth", "--out", data, "--samples", "16", "--height", "32", "--width", "32"], timeout: 120)
+        XCTAssertEqual(synth.status, 0, synth.stderr)
+        let runDir = work.appendingPathComponent("run")
+        let output = work.appendingPathComponent("job.out")
+        let submit = try run("/usr/bin/env", [
+            "sbatch", "--parsable", "--time=00:05:00", "-o", output.path,
+            "--export=ALL,MTL_BIN=\(mtl),MTL_LAUNCHER=srun,RUN_DIR=\(runDir.path)",
+            root.appendingPathComponent("launch/train.sbatch").path,
+            "--config", "configs/synthetic-tiny.yaml", "--set", "data.path=\(data)", "--set", "train.steps=6",
+            "--set", "train.batch_size=4", "--set", "model.width=4", "--set", "model.head_channels=8",
+            "--set", "log.every=1", "--set", "train.eval_every=0", "--set", "checkpoint.every=0",
+        ], timeout: 30, directory: root)
+        XCTAssertEqual(submit.status, 0, submit.stderr)
+        let job = submit.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let finished = try waitForJob(job, seconds: 180)
+        let log = (try? String(contentsOf: output, encoding: .utf8)) ?? "(no job output)"
+        if !finished { _ = try? run("/usr/bin/env", ["scancel", job], timeout: 10) }
+        XCTAssertTrue(finished, "job \(job) still running after 180 s:\n\(log)")
+        XCTAssertTrue(log.contains("on 2 rank(s)"), log)
+        let files = (try? FileManager.default.contentsOfDirectory(atPath: runDir.path).sorted()) ?? []
+        XCTAssertEqual(files, ["checkpoints", "config.yaml", "metrics.jsonl", "train.log"], log)
+        let metrics = (try? String(contentsOf: runDir.appendingPathComponent("metrics.jsonl"), encoding: .utf8)) ?? ""
+        XCTAssertEqual(metrics.split(separator: "\n").filter { $0.contains("\"kind\":\"train\"") }.count, 6, log)
+        XCTAssertTrue(metrics.contains("\"kind\":\"eval\""), log)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: runDir.appendingPathComponent("checkpoints/step-00000006.h5").path), log)
+    }
+
+    func testTrainSbatchTwoTasksSrunAndMpirun() throws {
+        let root = packageRoot()
+        let (work, teardown) = try startLocalSlurm()
+        defer { teardown() }
 
         // The stand-in for mtl: every rank runs the full commcheck, rank 0 then writes the run dir.
         let fake = work.appendingPathComponent("fake-mtl")
@@ -59,14 +117,7 @@ final class SlurmTests: XCTestCase {
             let job = submit.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
             XCTAssertFalse(job.isEmpty, "sbatch printed no job id: \(submit.stderr)")
 
-            // Wait while squeue still lists the job (accounting is off: no sacct).
-            let start = Date()
-            var finished = false
-            while Date().timeIntervalSince(start) < 120 {
-                let q = try run("/usr/bin/env", ["squeue", "-h", "-j", job], timeout: 10)
-                if q.stdout.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty { finished = true; break }
-                usleep(300_000)
-            }
+            let finished = try waitForJob(job, seconds: 120)
             let log = (try? String(contentsOf: output, encoding: .utf8)) ?? "(no job output)"
             if !finished { _ = try? run("/usr/bin/env", ["scancel", job], timeout: 10) }
             XCTAssertTrue(finished, "\(launcher): job \(job) still queued or running after 120 s:\n\(log)")
