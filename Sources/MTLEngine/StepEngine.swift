@@ -58,6 +58,8 @@ public final class StepEngine {
     /// Parameter level: the per-task shared gradients, T × P_encoder.
     var taskParamGrads: [Tensor] = []
     var reduction: [Double]
+    /// Overlapped bucketed all-reduce (representation level, several ranks); nil = one blocking all-reduce.
+    let buckets: GradientBuckets?
 
     public init(model: MultiTaskModel, losses: [TaskLoss], lossWeights: [Double], roles: [TaskRole],
                 method: MultiTaskMethod, level: MethodLevel, optimizer: Optimizer, comm: Communicator,
@@ -81,6 +83,22 @@ public final class StepEngine {
         flatGrads = Tensor([reduced.reduce(0) { $0 + $1.value.count }])
         let t = model.taskNames.count
         reduction = [Double](repeating: 0, count: 2 * t + t * t)
+        let overlap = ProcessInfo.processInfo.environment["MTL_NO_OVERLAP"] == nil
+        if overlap && comm.size > 1 && self.level == .representation && !method.needsGradients {
+            let mb = ProcessInfo.processInfo.environment["MTL_BUCKET_MB"].flatMap { Double($0) } ?? 25
+            buckets = GradientBuckets(groups: model.heads.map { $0.parameters } + model.encoder.parameterGroupsInBackwardOrder,
+                                      bucketBytes: Int(mb * 1_048_576), comm: comm)
+        } else {
+            buckets = nil
+        }
+    }
+
+    /// Each head saw its own loss with scale 1: its gradients become w_t/N_t times that.
+    private func scaleHeads(_ result: MethodResult, _ inv: [Double]) {
+        for t in 0..<taskNames.count {
+            let s = Float(result.decoderWeights[t] * inv[t])
+            for p in model.heads[t].parameters { p.grad.scale(s) }
+        }
     }
 
     /// Runs one step on this rank's shard `batch`. `stepIndex`/`epoch` key the method's randomness.
@@ -148,24 +166,41 @@ public final class StepEngine {
                                 gram: gram, grads: nil, epochEnded: epochEnded,
                                 level: level == .parameters ? .parameters : .representation)
         var result: MethodResult
+        var headsScaled = false
         if level == .parameters {
             result = try parameterLevel(&ctx, inv: inv, commTime: &commTime)
         } else if method.needsGradients {
             result = try representationVectors(&ctx, z: z, inv: inv, commTime: &commTime)
         } else {
             result = try method.apply(ctx)
+            scaleHeads(result, inv)
+            headsScaled = true
+            // The heads' gradients are final: their buckets start reducing during the encoder backward.
+            if let buckets {
+                buckets.beginStep()
+                for t in 0..<T { buckets.groupDone(t) }
+            }
             // Encoder: one backward with Σ α_t/N_t ∂L_t/∂z.
             combined.resize(taskGrads[0].shape)
             combined.zero()
             for t in 0..<T where inv[t] > 0 {
                 combined.add(taskGrads[t], alpha: Float(result.encoderCoefficients[t] * inv[t]))
             }
-            model.encoder.backward(combined)
+            if let buckets {
+                model.encoder.backward(combined) { k in buckets.groupDone(T + k) }
+            } else {
+                model.encoder.backward(combined)
+            }
         }
-        // Decoders: each head saw its own loss with scale 1; now scale by w_t/N_t.
-        for t in 0..<T {
-            let s = Float(result.decoderWeights[t] * inv[t])
-            for p in model.heads[t].parameters { p.grad.scale(s) }
+        if !headsScaled { scaleHeads(result, inv) }
+
+        if let buckets, level == .representation, !method.needsGradients {
+            // Only the reductions still in flight after the backward cost time here.
+            buckets.finish()
+            let computeTime = Date().timeIntervalSince(t0) - commTime - buckets.exposedSeconds
+            commTime += buckets.exposedSeconds
+            return try finishStep(globalLosses: globalLosses, counts: counts, result: result, stepIndex: stepIndex,
+                                  computeTime: computeTime, commTime: commTime)
         }
         let computeTime = Date().timeIntervalSince(t0) - commTime
 
@@ -183,6 +218,13 @@ public final class StepEngine {
             p.grad.data.update(from: flatGrads.data + offset, count: p.grad.count)
             offset += p.grad.count
         }
+        return try finishStep(globalLosses: globalLosses, counts: counts, result: result, stepIndex: stepIndex,
+                              computeTime: computeTime, commTime: commTime)
+    }
+
+    /// The non-finite check on the reduced values (the same decision on every rank) and the stats.
+    private func finishStep(globalLosses: [Double], counts: [Double], result: MethodResult, stepIndex: Int,
+                            computeTime: Double, commTime: Double) throws -> StepStats {
         var sq = 0.0
         for p in trainable { sq += p.grad.sumOfSquares() }
 

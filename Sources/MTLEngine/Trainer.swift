@@ -215,7 +215,7 @@ public final class Trainer {
         let runStart = Date()
         var stoppedBySignal = false
         var step = startStep
-        log?.line("training \(names.joined(separator: ", ")) with \(config.method.name) on \(comm.size) rank(s) × \(Threads.count) thread(s); \(setup.model.parameterCount) parameters; global batch \(config.train.batchSize); steps \(startStep)..<\(steps)")
+        log?.line("training \(names.joined(separator: ", ")) with \(config.method.name) on \(comm.size) rank(s) × \(Threads.count) thread(s); \(setup.model.parameterCount) parameters; global batch \(config.train.batchSize); steps \(startStep)..<\(steps); gradient all-reduce: \(engine.buckets.map { "\($0.bucketCount) bucket(s) overlapped with the backward" } ?? (comm.size > 1 ? "blocking" : "none"))")
         while step < steps {
             let epoch = sampler.epoch(ofStep: step)
             let epochEnded = step > 0 && sampler.epoch(ofStep: step - 1) != epoch

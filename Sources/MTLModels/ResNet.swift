@@ -210,10 +210,21 @@ public final class ResNetEncoder: HasParameters {
         return y
     }
 
+    /// The parameters in the order their gradients become final during `backward`: one group per
+    /// residual block from the last to the first, then the stem (for overlapping the all-reduce).
+    public var parameterGroupsInBackwardOrder: [[Parameter]] {
+        blocks.reversed().map { $0.parameters } + [stem.parameters + stemBN.parameters]
+    }
+
     /// Backpropagates dz to every encoder parameter; the image gradient is not computed.
-    public func backward(_ dz: Tensor) {
+    /// `groupDone(k)` is called when group k of `parameterGroupsInBackwardOrder` has its final gradient.
+    public func backward(_ dz: Tensor, groupDone: ((Int) -> Void)? = nil) {
         var d = dz
-        for b in blocks.reversed() { d = b.backward(d) }
+        for (k, b) in blocks.reversed().enumerated() {
+            d = b.backward(d)
+            groupDone?(k)
+        }
         _ = stem.backward(stemBN.backward(stemReLU.backward(pool.backward(d))), computeInputGrad: false)
+        groupDone?(blocks.count)
     }
 }

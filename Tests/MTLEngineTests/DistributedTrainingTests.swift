@@ -142,6 +142,24 @@ final class DistributedTrainingTests: XCTestCase {
         XCTAssertEqual(files, ["checkpoints", "config.yaml", "metrics.jsonl", "train.log"])
     }
 
+    /// The bucketed all-reduce overlapped with the encoder backward gives bit-identical parameters to
+    /// one blocking all-reduce (MTL_NO_OVERLAP=1), with small buckets so that there are many.
+    func testOverlappedBucketsEqualBlockingAllReduce() throws {
+        func runWith(_ env: [String], _ name: String) throws {
+            let r = try Self.run(["mpirun", "-n", "2", "--oversubscribe", "--bind-to", "none"] + env.flatMap { ["-x", $0] }
+                                 + [try Self.mtlBinary(), "train", "--config", config, "--run-dir", dir + "/" + name,
+                                    "--set", "train.steps=5", "--set", "model.head=bench", "--set", "model.width=8"])
+            XCTAssertEqual(r.status, 0, r.err)
+        }
+        try runWith(["MTL_BUCKET_MB=0.01"], "overlap")
+        try runWith(["MTL_NO_OVERLAP=1"], "blocking")
+        let a = try finalTensors("overlap"), b = try finalTensors("blocking")
+        XCTAssertGreaterThan(a.count, 20)
+        for (k, ta) in a where k.hasPrefix("model.") && !k.contains("running") {
+            XCTAssertTrue(ta.array == b[k]?.array, "\(k) differs between overlapped and blocking all-reduce")
+        }
+    }
+
     /// Three ranks (oversubscribed) on a batch of 6 run and stay consistent.
     func testThreeRanksOversubscribed() throws {
         let r = try train(3, run: "n3", ["--set", "train.batch_size=6", "--set", "train.steps=4", "--check-consistency", "1"])
