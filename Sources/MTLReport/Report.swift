@@ -54,7 +54,10 @@ public enum Report {
     public static func run(runDirs: [String], baselines: [String], outDir: String?, format: String) throws -> String {
         guard format == "svg" else { throw MTLError("report: format '\(format)' is not supported (expected svg)") }
         guard !runDirs.isEmpty else { throw MTLError("report: no run directory given") }
-        let runs = try runDirs.map { try RunData.load(normalize($0)) }
+        // A directory named twice (a shell glob and an explicit path) counts once.
+        var seen = Set<String>()
+        let unique = runDirs.map { normalize($0) }.filter { seen.insert($0).inserted }
+        let runs = try unique.map { try RunData.load($0) }
         let baseRuns = try baselines.map { try RunData.load(normalize($0)) }
         let markdown = try table(runs: runs, baseline: baseRuns)
 

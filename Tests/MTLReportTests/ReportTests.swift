@@ -97,7 +97,7 @@ final class ReportTests: XCTestCase {
                                evals: [["step": 20, "seg.miou": 0.55, "depth.abs_err": 0.8]])
         let pc0 = try makeRun("pcgrad-s0", method: "pcgrad", seed: 0, tasks: tasks, level: "parameters",
                               evals: [["step": 20, "seg.miou": 0.5, "depth.abs_err": 1.0]])
-        let md = try Report.run(runDirs: [ew0, ial0, ew1, pc0], baselines: [ew0, ew1], outDir: root + "/out", format: "svg")
+        let md = try Report.run(runDirs: [ew0, ial0, ew1, pc0, ew1 + "/"], baselines: [ew0, ew1], outDir: root + "/out", format: "svg")
         let rows = md.split(separator: "\n").filter { $0.hasPrefix("|") }.map(String.init)
         XCTAssertEqual(rows.count, 2 + 3, md)   // header, rule, ew, ial, pcgrad@parameters (baseline is the ew row)
         XCTAssertEqual(rows[0], "| method | runs | seg.miou ↑ | depth.abs_err ↓ | Δm % ↑ | Δ primary % ↑ |")
