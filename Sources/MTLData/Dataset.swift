@@ -44,6 +44,11 @@ public final class MTDataset {
     public private(set) var imageMean: [Float] = [0, 0, 0]
     public private(set) var imageStd: [Float] = [1, 1, 1]
 
+    /// In-memory copies of the split's datasets (key: dataset path), filled by `init(...cache: true)`.
+    private var memory: [String: CachedDataset] = [:]
+    /// True when the whole split was read into memory (`load` then never touches the file).
+    public var isCached: Bool { !memory.isEmpty }
+
     // Per-sample read buffers, reused across loads (no allocation after the first batch).
     private var bytes: [UInt8] = []
     private var shorts: [Int16] = []
@@ -177,6 +182,71 @@ public final class MTDataset {
 
     deinit { file.close() }
 
+    /// Opens the split and, with `cache: true`, reads all of it (images and the requested tasks)
+    /// into memory once; `load` then copies from memory and decodes exactly as from disk
+    /// (same checks, same values). Refuses with a one-line error when the split needs more than
+    /// `cacheLimitBytes` (default 4 GiB), suggesting `cache: false`.
+    public convenience init(path: String, split: String, tasks: [String], cache: Bool,
+                            cacheLimitBytes: Int = 4 << 30) throws {
+        try self.init(path: path, split: split, tasks: tasks)
+        if cache { try fillCache(limit: cacheLimitBytes) }
+    }
+
+    /// Bytes the in-memory cache of this split takes (images + requested tasks, as stored).
+    public var cacheBytes: Int {
+        let hw = height * width
+        var perSample = hw * 3
+        for layout in layouts { perSample += hw * max(1, layout.fileChannels) * layout.fileType.byteSize }
+        return perSample * count
+    }
+
+    private func fillCache(limit: Int) throws {
+        let needed = cacheBytes
+        guard needed <= limit else {
+            throw MTLError(String(format: "%@: /%@: in-memory cache needs %.2f GiB, above the limit of %.2f GiB: "
+                                  + "set cache: false (data.cache) to read samples from disk",
+                                  path, split, Double(needed) / Double(1 << 30), Double(limit) / Double(1 << 30)))
+        }
+        let group = "/" + split
+        var entries: [(String, H5TypeClass, [Int])] = [(group + "/images", .uint8, [height, width, 3])]
+        for layout in layouts {
+            entries.append((group + "/" + layout.name, layout.fileType,
+                            layout.fileChannels > 0 ? [height, width, layout.fileChannels] : [height, width]))
+        }
+        for (datasetPath, type, sampleShape) in entries {
+            let perSampleBytes = sampleShape.reduce(1, *) * type.byteSize
+            let store = CachedDataset(bytesPerSample: perSampleBytes, count: count)
+            // Read in blocks of samples so that libhdf5's temporary buffers stay small.
+            let block = max(1, (64 << 20) / max(1, perSampleBytes))
+            var start = 0
+            while start < count {
+                let n = min(block, count - start)
+                let dest = store.base + start * perSampleBytes
+                let slabStart = [start] + sampleShape.map { _ in 0 }
+                let slabCount = [n] + sampleShape
+                switch type {
+                case .uint8: try file.readSlab(datasetPath, start: slabStart, count: slabCount, into: dest.assumingMemoryBound(to: UInt8.self))
+                case .int16: try file.readSlab(datasetPath, start: slabStart, count: slabCount, into: dest.assumingMemoryBound(to: Int16.self))
+                case .float32: try file.readSlab(datasetPath, start: slabStart, count: slabCount, into: dest.assumingMemoryBound(to: Float.self))
+                default: throw MTLError("\(path): \(datasetPath): cannot cache type \(type.rawValue)")
+                }
+                start += n
+            }
+            memory[datasetPath] = store
+        }
+    }
+
+    /// One sample of a dataset (shape `sampleShape` after the sample axis), from memory when cached.
+    private func readSample<T: H5Scalar>(_ datasetPath: String, index: Int, sampleShape: [Int],
+                                         into dest: UnsafeMutablePointer<T>) throws {
+        if let store = memory[datasetPath] {
+            let n = store.bytesPerSample
+            UnsafeMutableRawPointer(dest).copyMemory(from: store.base + index * n, byteCount: n)
+            return
+        }
+        try file.readSlab(datasetPath, start: [index] + sampleShape.map { _ in 0 }, count: [1] + sampleShape, into: dest)
+    }
+
     /// `num_classes` of a class-map task (seg, parts) that was requested; nil otherwise.
     public func numClasses(_ task: String) -> Int? { classCounts[task] }
 
@@ -197,7 +267,7 @@ public final class MTDataset {
         let imagesPath = group + "/images"
         for (slot, index) in indices.enumerated() {
             try bytes.withUnsafeMutableBufferPointer { src in
-                try file.readSlab(imagesPath, start: [index, 0, 0, 0], count: [1, height, width, 3], into: src.baseAddress!)
+                try readSample(imagesPath, index: index, sampleShape: [height, width, 3], into: src.baseAddress!)
                 let out = batch.images.data + slot * 3 * hw
                 for c in 0..<3 {
                     let scale = imageScale[c], bias = imageBias[c]
@@ -243,7 +313,7 @@ public final class MTDataset {
         let hw = height * width
         if shorts.count < hw { shorts = [Int16](repeating: 0, count: hw) }
         try shorts.withUnsafeMutableBufferPointer { src in
-            try file.readSlab(datasetPath, start: [index, 0, 0], count: [1, height, width], into: src.baseAddress!)
+            try readSample(datasetPath, index: index, sampleShape: [height, width], into: src.baseAddress!)
             let limit = Int16(numClasses)
             var bad: Int16? = nil
             for p in 0..<hw {
@@ -261,7 +331,7 @@ public final class MTDataset {
     private func readDepth(_ datasetPath: String, index: Int, into out: UnsafeMutablePointer<Float>) throws {
         let hw = height * width
         // float32 on disk: read straight into the target.
-        try file.readSlab(datasetPath, start: [index, 0, 0], count: [1, height, width], into: out)
+        try readSample(datasetPath, index: index, sampleShape: [height, width], into: out)
         for p in 0..<hw where !(out[p].isFinite && out[p] >= 0) {
             throw MTLError("\(path): \(datasetPath) sample \(index): depth \(out[p]) at pixel (\(p / width), \(p % width)): "
                            + "expected finite values >= 0 (0 = invalid)")
@@ -272,7 +342,7 @@ public final class MTDataset {
         let hw = height * width
         if floats.count < hw * 3 { floats = [Float](repeating: 0, count: hw * 3) }
         try floats.withUnsafeMutableBufferPointer { src in
-            try file.readSlab(datasetPath, start: [index, 0, 0, 0], count: [1, height, width, 3], into: src.baseAddress!)
+            try readSample(datasetPath, index: index, sampleShape: [height, width, 3], into: src.baseAddress!)
             for p in 0..<hw {
                 let x = src[p * 3], y = src[p * 3 + 1], z = src[p * 3 + 2]
                 if !(x.isFinite && y.isFinite && z.isFinite) {
@@ -289,7 +359,7 @@ public final class MTDataset {
     private func readBinary(_ datasetPath: String, index: Int, into out: UnsafeMutablePointer<Float>) throws {
         let hw = height * width
         try bytes.withUnsafeMutableBufferPointer { src in
-            try file.readSlab(datasetPath, start: [index, 0, 0], count: [1, height, width], into: src.baseAddress!)
+            try readSample(datasetPath, index: index, sampleShape: [height, width], into: src.baseAddress!)
             for p in 0..<hw {
                 let v = src[p]
                 if v == 255 { out[p] = -1; continue }
@@ -299,6 +369,31 @@ public final class MTDataset {
                 }
                 out[p] = Float(v)
             }
+        }
+    }
+}
+
+/// A whole dataset's stored bytes (C order, the file's element type), owned and freed here.
+final class CachedDataset {
+    let base: UnsafeMutableRawPointer
+    let bytesPerSample: Int
+
+    init(bytesPerSample: Int, count: Int) {
+        self.bytesPerSample = bytesPerSample
+        base = .allocate(byteCount: max(1, bytesPerSample * count), alignment: 64)
+    }
+
+    deinit { base.deallocate() }
+}
+
+extension H5TypeClass {
+    /// Bytes per element of the numeric types the schema uses.
+    var byteSize: Int {
+        switch self {
+        case .int8, .uint8: return 1
+        case .int16, .uint16: return 2
+        case .float32, .int32, .uint32: return 4
+        default: return 8
         }
     }
 }
