@@ -160,6 +160,23 @@ final class DistributedTrainingTests: XCTestCase {
         }
     }
 
+    /// A checkpoint written by 2 ranks resumes on 1 rank (and the other way): same global batches, so
+    /// with SyncBN the continuation matches the 2-rank run up to float rounding.
+    func testResumeOnADifferentWorldSize() throws {
+        let full = try train(2, run: "w2", ["--set", "train.steps=8", "--set", "checkpoint.every=4"])
+        XCTAssertEqual(full.status, 0, full.err)
+        let mid = dir + "/w2/checkpoints/step-00000004.h5"
+        XCTAssertTrue(FileManager.default.fileExists(atPath: mid))
+        let one = try train(1, run: "w1", ["--set", "train.steps=8", "--resume", mid])
+        XCTAssertEqual(one.status, 0, one.err)
+        XCTAssertTrue((try String(contentsOfFile: dir + "/w1/train.log", encoding: .utf8)).contains("saved with world size 2, now 1"))
+        let a = try losses("w2"), b = try losses("w1")
+        XCTAssertEqual(b.count, 4)
+        for (x, y) in zip(a.suffix(4), b) {
+            for (u, v) in zip(x, y) { XCTAssertEqual(u, v, accuracy: 1e-5 * max(1, abs(u))) }
+        }
+    }
+
     /// Three ranks (oversubscribed) on a batch of 6 run and stay consistent.
     func testThreeRanksOversubscribed() throws {
         let r = try train(3, run: "n3", ["--set", "train.batch_size=6", "--set", "train.steps=4", "--check-consistency", "1"])
