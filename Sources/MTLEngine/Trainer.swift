@@ -104,7 +104,7 @@ public final class Trainer {
         Threads.set(Trainer.threadCount(configured: config.train.threads, comm: comm))
 
         let names = config.tasks.map { $0.name }
-        dataset = try MTDataset(path: config.data.path, split: config.data.trainSplit, tasks: names)
+        dataset = try MTDataset(path: config.data.path, split: config.data.trainSplit, tasks: names, cache: config.data.cache)
         valDataset = Trainer.hasSplit(config.data.path, config.data.valSplit)
             ? try MTDataset(path: config.data.path, split: config.data.valSplit, tasks: names) : nil
         setup = try RunSetup(config: config, dataset: dataset)
@@ -207,7 +207,15 @@ public final class Trainer {
     public func run() throws -> TrainSummary {
         let steps = config.train.steps
         let names = setup.taskNames
-        let batch = Batch()
+        // Augmentation draws are keyed by (seed, epoch, global sample index): independent of the ranks.
+        let augmentation = config.data.augment ? Augmentation(seed: UInt64(config.train.seed)) : nil
+        // The loader thread owns `dataset` from here on (evaluation uses its own MTDataset).
+        let loader = config.data.prefetch > 0
+            ? PrefetchLoader(dataset: dataset, sampler: sampler, startStep: startStep, depth: config.data.prefetch,
+                             augment: augmentation, endStep: steps) : nil
+        defer { loader?.stop() }
+        let augmenter = augmentation.map { Augmenter($0, imageMean: dataset.imageMean, imageStd: dataset.imageStd) }
+        let syncBatch = Batch()
         var last: StepStats? = nil
         var lastCheckpoint: String? = nil
         var windowStart = Date()
@@ -220,7 +228,16 @@ public final class Trainer {
             let epoch = sampler.epoch(ofStep: step)
             let epochEnded = step > 0 && sampler.epoch(ofStep: step - 1) != epoch
             let t0 = Date()
-            try dataset.load(sampler.localBatch(step: step), into: batch)
+            let batch: Batch
+            if let loader {
+                let (loaded, b) = try loader.next()
+                precondition(loaded == step, "loader returned step \(loaded) for step \(step)")
+                batch = b
+            } else {
+                try dataset.load(sampler.localBatch(step: step), into: syncBatch)
+                augmenter?.apply(to: syncBatch, epoch: epoch)
+                batch = syncBatch
+            }
             let lr = schedule.lr(step: step)
             let stats = try engine.step(batch: batch, stepIndex: step, epoch: epoch, epochEnded: epochEnded, lr: Float(lr))
             let stepTime = Date().timeIntervalSince(t0)

@@ -14,6 +14,8 @@ public struct DataConfig: Equatable {
     public var trainSplit = "train"
     public var valSplit = "val"
     public var cache = false
+    public var augment = false              // random scale 1–1.5 + crop, h-flip (normals x negated)
+    public var prefetch = 2                 // batches read ahead by the loader thread (0 = synchronous)
     public init() {}
 }
 
@@ -129,7 +131,7 @@ public struct Config: Equatable {
     // MARK: schema (the single list of valid keys: used for unknown-key detection and suggestions)
 
     static let sections: [(String, [String])] = [
-        ("data", ["path", "train_split", "val_split", "cache"]),
+        ("data", ["path", "train_split", "val_split", "cache", "augment", "prefetch"]),
         ("model", ["encoder", "width", "output_stride", "head", "head_channels", "pretrained", "sync_bn"]),
         ("tasks", []),
         ("train", ["steps", "batch_size", "seed", "eval_every", "threads", "nan_policy"]),
@@ -271,7 +273,8 @@ public struct Config: Equatable {
             for (k, v) in pairs { out += "  \(k): \(v)\n" }
         }
         section("data", [("path", yamlString(data.path)), ("train_split", yamlString(data.trainSplit)),
-                         ("val_split", yamlString(data.valSplit)), ("cache", "\(data.cache)")])
+                         ("val_split", yamlString(data.valSplit)), ("cache", "\(data.cache)"),
+                         ("augment", "\(data.augment)"), ("prefetch", "\(data.prefetch)")])
         section("model", [("encoder", yamlString(model.encoder)), ("width", "\(model.width)"),
                           ("output_stride", "\(model.outputStride)"), ("head", yamlString(model.head)),
                           ("head_channels", "\(model.headChannels)"), ("pretrained", yamlString(model.pretrained)),

@@ -203,6 +203,8 @@ struct Reader {
         c.data.trainSplit = try string(lookup(d, "train_split"), "data.train_split", c.data.trainSplit)
         c.data.valSplit = try string(lookup(d, "val_split"), "data.val_split", c.data.valSplit)
         c.data.cache = try bool(lookup(d, "cache"), "data.cache", c.data.cache)
+        c.data.augment = try bool(lookup(d, "augment"), "data.augment", c.data.augment)
+        c.data.prefetch = try int(lookup(d, "prefetch"), "data.prefetch", c.data.prefetch, min: 0)
 
         let m = try section(top, "model")
         c.model.encoder = try oneOf(lookup(m, "encoder"), "model.encoder", c.model.encoder, Config.encoders)
