@@ -163,10 +163,13 @@ struct Convert: ParsableCommand {
 struct Inspect: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Print a dataset's or a checkpoint's contents.")
     @Argument(help: "A dataset (.h5) or a checkpoint (checkpoints/step-*.h5).") var path: String
+    @Flag(help: "Dataset: read every dataset, check the stored SHA-256 checksums and value ranges.") var verify = false
 
     func run() throws {
         do {
-            if DatasetInspector.isDataset(path) {
+            if verify {
+                print(try DatasetVerifier.verify(path))
+            } else if DatasetInspector.isDataset(path) {
                 print(try DatasetInspector.describe(path))
             } else {
                 let (tensors, meta) = try CheckpointStore.load(path)
