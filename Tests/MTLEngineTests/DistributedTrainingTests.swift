@@ -103,6 +103,35 @@ final class DistributedTrainingTests: XCTestCase {
         return try CheckpointStore.load(latest).tensors
     }
 
+    /// The method's encoder coefficients per logged step.
+    func coefficients(_ run: String) throws -> [[Double]] {
+        let text = try String(contentsOfFile: dir + "/" + run + "/metrics.jsonl", encoding: .utf8)
+        return text.split(separator: "\n").compactMap { line -> [Double]? in
+            guard let o = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+                  o["kind"] as? String == "train" else { return nil }
+            return ["seg", "depth", "normals"].map { o["coef.\($0)"] as! Double }
+        }
+    }
+
+    /// Parameter-level PCGrad (T encoder backwards, per-task gradients all-reduced, random projection
+    /// order keyed by (seed, step)) gives the same coefficients and losses on 1 and 2 ranks.
+    func testParameterLevelPCGradIsWorldSizeInvariant() throws {
+        for n in [1, 2] {
+            let r = try train(n, run: "pc\(n)", ["--set", "method.name=pcgrad", "--set", "method.level=parameters",
+                                               "--set", "train.steps=6"])
+            XCTAssertEqual(r.status, 0, r.err)
+        }
+        let c1 = try coefficients("pc1"), c2 = try coefficients("pc2")
+        XCTAssertEqual(c1.count, 6)
+        XCTAssertEqual(c2.count, 6)
+        for (a, b) in zip(c1, c2) { for (x, y) in zip(a, b) { XCTAssertEqual(x, y, accuracy: 1e-5 * max(1, abs(x))) } }
+        // PCGrad really projected something (coefficients are not all 1).
+        XCTAssertTrue(c1.joined().contains { abs($0 - 1) > 1e-3 }, "\(c1)")
+        for (a, b) in zip(try losses("pc1"), try losses("pc2")) {
+            for (x, y) in zip(a, b) { XCTAssertEqual(x, y, accuracy: 1e-5 * max(1, abs(x))) }
+        }
+    }
+
     func losses(_ run: String) throws -> [[Double]] {
         let text = try String(contentsOfFile: dir + "/" + run + "/metrics.jsonl", encoding: .utf8)
         return text.split(separator: "\n").compactMap { line -> [Double]? in
@@ -126,6 +155,10 @@ final class DistributedTrainingTests: XCTestCase {
         XCTAssertEqual(l1.count, 20)
         XCTAssertEqual(l2.count, 20)
         for (a, b) in zip(l1, l2) {
+            for (x, y) in zip(a, b) { XCTAssertEqual(x, y, accuracy: 1e-5 * max(1, abs(x))) }
+        }
+        // IAL's representation-level coefficients (from the all-reduced Gram) agree too.
+        for (a, b) in zip(try coefficients("n1"), try coefficients("n2")) {
             for (x, y) in zip(a, b) { XCTAssertEqual(x, y, accuracy: 1e-5 * max(1, abs(x))) }
         }
         let a = try finalTensors("n1"), b = try finalTensors("n2")
