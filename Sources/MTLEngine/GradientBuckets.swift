@@ -2,6 +2,24 @@ import Foundation
 import MTLCore
 import MTLDist
 
+/// Copies the parameters' gradients one after another into `flat` (which must hold them all).
+func packGradients(_ params: [Parameter], into flat: UnsafeMutablePointer<Float>) {
+    var off = 0
+    for p in params {
+        (flat + off).update(from: p.grad.data, count: p.grad.count)
+        off += p.grad.count
+    }
+}
+
+/// The inverse of `packGradients`: writes the flat values back into the parameters' gradients.
+func unpackGradients(_ params: [Parameter], from flat: UnsafePointer<Float>) {
+    var off = 0
+    for p in params {
+        p.grad.data.update(from: flat + off, count: p.grad.count)
+        off += p.grad.count
+    }
+}
+
 /// Bucketed, overlapped gradient all-reduce (as PyTorch DDP's reducer): parameters are packed into
 /// buckets of about `bucketBytes` in the order their gradients become final (heads first, then the
 /// encoder's blocks from last to first, the stem last). As soon as every parameter of a bucket is
@@ -51,12 +69,8 @@ final class GradientBuckets {
     /// reductions progress (Open MPI has no progress thread by default).
     func groupDone(_ g: Int) {
         while next < buckets.count && buckets[next].lastGroup <= g {
-            var off = 0
             let flat = buckets[next].flat
-            for p in buckets[next].params {
-                (flat.data + off).update(from: p.grad.data, count: p.grad.count)
-                off += p.grad.count
-            }
+            packGradients(buckets[next].params, into: flat.data)
             buckets[next].pending = comm.startAllReduceSum(flat.buffer)
             next += 1
         }
@@ -71,12 +85,6 @@ final class GradientBuckets {
             buckets[i].pending = nil
         }
         exposedSeconds = Date().timeIntervalSince(t)
-        for b in buckets {
-            var off = 0
-            for p in b.params {
-                p.grad.data.update(from: b.flat.data + off, count: p.grad.count)
-                off += p.grad.count
-            }
-        }
+        for b in buckets { unpackGradients(b.params, from: b.flat.data) }
     }
 }

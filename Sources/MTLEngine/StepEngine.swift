@@ -205,18 +205,12 @@ public final class StepEngine {
         let computeTime = Date().timeIntervalSince(t0) - commTime
 
         // Gradient all-reduce (sums: the losses are already global means).
-        var offset = 0
-        for p in reduced {
-            (flatGrads.data + offset).update(from: p.grad.data, count: p.grad.count)
-            offset += p.grad.count
-        }
-        let tr = Date()
-        if comm.size > 1 { comm.allReduceSum(flatGrads.buffer) }
-        commTime += Date().timeIntervalSince(tr)
-        offset = 0
-        for p in reduced {
-            p.grad.data.update(from: flatGrads.data + offset, count: p.grad.count)
-            offset += p.grad.count
+        if comm.size > 1 {
+            packGradients(reduced, into: flatGrads.data)
+            let tr = Date()
+            comm.allReduceSum(flatGrads.buffer)
+            commTime += Date().timeIntervalSince(tr)
+            unpackGradients(reduced, from: flatGrads.data)
         }
         return try finishStep(globalLosses: globalLosses, counts: counts, result: result, stepIndex: stepIndex,
                               computeTime: computeTime, commTime: commTime)
@@ -283,11 +277,7 @@ public final class StepEngine {
             for p in encoderParams { p.grad.zero() }
             taskGrads[t].scale(Float(inv[t]))
             model.encoder.backward(taskGrads[t])
-            var off = 0
-            for p in encoderParams {
-                (taskParamGrads[t].data + off).update(from: p.grad.data, count: p.grad.count)
-                off += p.grad.count
-            }
+            packGradients(encoderParams, into: taskParamGrads[t].data)
         }
         let tc = Date()
         if comm.size > 1 { for t in 0..<T { comm.allReduceSum(taskParamGrads[t].buffer) } }

@@ -141,12 +141,7 @@ public final class MaskedL1Loss {
     }
 
     public func backward(scale: Float) -> Tensor {
-        inputGrad.resize(sign.shape)
-        let sg = sign.data, g = inputGrad.data
-        parallelBlocks(sign.count) { lo, hi in
-            for i in lo..<hi { g[i] = scale * sg[i] }
-        }
-        return inputGrad
+        scaledCopy(sign, scale, into: inputGrad)
     }
 }
 
@@ -205,12 +200,7 @@ public final class NormalCosineLoss {
     }
 
     public func backward(scale: Float) -> Tensor {
-        inputGrad.resize(gradient.shape)
-        let gr = gradient.data, g = inputGrad.data
-        parallelBlocks(gradient.count) { lo, hi in
-            for i in lo..<hi { g[i] = scale * gr[i] }
-        }
-        return inputGrad
+        scaledCopy(gradient, scale, into: inputGrad)
     }
 }
 
@@ -251,12 +241,7 @@ public final class BCEWithLogitsLoss {
     }
 
     public func backward(scale: Float) -> Tensor {
-        inputGrad.resize(gradient.shape)
-        let gr = gradient.data, g = inputGrad.data
-        parallelBlocks(gradient.count) { lo, hi in
-            for i in lo..<hi { g[i] = scale * gr[i] }
-        }
-        return inputGrad
+        scaledCopy(gradient, scale, into: inputGrad)
     }
 }
 
@@ -268,4 +253,16 @@ func sumPartials(_ part: UnsafeMutablePointer<Double>, _ blocks: Int) -> LossSum
         count += Int(part[2 * b + 1])
     }
     return LossSum(sum: total, count: count)
+}
+
+/// dx = scale · (the per-element gradient the forward stored): the backward of the losses whose
+/// gradient is computed along with the loss value.
+@inline(__always)
+func scaledCopy(_ source: Tensor, _ scale: Float, into dx: Tensor) -> Tensor {
+    dx.resize(source.shape)
+    let src = source.data, g = dx.data
+    parallelBlocks(source.count) { lo, hi in
+        for i in lo..<hi { g[i] = scale * src[i] }
+    }
+    return dx
 }
