@@ -1,22 +1,77 @@
 import CBLAS
+import Foundation
 
 /// Row-major single-precision GEMM: C = alpha * op(A) * op(B) + beta * C,
 /// op(A) is M×K, op(B) is K×N, C is M×N.
+///
+/// With several threads, a large GEMM is cut into `Threads.count` slabs of C (columns when
+/// N ≥ M, else rows) and each slab is one single-threaded OpenBLAS call on its own thread of
+/// the same pool that runs mtl's other parallel loops (`parallelFor`). Why not OpenBLAS's own
+/// threads: between calls they spin in sched_yield for up to ~0.1 s, so during im2col, BN or
+/// ReLU (run by the pool) a spinning BLAS thread competes for the same cores; on 2 cores the
+/// profile showed 17% of all cycles in sched_yield. Slabs of C are disjoint and their
+/// bounds depend only on the shape and the thread count, so results repeat bit for bit (they
+/// may differ from one unsplit call in the last bit, as OpenBLAS's own threading does).
 @inline(__always)
 public func sgemm(transA: Bool = false, transB: Bool = false, m: Int, n: Int, k: Int,
                   alpha: Float = 1, a: UnsafePointer<Float>, lda: Int,
                   b: UnsafePointer<Float>, ldb: Int,
                   beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int) {
+    let parts = Threads.gemmParts(m: m, n: n, k: k)
+    if parts <= 1 {
+        sgemmCall(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+        return
+    }
+    // Slab boundaries on multiples of 16 (the packing width of the sgemm kernels).
+    let splitColumns = n >= m
+    let extent = splitColumns ? n : m
+    let unit = 16
+    let blocks = (extent + unit - 1) / unit
+    DispatchQueue.concurrentPerform(iterations: parts) { p in
+        let lo = min(extent, blocks * p / parts * unit), hi = min(extent, blocks * (p + 1) / parts * unit)
+        if lo >= hi { return }
+        if splitColumns {
+            // op(B)[:, lo..<hi]: columns of B, or rows of Bᵀ's storage.
+            let bPart = transB ? b + lo * ldb : b + lo
+            sgemmCall(transA, transB, m, hi - lo, k, alpha, a, lda, bPart, ldb, beta, c + lo, ldc)
+        } else {
+            // op(A)[lo..<hi, :]: rows of A, or columns of Aᵀ's storage.
+            let aPart = transA ? a + lo : a + lo * lda
+            sgemmCall(transA, transB, hi - lo, n, k, alpha, aPart, lda, b, ldb, beta, c + lo * ldc, ldc)
+        }
+    }
+}
+
+@inline(__always)
+private func sgemmCall(_ transA: Bool, _ transB: Bool, _ m: Int, _ n: Int, _ k: Int, _ alpha: Float,
+                       _ a: UnsafePointer<Float>, _ lda: Int, _ b: UnsafePointer<Float>, _ ldb: Int,
+                       _ beta: Float, _ c: UnsafeMutablePointer<Float>, _ ldc: Int) {
     cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
                 Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
 }
 
-/// Threads used by OpenBLAS and by mtl's own parallel loops.
+/// Threads used by mtl's parallel loops and GEMM slabs.
 public enum Threads {
     nonisolated(unsafe) public private(set) static var count = 1
+    /// True: OpenBLAS runs single-threaded and `sgemm` splits large GEMMs over mtl's pool (the
+    /// default). False (MTL_BLAS_THREADS=openblas): OpenBLAS gets `count` threads of its own
+    /// and every GEMM is one call — kept to compare the two.
+    nonisolated(unsafe) public private(set) static var splitGemms = true
+    /// A GEMM below this many multiply-adds runs on one thread: a slab's fixed cost (packing,
+    /// thread hand-off, ~10 µs) would eat the gain.
+    public static let minParallelMACs = 1 << 19
 
     public static func set(_ n: Int) {
         count = max(1, n)
-        openblas_set_num_threads(Int32(count))
+        splitGemms = ProcessInfo.processInfo.environment["MTL_BLAS_THREADS"] != "openblas"
+        openblas_set_num_threads(Int32(splitGemms ? 1 : count))
+    }
+
+    /// How many slabs `sgemm` cuts an M×N×K product into.
+    @inline(__always)
+    static func gemmParts(m: Int, n: Int, k: Int) -> Int {
+        if !splitGemms || count <= 1 || m * n * k < minParallelMACs { return 1 }
+        // Every slab gets at least 16 rows/columns.
+        return max(1, min(count, max(m, n) / 16))
     }
 }
