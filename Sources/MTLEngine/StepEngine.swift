@@ -55,8 +55,11 @@ public final class StepEngine {
     /// are already global after the method, so only the heads' are reduced).
     let reduced: [Parameter]
     let flatGrads: Tensor
-    /// Parameter level: the per-task shared gradients, T × P_encoder.
+    /// Parameter level: the per-task shared gradients of this rank, T × P_encoder (padded to a
+    /// multiple of the world size), and this rank's slice of their global sums, T × P/size.
+    /// Representation level, GradDrop: the per-task sign-corrected sums.
     var taskParamGrads: [Tensor] = []
+    var taskSlices: [Tensor] = []
     var reduction: [Double]
     /// Overlapped bucketed all-reduce (representation level, several ranks); nil = one blocking all-reduce.
     let buckets: GradientBuckets?
@@ -267,49 +270,112 @@ public final class StepEngine {
         return result
     }
 
-    /// Parameter level: T encoder backwards give the per-task shared gradients; they are all-reduced
-    /// (T × P floats) so that every rank forms the same global Gram, and the method combines them.
+    /// Parameter level (ARCHITECTURE.md): T encoder backwards give the per-task shared gradients g_t^r
+    /// of this rank. Instead of all-reducing T full vectors, each is reduce-scattered: rank r receives
+    /// the GLOBAL slice g_t[r·B..<(r+1)·B] (B = P padded to a multiple of the world size, / size).
+    /// The Gram is the sum over slices, K = Σ_r K^r with K^r_ij = <g_i, g_j> on slice r: one T×T
+    /// all-reduce (then rank 0's copy is broadcast, so every rank's solver sees the same bits).
+    /// The method combines the slices (coefficients, or GradDrop element-wise on its slice with the
+    /// global offset), and one all-gather of the combined slice rebuilds the shared gradient.
+    /// Traffic per rank ≈ (T + 1)·P floats (ring) instead of 2·T·P for T all-reduces; the Gram and
+    /// the combination cost 1/size of the full vectors.
     private func parameterLevel(_ ctx: inout MethodContext, inv: [Double], commTime: inout Double) throws -> MethodResult {
-        let T = taskNames.count
+        let T = taskNames.count, R = comm.size
         let P = encoderParams.reduce(0) { $0 + $1.value.count }
-        if taskParamGrads.count != T { taskParamGrads = (0..<T).map { _ in Tensor([P]) } }
+        let block = (P + R - 1) / R, padded = block * R
+        if taskParamGrads.count != T || taskParamGrads[0].count != padded {
+            taskParamGrads = (0..<T).map { _ in Tensor([padded]) }
+            taskSlices = (0..<T).map { _ in Tensor([block]) }
+        }
         for t in 0..<T {
             for p in encoderParams { p.grad.zero() }
             taskGrads[t].scale(Float(inv[t]))
             model.encoder.backward(taskGrads[t])
-            packGradients(encoderParams, into: taskParamGrads[t].data)
+            let flat = taskParamGrads[t].data
+            packGradients(encoderParams, into: flat)
+            (flat + P).update(repeating: 0, count: padded - P)   // the padding sums to zero
+            let tc = Date()
+            comm.reduceScatterSum(UnsafeBufferPointer(taskParamGrads[t].buffer), taskSlices[t].buffer)
+            commTime += Date().timeIntervalSince(tc)
         }
+        let offset = comm.rank * block
+        let valid = max(0, min(block, P - offset))   // this rank's elements that are not padding
+        var gram = gramMatrix(taskSlices.map { UnsafePointer($0.data) }, count: valid)
         let tc = Date()
-        if comm.size > 1 { for t in 0..<T { comm.allReduceSum(taskParamGrads[t].buffer) } }
-        commTime += Date().timeIntervalSince(tc)
-        var gram = [Double](repeating: 0, count: T * T)
-        for i in 0..<T {
-            for j in i..<T {
-                let g = taskParamGrads[i].dot(taskParamGrads[j])
-                gram[i * T + j] = g
-                gram[j * T + i] = g
-            }
+        if R > 1 {
+            gram.withUnsafeMutableBufferPointer { comm.allReduceSum($0) }
+            gram.withUnsafeMutableBufferPointer { comm.broadcast($0, root: 0) }
         }
+        commTime += Date().timeIntervalSince(tc)
         ctx.gram = gram
-        ctx.grads = taskParamGrads.map { $0.buffer }
+        ctx.grads = taskSlices.map { UnsafeMutableBufferPointer(start: $0.data, count: valid) }
+        ctx.gradsOffset = offset
         let result = try method.apply(ctx)
-        // The combined shared gradient, already global: written into the encoder's grads.
-        var off = 0
-        for p in encoderParams {
-            let n = p.grad.count
-            let g = p.grad.data
-            if result.combinedGradientWritten {
-                g.update(from: taskParamGrads[0].data + off, count: n)
-            } else {
-                for i in 0..<n { g[i] = 0 }
-                for t in 0..<T {
-                    let a = Float(result.encoderCoefficients[t])
-                    let src = taskParamGrads[t].data + off
-                    for i in 0..<n { g[i] += a * src[i] }
+
+        // This rank's slice of the combined gradient, in slice 0's padded buffer, then all-gathered.
+        let out = combinedSlice(block)
+        if result.combinedGradientWritten {
+            out.update(from: taskSlices[0].data, count: valid)
+        } else {
+            let coefficients = result.encoderCoefficients.map { Float($0) }
+            let slices = taskSlices.map { UnsafePointer($0.data) }
+            parallelFor((valid + gramChunk - 1) / gramChunk) { c in
+                let lo = c * gramChunk, hi = min(valid, lo + gramChunk)
+                for i in lo..<hi { out[i] = coefficients[0] * slices[0][i] }
+                for t in 1..<T {
+                    let a = coefficients[t], src = slices[t]
+                    for i in lo..<hi { out[i] += a * src[i] }
                 }
             }
-            off += n
         }
+        (out + valid).update(repeating: 0, count: block - valid)
+        let full = taskParamGrads[0]
+        let tg = Date()
+        comm.allGather(UnsafeBufferPointer(start: out, count: block), full.buffer)
+        commTime += Date().timeIntervalSince(tg)
+        unpackGradients(encoderParams, from: full.data)
         return result
     }
+
+    private func combinedSlice(_ block: Int) -> UnsafeMutablePointer<Float> {
+        combined.resize([block])
+        return combined.data
+    }
+}
+
+/// Elements per chunk of the parameter-level Gram and combination. Fixed (not derived from the
+/// thread count), so the Gram's rounding is the same whatever the number of threads.
+let gramChunk = 1 << 16
+
+/// K_ij = Σ_k v_i[k]·v_j[k] in Double for T vectors of `count` floats: one pass over memory (each
+/// chunk reads every vector once), chunks in parallel, the chunk sums added in chunk order.
+func gramMatrix(_ v: [UnsafePointer<Float>], count: Int) -> [Double] {
+    let T = v.count, chunks = (count + gramChunk - 1) / gramChunk
+    var partial = [Double](repeating: 0, count: chunks * T * T)
+    partial.withUnsafeMutableBufferPointer { part in
+        parallelFor(chunks) { c in
+            let lo = c * gramChunk, hi = min(count, lo + gramChunk)
+            let k = part.baseAddress! + c * T * T
+            for i in 0..<T {
+                for j in i..<T {
+                    let a = v[i], b = v[j]
+                    var s0 = 0.0, s1 = 0.0
+                    var e = lo
+                    while e + 1 < hi {
+                        s0 += Double(a[e]) * Double(b[e])
+                        s1 += Double(a[e + 1]) * Double(b[e + 1])
+                        e += 2
+                    }
+                    if e < hi { s0 += Double(a[e]) * Double(b[e]) }
+                    k[i * T + j] = s0 + s1
+                }
+            }
+        }
+    }
+    var gram = [Double](repeating: 0, count: T * T)
+    for c in 0..<chunks {
+        for i in 0..<T { for j in i..<T { gram[i * T + j] += partial[c * T * T + i * T + j] } }
+    }
+    for i in 0..<T { for j in 0..<i { gram[i * T + j] = gram[j * T + i] } }
+    return gram
 }

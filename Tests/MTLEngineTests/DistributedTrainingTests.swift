@@ -132,6 +132,39 @@ final class DistributedTrainingTests: XCTestCase {
         }
     }
 
+    /// The reduce-scatter / partial-Gram / all-gather form with 3 ranks: the encoder's parameter count
+    /// is not a multiple of 3 (padding), every rank ends with the same parameters, and coefficients
+    /// and losses equal the single-process run. GradDrop (element-wise on each rank's slice, its
+    /// random U keyed by the GLOBAL element index) also matches the single-process run.
+    func testParameterLevelSlicesOnThreeRanks() throws {
+        for (method, n) in [("pcgrad", 1), ("pcgrad", 3), ("graddrop", 1), ("graddrop", 3)] {
+            var extra = ["--set", "method.name=\(method)", "--set", "method.level=parameters",
+                         "--set", "train.steps=4", "--set", "train.batch_size=6"]
+            if n > 1 { extra += ["--check-consistency", "1"] }
+            let r = try train(n, run: "\(method)\(n)", extra)
+            XCTAssertEqual(r.status, 0, r.err)
+        }
+        let c1 = try coefficients("pcgrad1"), c3 = try coefficients("pcgrad3")
+        XCTAssertEqual(c3.count, 4)
+        for (a, b) in zip(c1, c3) { for (x, y) in zip(a, b) { XCTAssertEqual(x, y, accuracy: 1e-5 * max(1, abs(x))) } }
+        for m in ["pcgrad", "graddrop"] {
+            let l1 = try losses("\(m)1"), l3 = try losses("\(m)3")
+            XCTAssertEqual(l3.count, 4)
+            for (a, b) in zip(l1, l3) { for (x, y) in zip(a, b) { XCTAssertEqual(x, y, accuracy: 1e-5 * max(1, abs(x)), m) } }
+            let p1 = try finalTensors("\(m)1"), p3 = try finalTensors("\(m)3")
+            var worst = 0.0, compared = 0
+            for (name, t) in p1 where name.hasPrefix("model.encoder.") && name.hasSuffix("weight") {
+                guard let u = p3[name] else { XCTFail("\(name) missing"); continue }
+                var diff = 0.0, norm = 0.0
+                for i in 0..<t.count { diff += Double(t[i] - u[i]) * Double(t[i] - u[i]); norm += Double(t[i]) * Double(t[i]) }
+                worst = max(worst, (diff / max(norm, 1e-30)).squareRoot())
+                compared += 1
+            }
+            XCTAssertGreaterThan(compared, 10)
+            XCTAssertLessThan(worst, 1e-5, "\(m): encoder weights after 4 steps, 1 vs 3 ranks")
+        }
+    }
+
     func losses(_ run: String) throws -> [[Double]] {
         let text = try String(contentsOfFile: dir + "/" + run + "/metrics.jsonl", encoding: .utf8)
         return text.split(separator: "\n").compactMap { line -> [Double]? in
