@@ -1,3 +1,4 @@
+import Foundation
 import MTLCore
 
 /// Scratch matrices of the convolutions. Layers run one after another, so one workspace
@@ -55,8 +56,18 @@ public final class Conv2d: HasParameters {
     /// saving ran at par with the dense path, 24% ran ~10% faster, 62% ~2× faster).
     public static var regionMinSaving = 0.2
 
+    /// Stride-1 convolutions compute dx as a FORWARD convolution of dy with the flipped,
+    /// transposed kernel (W'[c, o, i, j] = W[o, c, k−1−i, k−1−j], padding d·(k−1) − p): im2col of dy
+    /// and a GEMM whose output is dx itself. The alternative, dcols = Wᵀ·dy then col2im, writes and
+    /// re-reads a k·k-times larger matrix (BLAS zeroes it first) and scatter-adds it: measured ~7%
+    /// of a bench step on 2 cores. The forward path brings its padding-aware regions along.
+    /// False (or MTL_CONV_DX=col2im): always dcols + col2im (kept to compare; the tests check both).
+    public static var transposedInputGrad = ProcessInfo.processInfo.environment["MTL_CONV_DX"] != "col2im"
+
     private let output = Tensor([0])
     private let inputGrad = Tensor([0])
+    /// The transposed twin that computes dx (created on the first backward that uses it).
+    private var inputGradConv: Conv2d?
     private let empty = Tensor([0])
     private var input: Tensor?
 
@@ -148,6 +159,14 @@ public final class Conv2d: HasParameters {
         let work = candidate.reduce(0) { $0 + $1.pixels * $1.taps.count }
         let dense = ho * wo * kernel * kernel
         regions = Double(work) <= (1 - Conv2d.regionMinSaving) * Double(dense) ? candidate : nil
+    }
+
+    /// The weight restricted to `taps` as [O, C·T]: the weight itself when a region uses every tap
+    /// (taps are in ascending order, so all taps is the OIHW layout), else gathered.
+    private func regionWeight(_ taps: [Int]) -> UnsafePointer<Float> {
+        if taps.count == kernel * kernel { return UnsafePointer(weight.value.data) }
+        gatherCompactWeight(taps)
+        return UnsafePointer(workspace.compactWeight.data)
     }
 
     /// compactWeight[o, c·T + t] = W[o, c, taps[t]].
@@ -253,14 +272,14 @@ public final class Conv2d: HasParameters {
                 continue
             }
             let ckk = inChannels * region.taps.count
-            gatherCompactWeight(region.taps)
+            let regionW = regionWeight(region.taps)
             let group = samplesPerGroup(ckk: ckk, pix: pr, n: n)
             for s0 in Swift.stride(from: 0, to: n, by: group) {
                 let count = min(group, n - s0)
                 cols.resize([ckk, count * pr])
                 im2colRegion(x.data + s0 * samplePlane, n: count, h: h, w: w, region: region, cols: cols.data)
                 rows.resize([o, count * pr])
-                sgemm(m: o, n: count * pr, k: ckk, a: workspace.compactWeight.data, lda: ckk, b: cols.data, ldb: count * pr,
+                sgemm(m: o, n: count * pr, k: ckk, a: regionW, lda: ckk, b: cols.data, ldb: count * pr,
                       c: rows.data, ldc: count * pr)
                 // rows [O, count, pr] → the region's pixels of y[s0 + s, o], plus bias.
                 let r = rows.data
@@ -287,7 +306,7 @@ public final class Conv2d: HasParameters {
         precondition(dy.shape == [n, outChannels, ho, wo],
                      "\(name): dy \(shapeString(dy.shape)) does not match the output \(shapeString([n, outChannels, ho, wo]))")
         let o = outChannels, pix = ho * wo
-        let g = dy.data, wt = weight.value.data, dw = weight.grad.data
+        let g = dy.data
 
         if let bias {
             // db[o] += Σ_{n,p} dy[n, o, p], in Double for long sums.
@@ -299,6 +318,46 @@ public final class Conv2d: HasParameters {
             }
         }
 
+        let transposed = computeInputGrad && Conv2d.transposedInputGrad && stride == 1 && !isPointwise
+            && padding <= dilation * (kernel - 1)
+        if transposed {
+            // dW (and db above) by the usual path, then dx by the twin's forward.
+            _ = backwardWeights(x, dy, ho: ho, wo: wo, computeInputGrad: false)
+            return transposedInputGradient(dy)
+        }
+        return backwardWeights(x, dy, ho: ho, wo: wo, computeInputGrad: computeInputGrad)
+    }
+
+    /// dx = conv(dy; flipped transposed W, padding d·(k−1) − p, dilation d), stride 1.
+    private func transposedInputGradient(_ dy: Tensor) -> Tensor {
+        let twin: Conv2d
+        if let existing = inputGradConv {
+            twin = existing
+        } else {
+            var unused = Philox(seed: 0, stream: 0, index: 0)
+            twin = Conv2d(name + ".dx", inChannels: outChannels, outChannels: inChannels, kernel: kernel, stride: 1,
+                          padding: dilation * (kernel - 1) - padding, dilation: dilation, rng: &unused)
+            inputGradConv = twin
+        }
+        twin.workspace = workspace
+        let o = outChannels, c = inChannels, k = kernel, kk = kernel * kernel
+        let src = weight.value.data, dst = twin.weight.value.data
+        parallelFor(c) { ci in
+            for oc in 0..<o {
+                for i in 0..<k {
+                    for j in 0..<k { dst[(ci * o + oc) * kk + i * k + j] = src[(oc * c + ci) * kk + (k - 1 - i) * k + (k - 1 - j)] }
+                }
+            }
+        }
+        return twin.forward(dy)
+    }
+
+    /// Weight (and, if asked, input) gradients by im2col of the cached input: dW += dY·colsᵀ, and
+    /// dcols = Wᵀ·dY scattered back by col2im.
+    private func backwardWeights(_ x: Tensor, _ dy: Tensor, ho: Int, wo: Int, computeInputGrad: Bool) -> Tensor {
+        let (n, h, w) = (x.n, x.h, x.w)
+        let o = outChannels, pix = ho * wo
+        let g = dy.data, wt = weight.value.data, dw = weight.grad.data
         if isPointwise && (n == 1 || pix >= Conv2d.pointwisePerSampleMinPixels) {
             for s in 0..<n {
                 // dW[O, C] += dy[s] [O, P] · x[s]ᵀ [P, C]
@@ -368,9 +427,12 @@ public final class Conv2d: HasParameters {
             let pr = region.pixels, wr = region.colHi - region.colLo, t = region.taps.count
             let (rowLo, rowHi, colLo) = (region.rowLo, region.rowHi, region.colLo)
             let ckk = inChannels * t
-            gatherCompactWeight(region.taps)
-            let compactWeight = workspace.compactWeight, compactGrad = workspace.compactGrad
-            compactGrad.resize([o, ckk])
+            let allTaps = t == kk
+            // Only dcols needs the weight; a region with every tap accumulates straight into dW.
+            let regionW = computeInputGrad ? regionWeight(region.taps) : UnsafePointer(weight.value.data)
+            let compactGrad = workspace.compactGrad
+            if !allTaps { compactGrad.resize([o, ckk]) }
+            let gradOut = allTaps ? weight.grad.data : compactGrad.data
             let group = samplesPerGroup(ckk: ckk, pix: pr, n: n)
             for s0 in Swift.stride(from: 0, to: n, by: group) {
                 let count = min(group, n - s0)
@@ -387,12 +449,13 @@ public final class Conv2d: HasParameters {
                 cols.resize([ckk, count * pr])
                 im2colRegion(x.data + s0 * samplePlane, n: count, h: h, w: w, region: region, cols: cols.data)
                 sgemm(transB: true, m: o, n: ckk, k: count * pr, a: r, lda: count * pr, b: cols.data,
-                      ldb: count * pr, beta: s0 == 0 ? 0 : 1, c: compactGrad.data, ldc: ckk)
+                      ldb: count * pr, beta: s0 == 0 && !allTaps ? 0 : 1, c: gradOut, ldc: ckk)
                 guard computeInputGrad else { continue }
-                sgemm(transA: true, m: ckk, n: count * pr, k: o, a: compactWeight.data, lda: ckk, b: r,
+                sgemm(transA: true, m: ckk, n: count * pr, k: o, a: regionW, lda: ckk, b: r,
                       ldb: count * pr, c: cols.data, ldc: count * pr)
                 col2imRegion(cols.data, n: count, h: h, w: w, region: region, dx: inputGrad.data + s0 * samplePlane)
             }
+            if allTaps { continue }
             // Scatter the region's taps' gradient into the full [O, C, k, k] gradient.
             let full = weight.grad.data, cg = compactGrad.data
             region.taps.withUnsafeBufferPointer { taps in

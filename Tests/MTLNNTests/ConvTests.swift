@@ -39,6 +39,8 @@ final class ConvTests: XCTestCase {
         Config(n: 2, c: 2, h: 4, w: 5, o: 3, k: 3, stride: 3, pad: 2, dil: 2, bias: true),    // stride 3, pad ≥ span/2
         Config(n: 2, c: 3, h: 5, w: 9, o: 4, k: 3, stride: 1, pad: 6, dil: 6, bias: true),    // ASPP-like: kernel rows 0 and 2 read only padding
         Config(n: 1, c: 2, h: 4, w: 3, o: 2, k: 3, stride: 1, pad: 5, dil: 5, bias: false),   // only the centre tap is active, N = 1
+        Config(n: 2, c: 2, h: 5, w: 4, o: 3, k: 3, stride: 1, pad: 3, dil: 1, bias: false),   // pad > d·(k−1): no transposed dx
+        Config(n: 2, c: 3, h: 5, w: 6, o: 2, k: 2, stride: 1, pad: 1, dil: 1, bias: true),    // even kernel, stride 1: asymmetric twin
     ]
 
     func makeConv(_ cfg: Config, seed: UInt64) -> Conv2d {
@@ -69,13 +71,17 @@ final class ConvTests: XCTestCase {
     func testGradientsDenseAndRegionPaths() {
         // Every configuration through the dense im2col and through the padding-aware regions
         // (the default picks one of the two by the work saved).
-        let saved = Conv2d.regionMinSaving
-        defer { Conv2d.regionMinSaving = saved }
-        for (i, cfg) in configs.enumerated() {
-            Conv2d.regionMinSaving = 2       // never regions
-            runGradCheck(cfg, seed: UInt64(60 + i))
-            Conv2d.regionMinSaving = -1      // always regions
-            runGradCheck(cfg, seed: UInt64(60 + i))
+        // Stride-1 dx both as the transposed forward convolution and as dcols + col2im.
+        let saved = Conv2d.regionMinSaving, savedTransposed = Conv2d.transposedInputGrad
+        defer { Conv2d.regionMinSaving = saved; Conv2d.transposedInputGrad = savedTransposed }
+        for transposed in [true, false] {
+            Conv2d.transposedInputGrad = transposed
+            for (i, cfg) in configs.enumerated() {
+                Conv2d.regionMinSaving = 2       // never regions
+                runGradCheck(cfg, seed: UInt64(60 + i))
+                Conv2d.regionMinSaving = -1      // always regions
+                runGradCheck(cfg, seed: UInt64(60 + i))
+            }
         }
     }
 
