@@ -1,5 +1,11 @@
 #!/usr/bin/env python3
-"""Turns a binary task of an mtdp-hdf5 file (default: saliency) into a noisy pseudo-auxiliary task.
+"""Turns a binary task of an existing mtdp-hdf5 file (default: saliency) into a noisy pseudo-auxiliary task.
+
+The normal path is `mtl synth --noise-task TASK=SOURCE:KIND[:P]`, which writes the noisy task while it
+generates the file (class maps, binary maps and depth; `replace` and `shuffle`; Philox-keyed, so the file
+is a pure function of the flags), e.g. `mtl synth ... --tasks seg,depth,saliency --noise-task
+saliency=saliency:replace:1.0` for what this tool does with --replace 1.0. This tool remains for
+files `mtl synth` did not write (converted datasets); its draws (numpy PCG64) differ from mtl synth's.
 
 Each valid pixel's label is replaced, with probability --replace (1.0 = pure noise), by a fair
 random bit drawn from numpy's PCG64 seeded with --seed; ignore pixels (255) stay as they are.

@@ -90,6 +90,10 @@ public struct Philox: Sendable {
 /// Purposes of random streams; one per use so that draws never collide.
 public enum RNGStream: UInt64 {
     case initialization = 1, dataOrder = 2, augmentation = 3, method = 4, synth = 5, dropout = 6
+    /// `mtl synth --noise-task`: the noisy pseudo-auxiliary labels.
+    case synthNoise = 7
+    /// Auto-λ's second ("val") stream of training batches: its order and its augmentation.
+    case autolDataOrder = 8, autolAugmentation = 9
 }
 
 import Foundation

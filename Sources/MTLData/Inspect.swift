@@ -58,6 +58,9 @@ public enum DatasetInspector {
                 if !dattrs.isEmpty {
                     out.append("      attrs: " + dattrs.keys.sorted().map { "\($0)=\(dattrs[$0]!.text)" }.joined(separator: "  "))
                 }
+                if let kind = dattrs["noise"]?.text {
+                    out.append("      " + noiseDescription(kind: kind, task: child, group: group, attributes: dattrs))
+                }
                 do {
                     out.append(contentsOf: try statistics(file, dpath, task: child, type: type, shape: shape, attributes: dattrs)
                                 .map { "      " + $0 })
@@ -67,6 +70,21 @@ public enum DatasetInspector {
             }
         }
         return out.joined(separator: "\n")
+    }
+
+    /// One line for a noisy pseudo-auxiliary task (`mtl synth --noise-task`, or tools/noisy_task.py's older attributes).
+    static func noiseDescription(kind: String, task: String, group: String, attributes a: [String: H5AttributeValue]) -> String {
+        let source = a["noise_source"]?.text ?? task
+        let seed = a["noise_seed"]?.text ?? "?"
+        switch kind {
+        case "replace":
+            let p = a["noise_p"]?.text ?? "?"
+            return "NOISY TASK: a copy of \(group)/\(source) with each valid pixel replaced by a random label with probability \(p) (seed \(seed))"
+        case "shuffle":
+            return "NOISY TASK: each image has the \(source) labels of another image of \(group) (a fixed random derangement, seed \(seed))"
+        default:
+            return "NOISY TASK: noise=\(kind)" + (a["noise_replace"].map { ", replaced fraction \($0.text)" } ?? "") + " (seed \(seed))"
+        }
     }
 
     private static func byteString(_ n: Int) -> String {

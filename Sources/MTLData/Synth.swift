@@ -7,7 +7,12 @@ public struct SynthOptions {
     public var seed: UInt64 = 0
     public var tasks = ["seg", "depth", "normals"]
     public var numClasses = 6
+    /// `--noise-task`: noisy pseudo-auxiliary tasks (SynthNoise.swift).
+    public var noiseTasks: [NoiseTaskSpec] = []
     public init() {}
+
+    /// The tasks the file holds: `tasks`, then the noise targets not among them.
+    public var fileTasks: [String] { tasks + noiseTasks.map { $0.target }.filter { !tasks.contains($0) } }
 }
 
 /// Writes a dataset file in the unified schema (DATASETS.md §4) of rendered rooms: a pinhole
@@ -70,7 +75,8 @@ public enum Synth {
             try? FileManager.default.removeItem(atPath: tmp)
             throw MTLError("\(path): cannot rename \(tmp) to it (errno \(errno))")
         }
-        progress?("wrote \(path): \(o.samples) train + \(o.valSamples) val samples, \(o.height)x\(o.width), tasks \(o.tasks.joined(separator: ","))")
+        progress?("wrote \(path): \(o.samples) train + \(o.valSamples) val samples, \(o.height)x\(o.width), tasks \(o.fileTasks.joined(separator: ","))"
+                  + (o.noiseTasks.isEmpty ? "" : ", noise \(o.noiseTasks.map { $0.text }.joined(separator: " "))"))
     }
 
     static func validate(_ o: SynthOptions) throws {
@@ -89,7 +95,68 @@ public enum Synth {
         guard Set(o.tasks).count == o.tasks.count else {
             throw MTLError("synth: task list \(o.tasks.joined(separator: ",")) names a task twice")
         }
+        for (k, spec) in o.noiseTasks.enumerated() { try validateNoise(spec, index: k, options: o) }
     }
+
+    /// One `--noise-task` against the other options: names known, source generated, the target slot
+    /// free and able to hold the source's labels (class maps seg/parts, binary maps edges/saliency,
+    /// depth; a binary slot only takes 2-class labels).
+    static func validateNoise(_ spec: NoiseTaskSpec, index k: Int, options o: SynthOptions) throws {
+        let prefix = "synth: --noise-task \(spec.text)"
+        for t in [spec.target, spec.source] where !knownTasks.contains(t) {
+            throw MTLError("\(prefix): unknown task '\(t)': expected one of \(knownTasks.joined(separator: ", "))")
+        }
+        guard spec.p >= 0 && spec.p <= 1 else { throw MTLError("\(prefix): P must be in [0, 1], found \(spec.p)") }
+        guard o.tasks.contains(spec.source) else {
+            throw MTLError("\(prefix): source task \(spec.source) is not generated (add it to --tasks, now \(o.tasks.joined(separator: ",")))")
+        }
+        if spec.target != spec.source && o.tasks.contains(spec.target) {
+            throw MTLError("\(prefix): target slot \(spec.target) already holds the clean \(spec.target) labels (drop \(spec.target) from --tasks, or noise it in place with \(spec.target)=\(spec.target):...)")
+        }
+        for (j, other) in o.noiseTasks.enumerated() where j != k {
+            if other.target == spec.target { throw MTLError("\(prefix): slot \(spec.target) is the target of two --noise-task options") }
+            if other.target == spec.source && other.source != spec.source {
+                throw MTLError("\(prefix): source \(spec.source) is itself a noisy task (\(other.text)); noise a clean task")
+            }
+        }
+        let source = LabelKind.of(spec.source), target = LabelKind.of(spec.target)
+        switch (source, target) {
+        case (.classMap, .classMap), (.binary, .binary), (.binary, .classMap), (.depth, .depth):
+            break
+        case (.classMap, .binary):
+            throw MTLError("\(prefix): class-count mismatch: \(spec.source) has \(classCount(of: spec.source, options: o)) classes, the \(spec.target) slot holds binary labels (2)")
+        default:
+            throw MTLError("\(prefix): target slot \(spec.target) cannot hold \(spec.source) labels (allowed: seg/parts from class maps or binary maps, edges/saliency from binary maps, depth from depth; normals cannot be noised)")
+        }
+        if spec.kind == .shuffle {
+            for (split, n) in [("train", o.samples), ("val", o.valSamples)] where n == 1 {
+                throw MTLError("\(prefix): shuffle needs at least 2 samples per split, --\(split == "train" ? "samples" : "val-samples") is 1")
+            }
+        }
+    }
+
+    /// The z-depth range of every rendered scene (SynthScene: nearest surface >= 0.64 m, farthest <= 8.4 m);
+    /// `replace` noise on depth draws from it.
+    static let depthRange: ClosedRange<Float> = 0.64...8.4
+
+    /// Number of classes of a class map or binary task as `mtl synth` writes it.
+    static func classCount(of task: String, options o: SynthOptions) -> Int {
+        switch task {
+        case "seg": return o.numClasses
+        case "parts": return partsClassNames.count
+        default: return 2
+        }
+    }
+
+    static func classNames(of task: String, options o: SynthOptions) -> [String] {
+        switch task {
+        case "seg": return (0..<o.numClasses).map(SynthScene.className)
+        case "parts": return partsClassNames
+        default: return ["negative", "positive"]
+        }
+    }
+
+    static let partsClassNames = ["background", "top", "side_x", "side_z"]
 
     /// The Philox index of a sample: the sample id in the high 32 bits, leaving the low 32 bits
     /// (the part MTLCore's Philox advances per draw) free, so samples' streams never overlap.
@@ -107,7 +174,9 @@ public enum Synth {
         try file.setAttribute(group, "height", h)
         try file.setAttribute(group, "width", w)
         try file.setAttribute(group, "split_source", "procedural: Philox(seed, synth, \(splitTag == 0 ? "" : "2^31 + ")sample << 32)")
-        let want = Set(o.tasks)
+        // Clean labels of every task but those replaced in place by their noisy copy.
+        let want = Set(o.tasks).subtracting(o.noiseTasks.map { $0.target })
+        let noisy = o.noiseTasks.map { NoisyTaskWriter($0, options: o) }
 
         // One chunk per sample (DATASETS.md §4.2): images raw, labels deflated.
         try file.createDataset(group + "/images", type: UInt8.self, shape: [n, h, w, 3], chunks: [1, h, w, 3])
@@ -117,6 +186,10 @@ public enum Synth {
         if want.contains("edges") { try file.createDataset(group + "/edges", type: UInt8.self, shape: [n, h, w], chunks: [1, h, w], deflate: 4) }
         if want.contains("parts") { try file.createDataset(group + "/parts", type: Int16.self, shape: [n, h, w], chunks: [1, h, w], deflate: 4) }
         if want.contains("saliency") { try file.createDataset(group + "/saliency", type: UInt8.self, shape: [n, h, w], chunks: [1, h, w], deflate: 4) }
+        for writer in noisy {
+            try writer.createDataset(file, group: group, samples: n, height: h, width: w)
+            writer.beginSplit(splitTag: splitTag, samples: n)
+        }
 
         // Not a task: the pinhole intrinsics (fx, fy, cx, cy in pixels) of each sample, so that depth
         // can be back-projected (the tests check normals against back-projected depth with them).
@@ -124,14 +197,18 @@ public enum Synth {
         try file.setAttribute(group + "/intrinsics", "columns", "fx,fy,cx,cy (pixels; pixel (i,j) centre at (j+0.5, i+0.5))")
 
         let progressEvery = max(1, n / 4)
-        for i in 0..<n {
+        func render(_ renderer: SynthRenderer, _ i: Int) -> SynthScene {
             let key = sampleKey(split: splitTag, sample: i)
             var rng = Philox(seed: o.seed, stream: RNGStream.synth.rawValue, index: key)
             let scene = SynthScene(rng: &rng, height: h, width: w, numClasses: o.numClasses)
             // Rows draw sensor noise from their own counter range (row + 1) << 16 within the sample's key.
-            r.render(scene) { row in
+            renderer.render(scene) { row in
                 Philox(seed: o.seed, stream: RNGStream.synth.rawValue, index: key | (UInt64(row + 1) << 16))
             }
+            return scene
+        }
+        for i in 0..<n {
+            let scene = render(r, i)
             stats.add(r.image, count: h * w)
             let intrinsics = [Float(scene.focal), Float(scene.focal), Float(w) / 2, Float(h) / 2]
             try intrinsics.withUnsafeBufferPointer {
@@ -145,6 +222,10 @@ public enum Synth {
             if want.contains("edges") { try file.writeSlab(group + "/edges", start: [i, 0, 0], count: [1, h, w], from: r.edges) }
             if want.contains("parts") { try file.writeSlab(group + "/parts", start: [i, 0, 0], count: [1, h, w], from: r.parts) }
             if want.contains("saliency") { try file.writeSlab(group + "/saliency", start: [i, 0, 0], count: [1, h, w], from: r.saliency) }
+            for writer in noisy {
+                writer.fill(sample: i, splitTag: splitTag, rendered: r) { _ = render($0, $1) }
+                try writer.write(file, group: group, sample: i, height: h, width: w)
+            }
             if let progress, (i + 1) % progressEvery == 0 || i + 1 == n {
                 progress("\(name): \(i + 1)/\(n) samples")
             }
@@ -168,33 +249,38 @@ public enum Synth {
         if want.contains("parts") {
             try file.setAttribute(group + "/parts", "num_classes", 4)
             try file.setAttribute(group + "/parts", "ignore_value", -1)
-            try file.setAttribute(group + "/parts", "class_names", jsonString(["background", "top", "side_x", "side_z"]))
+            try file.setAttribute(group + "/parts", "class_names", jsonString(partsClassNames))
         }
         for task in ["edges", "saliency"] where want.contains(task) {
             try file.setAttribute(group + "/" + task, "ignore_value", 255)
         }
+        for writer in noisy { try writer.writeAttributes(file, group: group, options: o) }
     }
 
     private static func writeRootAttributes(_ file: H5File, options o: SynthOptions, mean: [Double], std: [Double]) throws {
         let variant = "synth-\(o.height)x\(o.width)-\(o.numClasses)"
-        let meta: [String: Any] = [
+        var meta: [String: Any] = [
             "format": schemaFormat, "format_version": schemaVersion, "dataset": "synthetic", "variant": variant,
-            "tasks": o.tasks, "source": "procedural (mtl synth)", "converter": "mtl synth", "converter_version": "1",
+            "tasks": o.fileTasks, "source": "procedural (mtl synth)", "converter": "mtl synth", "converter_version": "1",
             "seed": String(o.seed), "num_classes": o.numClasses,
             "class_names": (0..<o.numClasses).map(SynthScene.className),
             "splits": ["train": o.samples, "val": o.valSamples], "height": o.height, "width": o.width,
             "image_mean": mean, "image_std": std,
         ]
+        if !o.noiseTasks.isEmpty { meta["noise_tasks"] = o.noiseTasks.map { $0.text } }
         // No created_utc: the file must be identical for identical arguments.
         try file.setAttribute("/", "format", schemaFormat)
         try file.setAttribute("/", "format_version", schemaVersion)
         try file.setAttribute("/", "dataset", "synthetic")
         try file.setAttribute("/", "variant", variant)
-        try file.setAttribute("/", "tasks", o.tasks.joined(separator: ","))
+        try file.setAttribute("/", "tasks", o.fileTasks.joined(separator: ","))
         try file.setAttribute("/", "source", "procedural (mtl synth)")
         try file.setAttribute("/", "converter", "mtl synth")
         try file.setAttribute("/", "converter_version", "1")
         try file.setAttribute("/", "seed", String(o.seed))
+        if !o.noiseTasks.isEmpty {
+            try file.setAttribute("/", "noise_tasks", o.noiseTasks.map { $0.text }.joined(separator: " "))
+        }
         try file.setAttribute("/", "meta_json", jsonString(meta))
     }
 

@@ -112,8 +112,12 @@ struct SynthCommand: ParsableCommand {
     @Option(help: "Validation samples (default: samples / 4).") var valSamples: Int?
     @Option(help: "Image height (multiple of 32).") var height = 64
     @Option(help: "Image width (multiple of 32).") var width = 96
-    @Option(help: "Tasks, comma-separated (seg,depth,normals,edges,saliency).") var tasks = "seg,depth,normals"
+    @Option(help: "Tasks, comma-separated (seg,depth,normals,edges,parts,saliency).") var tasks = "seg,depth,normals"
     @Option(help: "Random seed.") var seed: UInt64 = 0
+    @Option(name: .customLong("noise-task"), help: ArgumentHelp(
+        "A noisy pseudo-auxiliary task TASK=SOURCE:KIND[:P] (repeatable).",
+        discussion: "The TASK slot holds a corrupted copy of SOURCE's labels. replace:P — each valid pixel becomes a uniform random label with probability P (default 1: pure noise); shuffle — each image gets another image's labels (a fixed random derangement). E.g. parts=seg:replace:0.5, parts=seg:shuffle, saliency=saliency:replace:1.0."))
+    var noiseTask: [String] = []
 
     func run() throws {
         do {
@@ -124,6 +128,7 @@ struct SynthCommand: ParsableCommand {
             o.width = width
             o.tasks = tasks.split(separator: ",").map { String($0) }
             o.seed = seed
+            o.noiseTasks = try noiseTask.map(NoiseTaskSpec.parse)
             let t = Date()
             try MTLData.Synth.write(to: out, options: o) { print($0) }
             print(String(format: "wrote %@ (%d train + %d val samples, %dx%d) in %.2f s", out, o.samples, o.valSamples,
