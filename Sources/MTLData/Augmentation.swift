@@ -28,6 +28,8 @@ import MTLCore
 public struct Augmentation {
     public var enabled = true
     public var seed: UInt64
+    /// The Philox stream of the draws: .augmentation, or Auto-λ's second data stream's own.
+    public var stream: UInt64 = RNGStream.augmentation.rawValue
     /// Scale drawn uniformly in [minScale, maxScale] ...
     public var minScale: Float = 1.0
     public var maxScale: Float = 1.5
@@ -79,7 +81,7 @@ public struct Augmentation {
     }
 
     public func draw(epoch: Int, index: Int, height: Int, width: Int) -> Draw {
-        var rng = Philox(seed: seed, stream: RNGStream.augmentation.rawValue,
+        var rng = Philox(seed: seed, stream: stream,
                          index: UInt64(epoch) << 32 | UInt64(UInt32(truncatingIfNeeded: index)))
         let u = (0..<7).map { _ in rng.uniform() }
         let scale = scaleChoices.isEmpty

@@ -18,9 +18,12 @@ public struct ShardedSampler {
     public let rank: Int
     public let worldSize: Int
     public let seed: UInt64
+    /// The Philox stream of the permutations: .dataOrder, or Auto-λ's independent second stream.
+    public let stream: UInt64
     private let cache = PermutationCache()
 
-    public init(count: Int, globalBatch: Int, rank: Int, worldSize: Int, seed: UInt64) throws {
+    public init(count: Int, globalBatch: Int, rank: Int, worldSize: Int, seed: UInt64,
+                stream: RNGStream = .dataOrder) throws {
         guard worldSize >= 1 else { throw MTLError("sampler: world size must be >= 1, found \(worldSize)") }
         guard rank >= 0 && rank < worldSize else {
             throw MTLError("sampler: rank must be in 0..<\(worldSize), found \(rank)")
@@ -38,6 +41,7 @@ public struct ShardedSampler {
         self.rank = rank
         self.worldSize = worldSize
         self.seed = seed
+        self.stream = stream.rawValue
     }
 
     public var stepsPerEpoch: Int { count / globalBatchSize }
@@ -51,7 +55,7 @@ public struct ShardedSampler {
     /// i.e. strongly correlated permutations in consecutive epochs.
     public func permutation(epoch: Int) -> [Int] {
         cache.permutation(epoch: epoch) {
-            var rng = Philox(seed: seed, stream: RNGStream.dataOrder.rawValue, index: UInt64(epoch) << 32)
+            var rng = Philox(seed: seed, stream: stream, index: UInt64(epoch) << 32)
             return rng.permutation(count)
         }
     }

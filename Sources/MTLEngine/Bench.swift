@@ -63,9 +63,9 @@ public enum Bench {
     }
 
     /// A batch like torch_ref's: x ~ N(0,1), seg ∈ {-1..12}, depth ~ U(0,1), unit normals.
-    static func randomBatch(_ o: BenchOptions) -> Batch {
+    static func randomBatch(_ o: BenchOptions, seed: UInt64 = 0) -> Batch {
         let batch = Batch()
-        var rng = Philox(seed: 0, stream: 77)
+        var rng = Philox(seed: seed, stream: 77)
         let B = o.batch, H = o.height, W = o.wide
         batch.images.resize([B, 3, H, W])
         for i in 0..<batch.images.count { batch.images[i] = rng.normal() }
@@ -102,13 +102,33 @@ public enum Bench {
                                 lossWeights: [1, 1, 1], roles: roles, method: method, level: level,
                                 optimizer: adam, comm: SingleProcessCommunicator(), seed: 0, skipNonFinite: true)
         let batch = randomBatch(o)
-        for s in 0..<o.warmup { _ = try engine.step(batch: batch, stepIndex: s, epoch: 0, epochEnded: false, lr: 1e-4) }
+        // Auto-λ: the look-ahead (virtual step, primary gradient on a second batch, two forwards) before each step.
+        let autol = (method as? AutoLambda).map {
+            AutoLambdaStep(method: $0, network: ModelLookahead(engine: engine), optimizer: adam, comm: SingleProcessCommunicator())
+        }
+        let valBatch = autol == nil ? batch : randomBatch(o, seed: 1)
+        func step(_ s: Int) throws {
+            try autol?.updateWeights(batch: batch, valBatch: valBatch, lr: 1e-4)
+            _ = try engine.step(batch: batch, stepIndex: s, epoch: 0, epochEnded: false, lr: 1e-4)
+        }
+        for s in 0..<o.warmup { try step(s) }
         FlopCounter.forwardFlops = 0
         FlopCounter.backwardFlops = 0
         FlopCounter.enabled = true
-        _ = try engine.step(batch: batch, stepIndex: o.warmup, epoch: 0, epochEnded: false, lr: 1e-4)
+        try step(o.warmup)
         FlopCounter.enabled = false
         var flops = FlopCounter.forwardFlops + FlopCounter.backwardFlops
+        if autol != nil {
+            // The look-ahead's two loss-only forwards (θ ± ε·d) have no backward, but the counter books
+            // one for every forward: take it out.
+            let before = FlopCounter.backwardFlops
+            FlopCounter.backwardFlops = 0
+            FlopCounter.enabled = true
+            _ = try ModelLookahead(engine: engine).localLossSums(batch: batch)
+            FlopCounter.enabled = false
+            flops -= 2 * FlopCounter.backwardFlops
+            FlopCounter.backwardFlops = before
+        }
         if level == .parameters {
             // The encoder's backward runs once per task: count the extra passes.
             flops += Double(names.count - 1) * FlopCounter.backwardFlops * encoderShare(model, o)
@@ -116,7 +136,7 @@ public enum Bench {
         var times: [Double] = []
         for s in 0..<o.steps {
             let t = Date()
-            _ = try engine.step(batch: batch, stepIndex: o.warmup + 1 + s, epoch: 0, epochEnded: false, lr: 1e-4)
+            try step(o.warmup + 1 + s)
             times.append(Date().timeIntervalSince(t) * 1000)
         }
         times.sort()

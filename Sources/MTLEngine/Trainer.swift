@@ -86,6 +86,8 @@ public final class Trainer {
     let dataset: MTDataset
     let valDataset: MTDataset?
     let engine: StepEngine
+    /// Auto-λ's look-ahead before each step (method autol), else nil.
+    let autol: AutoLambdaStep?
     let sampler: ShardedSampler
     let schedule: LRSchedule
     let store: CheckpointStore
@@ -121,6 +123,7 @@ public final class Trainer {
         engine = StepEngine(model: model, losses: losses, lossWeights: config.tasks.map { $0.weight },
                             roles: setup.roles, method: method, level: level, optimizer: optimizer, comm: comm,
                             seed: UInt64(config.train.seed), skipNonFinite: config.train.nanPolicy == "skip")
+        autol = try AutoLambdaStep.make(engine: engine, config: config, comm: comm)
         sampler = try ShardedSampler(count: dataset.count, globalBatch: config.train.batchSize, rank: comm.rank,
                                      worldSize: comm.size, seed: UInt64(config.train.seed))
         schedule = LRSchedule(config.schedule, baseLR: config.optim.lr, totalSteps: config.train.steps)
@@ -214,6 +217,8 @@ public final class Trainer {
             ? PrefetchLoader(dataset: dataset, sampler: sampler, startStep: startStep, depth: config.data.prefetch,
                              augment: augmentation, endStep: steps) : nil
         defer { loader?.stop() }
+        autol?.begin(steps: steps - startStep, prefetch: config.data.prefetch)
+        defer { autol?.end() }
         let augmenter = augmentation.map { Augmenter($0, imageMean: dataset.imageMean, imageStd: dataset.imageStd) }
         let syncBatch = Batch()
         var last: StepStats? = nil
@@ -239,6 +244,7 @@ public final class Trainer {
                 batch = syncBatch
             }
             let lr = schedule.lr(step: step)
+            if let autol { try autol.updateWeights(batch: batch, lr: Float(lr)) }
             let stats = try engine.step(batch: batch, stepIndex: step, epoch: epoch, epochEnded: epochEnded, lr: Float(lr))
             let stepTime = Date().timeIntervalSince(t0)
             last = stats

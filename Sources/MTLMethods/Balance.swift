@@ -50,6 +50,9 @@ public enum Balance {
         }
         let roles = (0..<T).map { $0 == primary ? TaskRole.primary : TaskRole.auxiliary }
         let m = try makeMethod(name: method, taskNames: names, roles: roles, params: params)
+        if m is AutoLambda {
+            throw MTLError("balance: autol learns its weights from a look-ahead of the network (virtual step, second batch), which per-task gradients alone do not give; use mtl train")
+        }
 
         let original = values  // untouched copy: a method may overwrite the vectors
         var combined = [Float](repeating: 0, count: P)

@@ -91,17 +91,18 @@ public protocol MultiTaskMethod: AnyObject {
 }
 
 /// Every method name accepted by `makeMethod` (`method.name` in configs, `--method` on the command line).
-/// `autol` (Auto-λ) is not here: it needs a look-ahead step inside the trainer (METHODS.md §15).
+/// `autol` (Auto-λ) needs the trainer's look-ahead step (MTLEngine/AutoLambdaStep.swift, METHODS.md §15).
 public let methodNames: [String] = [
     "ew", "uw", "dwa", "gradnorm", "rlw", "mgda", "pcgrad", "graddrop", "cagrad",
-    "imtl", "imtl-l", "imtl-g", "nash", "aligned", "gcs", "olaux", "ial", "lps",
+    "imtl", "imtl-l", "imtl-g", "nash", "aligned", "gcs", "olaux", "autol", "ial", "lps",
 ]
 
 /// Builds a method. `params` holds the `method.<name>.<key>` values, either with the full
 /// prefix or as bare keys; an unknown key is a one-line MTLError listing the valid keys.
 public func makeMethod(name: String, taskNames: [String], roles: [TaskRole],
                        params: [String: String]) throws -> MultiTaskMethod {
-    let key = name.lowercased()
+    var key = name.lowercased()
+    if key == "auto-lambda" { key = "autol" }
     guard !taskNames.isEmpty else { throw MTLError("method \(name): no tasks") }
     guard taskNames.count == roles.count else {
         throw MTLError("method \(name): \(taskNames.count) task names but \(roles.count) roles")
@@ -131,8 +132,7 @@ public func makeMethod(name: String, taskNames: [String], roles: [TaskRole],
     case "olaux": method = try OLAux(tasks, &p)
     case "ial": method = try IAL(tasks, &p)
     case "lps": method = try LPS(tasks, &p)
-    case "autol", "auto-lambda":
-        throw MTLError("method autol: Auto-λ needs a look-ahead step (virtual update, second batch) inside the trainer; it is not available in MTLMethods")
+    case "autol": method = try AutoLambda(tasks, &p)
     default:
         let hint = nearest(key, in: methodNames).map { " (did you mean '\($0)'?)" } ?? ""
         throw MTLError("method.name: unknown method '\(name)'\(hint); valid: \(methodNames.joined(separator: ", "))")

@@ -200,7 +200,8 @@ public enum Report {
             }
             out.append(("\(stem)-metrics.svg", renderSVG(title: "\(group.label): eval metrics\(seedNote)", panels: metricPanels)))
 
-            // Method weights: coef.<task>, method.w.<task>, method.sigma.<task>, and any other
+            // Method weights: coef.<task>, method.w.<task>, method.sigma.<task>, Auto-λ's
+            // method.lambda.<task> and method.metagrad.<task>, and any other
             // method.* number each in its own panel.
             var keys = Set<String>()
             for run in group.runs { for record in run.train { for key in record.keys where key.hasPrefix("coef.") || key.hasPrefix("method.") { keys.insert(key) } } }
@@ -208,13 +209,13 @@ public enum Report {
             var singles: [String] = []
             for key in keys.sorted() {
                 var family: String? = nil
-                for prefix in ["coef.", "method.w.", "method.sigma."] where key.hasPrefix(prefix) && tasks.contains(String(key.dropFirst(prefix.count))) {
+                for prefix in ["coef.", "method.w.", "method.sigma.", "method.lambda.", "method.metagrad."] where key.hasPrefix(prefix) && tasks.contains(String(key.dropFirst(prefix.count))) {
                     family = prefix
                 }
                 if let f = family { families[f, default: []].append(String(key.dropFirst(f.count))) } else { singles.append(key) }
             }
             var weightPanels: [Panel] = []
-            for family in ["coef.", "method.w.", "method.sigma."] {
+            for family in ["coef.", "method.w.", "method.sigma.", "method.lambda.", "method.metagrad."] {
                 guard let present = families[family] else { continue }
                 var series: [Series] = []
                 for (t, task) in tasks.enumerated() where present.contains(task) {

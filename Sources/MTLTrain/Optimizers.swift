@@ -16,6 +16,29 @@ public protocol Optimizer: AnyObject {
     func stateTensors() -> [(String, Tensor)]
     /// Restores the state written by `stateTensors`; an MTLError names a missing or mis-shaped tensor.
     func loadState(_ tensors: [String: Tensor]) throws
+    /// Auto-λ's virtual step (METHODS.md §15), in the reference's form (lorenmt/auto-lambda,
+    /// auto_lambda.py `virtual_step`): p ← p − lr·(g + μ·momentum_buffer + wd·p) for every trainable
+    /// parameter, WITHOUT advancing the optimizer's state. For SGD this is exactly the update the
+    /// next real step would make (non-Nesterov). Adam/AdamW: the reference reads `momentum` from the
+    /// param group, which Adam has not, so there is no momentum term: p − lr·(g + wd·p) with the
+    /// configured weight decay — a plain SGD step, not Adam's m̂/√v̂ step. We do the same.
+    func virtualStep(lr: Float)
+}
+
+/// p ← p − lr·(g + μ·buf + wd·p) over `params` (buffers optional), the optimizer state untouched.
+private func sgdFormVirtualStep(_ params: [Parameter], lr: Float, momentum: Float, buffers: [Tensor], weightDecay wd: Float) {
+    for (i, prm) in params.enumerated() where prm.trainable {
+        let p = prm.value.data, g = prm.grad.data
+        let buf: UnsafeMutablePointer<Float>? = buffers.isEmpty ? nil : buffers[i].data
+        elementwise(prm.value.count) { lo, hi in
+            for j in lo..<hi {
+                var d = g[j]
+                if let buf { d += momentum * buf[j] }
+                if wd != 0 { d += wd * p[j] }
+                p[j] -= lr * d
+            }
+        }
+    }
 }
 
 /// Elementwise loops split in 32K-element chunks over the thread pool (memory-bound,
@@ -120,6 +143,11 @@ public final class SGD: Optimizer {
         }
     }
 
+    /// The buffer is zero before a parameter's first step (torch: `state.get('momentum_buffer', 0.)`).
+    public func virtualStep(lr: Float) {
+        sgdFormVirtualStep(params, lr: lr, momentum: momentum, buffers: momentumBuffers, weightDecay: weightDecay)
+    }
+
     public func stateTensors() -> [(String, Tensor)] {
         var out: [(String, Tensor)] = [("optim.step", stepTensor(steps))]
         for (p, b) in zip(params, momentumBuffers) { out.append(("optim.momentum_buffer.\(p.name)", b)) }
@@ -190,6 +218,10 @@ public final class Adam: Optimizer {
                 }
             }
         }
+    }
+
+    public func virtualStep(lr: Float) {
+        sgdFormVirtualStep(params, lr: lr, momentum: 0, buffers: [], weightDecay: weightDecay)
     }
 
     public func stateTensors() -> [(String, Tensor)] {

@@ -223,7 +223,7 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Image height.") var height = 128
     @Option(help: "Image width.") var wide = 256
     @Option(help: "Threads.") var threads = 2
-    @Option(help: "Method: ew | pcgrad (parameter level) | ial (representation level) | any method name.") var method = "ew"
+    @Option(help: "Method: ew | pcgrad (parameter level) | ial (representation level) | autol (look-ahead) | any method name.") var method = "ew"
     @Option(help: "Timed steps (median reported).") var steps = 8
     @Option(help: "Model (only 'bench').") var model = "bench"
     @Flag(help: "Print one JSON object.") var json = false

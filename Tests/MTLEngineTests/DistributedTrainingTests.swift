@@ -165,6 +165,34 @@ final class DistributedTrainingTests: XCTestCase {
         }
     }
 
+    /// Auto-λ (look-ahead: virtual step, d on the val stream, finite differences; every reduction global)
+    /// learns the same λ on 1 and 2 ranks, step by step.
+    func testAutoLambdaIsWorldSizeInvariant() throws {
+        for n in [1, 2] {
+            let r = try train(n, run: "al\(n)", ["--set", "method.name=autol", "--set", "method.autol.lr=0.01",
+                                               "--set", "train.steps=5"])
+            XCTAssertEqual(r.status, 0, r.err)
+        }
+        func logs(_ run: String, _ key: String) throws -> [[Double]] {
+            let text = try String(contentsOfFile: dir + "/" + run + "/metrics.jsonl", encoding: .utf8)
+            return text.split(separator: "\n").compactMap { line -> [Double]? in
+                guard let o = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+                      o["kind"] as? String == "train" else { return nil }
+                return ["seg", "depth", "normals"].map { o["method.\(key).\($0)"] as! Double }
+            }
+        }
+        let l1 = try logs("al1", "lambda"), l2 = try logs("al2", "lambda")
+        XCTAssertEqual(l1.count, 5)
+        XCTAssertEqual(l2.count, 5)
+        for (a, b) in zip(l1, l2) { for (x, y) in zip(a, b) { XCTAssertEqual(x, y, accuracy: 1e-5) } }
+        XCTAssertTrue(l1.last!.contains { abs($0 - 0.1) > 0.02 }, "λ barely moved: \(l1)")
+        for (a, b) in zip(try logs("al1", "metagrad"), try logs("al2", "metagrad")) {
+            let scale = a.map(abs).max()!
+            XCTAssertGreaterThan(scale, 0)
+            for (x, y) in zip(a, b) { XCTAssertEqual(x, y, accuracy: 1e-3 * scale) }
+        }
+    }
+
     func losses(_ run: String) throws -> [[Double]] {
         let text = try String(contentsOfFile: dir + "/" + run + "/metrics.jsonl", encoding: .utf8)
         return text.split(separator: "\n").compactMap { line -> [Double]? in

@@ -86,5 +86,9 @@ final class BalanceTests: XCTestCase {
         let v = Vectors.random(T: 2, P: 4, seed: 1)
         let p2 = try writeGrads(v, losses: [1, 2, 3], primary: 5, names: nil)
         XCTAssertThrowsError(try Balance.run(gradsPath: p2, method: "ew", seed: 0, step: 0, params: [:], outPath: dir + "/o.h5"))
+        let p3 = try writeGrads(v, losses: nil, primary: nil, names: nil)
+        XCTAssertThrowsError(try Balance.run(gradsPath: p3, method: "autol", seed: 0, step: 0, params: [:], outPath: dir + "/o.h5")) {
+            XCTAssertTrue("\($0)".contains("look-ahead"), "\($0)")
+        }
     }
 }

@@ -104,7 +104,9 @@ final class InterfaceTests: XCTestCase {
         XCTAssertTrue(other.contains("another method"), other)
         let none = message { try make("pcgrad", T: 2, ["c": "1"]) }
         XCTAssertTrue(none.contains("no hyperparameters"), none)
-        XCTAssertTrue(message { try make("autol", T: 2) }.contains("look-ahead"))
+        XCTAssertTrue(message { try make("autol", T: 2, primary: nil) }.contains("at least one primary"))
+        XCTAssertTrue(message { try make("autol", T: 2, ["lr": "-1"]) }.contains("method.autol.lr"))
+        XCTAssertEqual(try make("auto-lambda", T: 2).name, "autol")
         XCTAssertTrue(message { try make("gcs", T: 2, primary: nil) }.contains("exactly one primary"))
         // Full prefixes and the trainer's own keys are accepted.
         XCTAssertNoThrow(try make("imtl-l", T: 2, ["method.imtl.lr": "0.1", "method.name": "imtl-l", "method.level": "representation"]))
@@ -132,5 +134,43 @@ extension Array where Element == [Float] {
         let r = try body(bufs)
         for i in indices { self[i] = [Float](bufs[i]) }
         return r
+    }
+}
+
+/// Auto-λ's own part (the look-ahead is in MTLEngine/AutoLambdaStep.swift and tested there).
+final class AutoLambdaMethodTests: XCTestCase {
+    func testWeightsAreLambdaAndAdamMovesThem() throws {
+        let m = try XCTUnwrap(try make("autol", T: 3, ["lr": "0.01", "init": "0.2"]) as? AutoLambda)
+        let r = try m.apply(context(T: 3))
+        XCTAssertEqual(r.encoderCoefficients, [0.2, 0.2, 0.2])
+        XCTAssertEqual(r.decoderWeights, [0.2, 0.2, 0.2])
+        XCTAssertEqual(r.logs.map { $0.0 }, ["lambda.seg", "lambda.depth", "lambda.normal",
+                                             "metagrad.seg", "metagrad.depth", "metagrad.normal", "d_norm"])
+        XCTAssertEqual(m.primaryWeights, [1, 0, 0])
+        // torch.optim.Adam's first step moves each weight by lr against the sign of its gradient.
+        m.update(metaGradient: [-3, 0.5, 0], directionNorm: 2)
+        XCTAssertEqual(m.lambda[0], 0.21, accuracy: 1e-9)
+        XCTAssertEqual(m.lambda[1], 0.19, accuracy: 1e-9)
+        XCTAssertEqual(m.lambda[2], 0.2)
+        XCTAssertEqual(try m.apply(context(T: 3)).encoderCoefficients, m.lambda)
+        // apply() does not change anything: the look-ahead alone moves λ.
+        XCTAssertEqual(try m.apply(context(T: 3)).encoderCoefficients, m.lambda)
+    }
+
+    func testStateHoldsLambdaAdamAndValPosition() throws {
+        let a = try XCTUnwrap(try make("autol", T: 2) as? AutoLambda)
+        a.update(metaGradient: [1, -2], directionNorm: 1)
+        a.valPosition = 17
+        let b = try XCTUnwrap(try make("autol", T: 2) as? AutoLambda)
+        try b.loadState(a.stateValues())
+        XCTAssertEqual(b.lambda, a.lambda)
+        XCTAssertEqual(b.valPosition, 17)
+        a.update(metaGradient: [0.3, 0.1], directionNorm: 1)
+        b.update(metaGradient: [0.3, 0.1], directionNorm: 1)
+        XCTAssertEqual(a.stateValues(), b.stateValues())
+        var bad = a.stateValues()
+        bad["val_position"] = [1.5]
+        XCTAssertThrowsError(try b.loadState(bad))
+        XCTAssertThrowsError(try b.loadState(["lambda": [0.1, 0.1]]))
     }
 }

@@ -93,6 +93,30 @@ final class OptimizerTests: XCTestCase {
         assertClose(run(make), [[0.42085955, -0.9244882, 1.8019499], [-0.04126013, 0.31856346]])
     }
 
+    /// Auto-λ's virtual step: for SGD with momentum it is the update the next real step makes (same
+    /// numbers up to FMA rounding), for Adam p − lr·(g + wd·p); neither advances the optimizer state.
+    func testVirtualStep() {
+        let ps = makeParams(), twin = makeParams()
+        let sgd = SGD(ps, momentum: 0.9, nesterov: false, weightDecay: 0.01)
+        let real = SGD(twin, momentum: 0.9, nesterov: false, weightDecay: 0.01)
+        setGrads(ps, step: 0); sgd.step(lr: 0.1)
+        setGrads(twin, step: 0); real.step(lr: 0.1)
+        setGrads(ps, step: 1); setGrads(twin, step: 1)
+        let state = sgd.stateTensors().map { $0.1.array }
+        sgd.virtualStep(lr: 0.05)
+        real.step(lr: 0.05)
+        XCTAssertEqual(sgd.stateTensors().map { $0.1.array }, state)
+        for (p, q) in zip(ps, twin) { for i in 0..<p.value.count { XCTAssertEqual(p.value[i], q.value[i], accuracy: 1e-6) } }
+
+        let qs = makeParams()
+        let adam = Adam(qs, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.1, decoupled: false)
+        setGrads(qs, step: 0)
+        adam.virtualStep(lr: 0.5)
+        XCTAssertEqual(qs[0].value[0], 0.5 - 0.5 * (0.1 + 0.1 * 0.5), accuracy: 1e-7)
+        XCTAssertEqual(qs[1].value[1], 0.2 - 0.5 * (-0.5 + 0.1 * 0.2), accuracy: 1e-7)
+        XCTAssertEqual(adam.stateTensors()[0].1.array, [0, 0])
+    }
+
     func testMakeOptimizerFollowsConfig() {
         var cfg = OptimConfig()
         cfg.name = "adamw"; cfg.beta1 = 0.8; cfg.beta2 = 0.99; cfg.eps = 1e-6; cfg.weightDecay = 0.1
