@@ -10,9 +10,8 @@ public final class ConvWorkspace {
     let cols = Tensor([0])
     /// GEMM output [O, N·Ho·Wo] in forward, reordered dy in backward.
     let rows = Tensor([0])
-    /// The weight restricted to one region's taps [O, C·T] and that part of its gradient.
-    let compactWeight = Tensor([0])
-    let compactGrad = Tensor([0])
+    /// dW in the tap-major layout [O, k·k, C] while the regions of one backward accumulate into it.
+    let tapMajorGrad = Tensor([0])
     public init() {}
 }
 
@@ -66,16 +65,25 @@ public final class Conv2d: HasParameters {
 
     private let output = Tensor([0])
     private let inputGrad = Tensor([0])
+    /// The weight in the tap-major layout [O, k·k, C], refreshed by every region forward: region
+    /// GEMMs read contiguous blocks of it instead of gathering the taps they use.
+    private let tapMajorWeight = Tensor([0])
     /// The transposed twin that computes dx (created on the first backward that uses it).
     private var inputGradConv: Conv2d?
     private let empty = Tensor([0])
     private var input: Tensor?
 
     /// A rectangle of output pixels [rowLo, rowHi) × [colLo, colHi) in which exactly the kernel
-    /// taps `taps` (ki·k + kj) read input pixels, and all others read padding.
+    /// taps `taps` (ki·k + kj) read input pixels, and all others read padding. The taps are always
+    /// the product of a range of kernel rows and a range of kernel columns (a tap row reads real
+    /// input on an interval of outputs that moves monotonically with the tap), listed row-major.
     struct Region {
         var rowLo: Int, rowHi: Int, colLo: Int, colHi: Int
         var taps: [Int]
+        /// The region's GEMM blocks: for kernel row ki, its taps ki·k + [kjLo, kjHi) are contiguous
+        /// both in the tap-major weight [O, k·k·C] and in the region's tap-major columns; a region
+        /// whose column taps are all k taps is one block.
+        var blocks: [(weightColumn: Int, colsRow: Int, depth: Int)] = []
         var pixels: Int { (rowHi - rowLo) * (colHi - colLo) }
     }
     /// nil: the dense path (all taps, bounds-checked im2col). Recomputed when the input size changes.
@@ -146,7 +154,18 @@ public final class Conv2d: HasParameters {
         for r in axisIntervals(size: h, outSize: ho) {
             for c in axisIntervals(size: w, outSize: wo) {
                 let taps = r.taps.flatMap { ki in c.taps.map { kj in ki * kernel + kj } }
-                regions.append(Region(rowLo: r.lo, rowHi: r.hi, colLo: c.lo, colHi: c.hi, taps: taps))
+                var region = Region(rowLo: r.lo, rowHi: r.hi, colLo: c.lo, colHi: c.hi, taps: taps)
+                if let kjLo = c.taps.first, let kiLo = r.taps.first {
+                    let width = c.taps.count, C = inChannels
+                    precondition(c.taps == Array(kjLo..<(kjLo + width)) && r.taps == Array(kiLo..<(kiLo + r.taps.count)),
+                                 "\(name): region taps are not a product of ranges")
+                    if width == kernel {
+                        region.blocks = [(kiLo * kernel * C, 0, taps.count * C)]
+                    } else {
+                        region.blocks = r.taps.enumerated().map { i, ki in ((ki * kernel + kjLo) * C, i * width * C, width * C) }
+                    }
+                }
+                regions.append(region)
             }
         }
         return regions
@@ -161,25 +180,14 @@ public final class Conv2d: HasParameters {
         regions = Double(work) <= (1 - Conv2d.regionMinSaving) * Double(dense) ? candidate : nil
     }
 
-    /// The weight restricted to `taps` as [O, C·T]: the weight itself when a region uses every tap
-    /// (taps are in ascending order, so all taps is the OIHW layout), else gathered.
-    private func regionWeight(_ taps: [Int]) -> UnsafePointer<Float> {
-        if taps.count == kernel * kernel { return UnsafePointer(weight.value.data) }
-        gatherCompactWeight(taps)
-        return UnsafePointer(workspace.compactWeight.data)
-    }
-
-    /// compactWeight[o, c·T + t] = W[o, c, taps[t]].
-    private func gatherCompactWeight(_ taps: [Int]) {
-        let o = outChannels, c = inChannels, kk = kernel * kernel, t = taps.count
-        let compactWeight = workspace.compactWeight
-        compactWeight.resize([o, c * t])
-        let src = weight.value.data, dst = compactWeight.data
-        taps.withUnsafeBufferPointer { taps in
-            parallelFor(o) { oc in
-                for q in (oc * c)..<((oc + 1) * c) {
-                    for i in 0..<t { dst[q * t + i] = src[q * kk + taps[i]] }
-                }
+    /// tapMajorWeight[o, t, c] = W[o, c, t] (t = ki·k + kj).
+    private func refreshTapMajorWeight() {
+        let o = outChannels, c = inChannels, kk = kernel * kernel
+        tapMajorWeight.resize([o, kk, c])
+        let src = weight.value.data, dst = tapMajorWeight.data
+        parallelFor(o) { oc in
+            for ci in 0..<c {
+                for t in 0..<kk { dst[(oc * kk + t) * c + ci] = src[(oc * c + ci) * kk + t] }
             }
         }
     }
@@ -260,6 +268,8 @@ public final class Conv2d: HasParameters {
         let o = outChannels, pix = ho * wo, samplePlane = inChannels * h * w
         let y = output.data, b = bias?.value.data
         let cols = workspace.cols, rows = workspace.rows
+        refreshTapMajorWeight()
+        let tapMajor = UnsafePointer(tapMajorWeight.data)
         for region in regions where region.pixels > 0 {
             let pr = region.pixels, wr = region.colHi - region.colLo
             let (rowLo, rowHi, colLo) = (region.rowLo, region.rowHi, region.colLo)
@@ -271,16 +281,18 @@ public final class Conv2d: HasParameters {
                 }
                 continue
             }
-            let ckk = inChannels * region.taps.count
-            let regionW = regionWeight(region.taps)
+            let ckk = inChannels * region.taps.count, ldw = kernel * kernel * inChannels
             let group = samplesPerGroup(ckk: ckk, pix: pr, n: n)
             for s0 in Swift.stride(from: 0, to: n, by: group) {
-                let count = min(group, n - s0)
-                cols.resize([ckk, count * pr])
+                let count = min(group, n - s0), np = count * pr
+                cols.resize([ckk, np])
                 im2colRegion(x.data + s0 * samplePlane, n: count, h: h, w: w, region: region, cols: cols.data)
-                rows.resize([o, count * pr])
-                sgemm(m: o, n: count * pr, k: ckk, a: regionW, lda: ckk, b: cols.data, ldb: count * pr,
-                      c: rows.data, ldc: count * pr)
+                rows.resize([o, np])
+                // rows = Σ_blocks W_tm[:, block] · cols[block rows, :]
+                for (b, block) in region.blocks.enumerated() {
+                    sgemm(m: o, n: np, k: block.depth, a: tapMajor + block.weightColumn, lda: ldw,
+                          b: cols.data + block.colsRow * np, ldb: np, beta: b == 0 ? 0 : 1, c: rows.data, ldc: np)
+                }
                 // rows [O, count, pr] → the region's pixels of y[s0 + s, o], plus bias.
                 let r = rows.data
                 parallelFor(count * o) { q in
@@ -416,54 +428,57 @@ public final class Conv2d: HasParameters {
     private func backwardRegions(_ x: Tensor, _ dy: Tensor, _ regions: [Region], ho: Int, wo: Int,
                                  computeInputGrad: Bool) {
         let (n, h, w) = (x.n, x.h, x.w)
-        let o = outChannels, pix = ho * wo, samplePlane = inChannels * h * w, kk = kernel * kernel
+        let o = outChannels, c = inChannels, pix = ho * wo, samplePlane = c * h * w, kk = kernel * kernel
+        let ldw = kk * c
         let g = dy.data
         let cols = workspace.cols, rows = workspace.rows
         if computeInputGrad {
             inputGrad.resize(x.shape)
             inputGrad.zero()   // regions add their contributions
         }
+        // dW accumulates in the tap-major layout (each block is a contiguous column range), then is
+        // added into the OIHW gradient once. The forward left the tap-major weight for dcols.
+        let dWtm = workspace.tapMajorGrad
+        dWtm.resize([o, kk, c])
+        dWtm.zero()
+        let tapMajor = UnsafePointer(tapMajorWeight.data)
         for region in regions where region.pixels > 0 && !region.taps.isEmpty {
-            let pr = region.pixels, wr = region.colHi - region.colLo, t = region.taps.count
+            let pr = region.pixels, wr = region.colHi - region.colLo
             let (rowLo, rowHi, colLo) = (region.rowLo, region.rowHi, region.colLo)
-            let ckk = inChannels * t
-            let allTaps = t == kk
-            // Only dcols needs the weight; a region with every tap accumulates straight into dW.
-            let regionW = computeInputGrad ? regionWeight(region.taps) : UnsafePointer(weight.value.data)
-            let compactGrad = workspace.compactGrad
-            if !allTaps { compactGrad.resize([o, ckk]) }
-            let gradOut = allTaps ? weight.grad.data : compactGrad.data
+            let ckk = c * region.taps.count
             let group = samplesPerGroup(ckk: ckk, pix: pr, n: n)
             for s0 in Swift.stride(from: 0, to: n, by: group) {
-                let count = min(group, n - s0)
+                let count = min(group, n - s0), np = count * pr
                 // dY of the region's pixels as [O, count·pr].
-                rows.resize([o, count * pr])
+                rows.resize([o, np])
                 let r = rows.data
                 parallelFor(count * o) { q in
                     let s = q / o, oc = q % o
-                    let dst = r + oc * count * pr + s * pr, plane = g + ((s0 + s) * o + oc) * pix
+                    let dst = r + oc * np + s * pr, plane = g + ((s0 + s) * o + oc) * pix
                     for oh in rowLo..<rowHi {
                         (dst + (oh - rowLo) * wr).update(from: plane + oh * wo + colLo, count: wr)
                     }
                 }
-                cols.resize([ckk, count * pr])
+                cols.resize([ckk, np])
                 im2colRegion(x.data + s0 * samplePlane, n: count, h: h, w: w, region: region, cols: cols.data)
-                sgemm(transB: true, m: o, n: ckk, k: count * pr, a: r, lda: count * pr, b: cols.data,
-                      ldb: count * pr, beta: s0 == 0 && !allTaps ? 0 : 1, c: gradOut, ldc: ckk)
+                for block in region.blocks {
+                    // dW_tm[:, block] += dY [O, np] · cols[block rows]ᵀ
+                    sgemm(transB: true, m: o, n: block.depth, k: np, a: r, lda: np, b: cols.data + block.colsRow * np,
+                          ldb: np, beta: 1, c: dWtm.data + block.weightColumn, ldc: ldw)
+                }
                 guard computeInputGrad else { continue }
-                sgemm(transA: true, m: ckk, n: count * pr, k: o, a: regionW, lda: ckk, b: r,
-                      ldb: count * pr, c: cols.data, ldc: count * pr)
+                for block in region.blocks {
+                    // dcols[block rows] = W_tm[:, block]ᵀ · dY, overwriting the columns.
+                    sgemm(transA: true, m: block.depth, n: np, k: o, a: tapMajor + block.weightColumn, lda: ldw, b: r,
+                          ldb: np, c: cols.data + block.colsRow * np, ldc: np)
+                }
                 col2imRegion(cols.data, n: count, h: h, w: w, region: region, dx: inputGrad.data + s0 * samplePlane)
             }
-            if allTaps { continue }
-            // Scatter the region's taps' gradient into the full [O, C, k, k] gradient.
-            let full = weight.grad.data, cg = compactGrad.data
-            region.taps.withUnsafeBufferPointer { taps in
-                parallelFor(o) { oc in
-                    for q in (oc * inChannels)..<((oc + 1) * inChannels) {
-                        for i in 0..<t { full[q * kk + taps[i]] += cg[q * t + i] }
-                    }
-                }
+        }
+        let full = weight.grad.data, src = dWtm.data
+        parallelFor(o) { oc in
+            for ci in 0..<c {
+                for t in 0..<kk { full[(oc * c + ci) * kk + t] += src[(oc * kk + t) * c + ci] }
             }
         }
     }
@@ -556,7 +571,7 @@ public final class Conv2d: HasParameters {
         }
     }
 
-    /// im2col of one region: cols[c·T + t][s·pr + (oh − rowLo)·wr + (ow − colLo)] for the region's
+    /// im2col of one region, tap-major: cols[t·C + c][s·pr + (oh − rowLo)·wr + (ow − colLo)] for the region's
     /// pixels and taps, all of which read real input (no bounds checks, no zero fill).
     private func im2colRegion(_ x: UnsafePointer<Float>, n: Int, h: Int, w: Int, region: Region,
                               cols: UnsafeMutablePointer<Float>) {
@@ -566,7 +581,7 @@ public final class Conv2d: HasParameters {
         region.taps.withUnsafeBufferPointer { taps in
             let t = taps.count
             parallelFor(c * t) { r in
-                let ci = r / t, tap = taps[r % t]
+                let ci = r % c, tap = taps[r / c]   // tap-major rows: r = (tap index)·C + ci
                 let offH = (tap / k) * d - pad, offW = (tap % k) * d - pad
                 let row = cols + r * npr
                 for smp in 0..<n {
@@ -594,7 +609,7 @@ public final class Conv2d: HasParameters {
                 let dst = dx + q * plane
                 for i in 0..<t {
                     let offH = (taps[i] / k) * d - pad, offW = (taps[i] % k) * d - pad
-                    let row = cols + (ci * t + i) * npr + smp * pr
+                    let row = cols + (i * c + ci) * npr + smp * pr
                     for oh in rowLo..<rowHi {
                         let ih = oh * s + offH
                         Conv2d.scatterAdd(dst + ih * w + colLo * s + offW, row + (oh - rowLo) * wr,
