@@ -56,29 +56,16 @@ func sumDouble(_ x: UnsafePointer<Float>, _ n: Int) -> Double {
     return (s0 + s1) + (s2 + s3)
 }
 
-/// A growable Int32 array that keeps its allocation (argmax indices of MaxPool2d).
-final class Int32Buffer {
-    private(set) var data: UnsafeMutablePointer<Int32>
-    private var capacity: Int
-    init() { capacity = 1; data = .allocate(capacity: 1); data.initialize(to: 0) }
-    deinit { data.deallocate() }
-    func resize(_ n: Int) {
-        if n > capacity {
-            data.deallocate()
-            capacity = n
-            data = .allocate(capacity: n)
-            data.initialize(repeating: 0, count: n)
-        }
-    }
-}
-
-/// A growable Double array that keeps its allocation (per-block partial sums, BN statistics).
-final class DoubleBuffer {
-    private(set) var data: UnsafeMutablePointer<Double>
+/// A growable array that keeps its allocation: MaxPool2d's argmax indices (Int32), the losses'
+/// and BatchNorm's per-block partial sums (Double).
+final class ScratchBuffer<Element: Numeric> {
+    private(set) var data: UnsafeMutablePointer<Element>
     private(set) var count = 0
     private var capacity: Int
     init() { capacity = 1; data = .allocate(capacity: 1); data.initialize(to: 0) }
     deinit { data.deallocate() }
+    /// Makes room for n elements; keeps the allocation when it is large enough (no allocation
+    /// step after step). The contents are unspecified after a resize.
     func resize(_ n: Int) {
         if n > capacity {
             data.deallocate()
@@ -89,8 +76,10 @@ final class DoubleBuffer {
         count = n
     }
     func zero() { data.update(repeating: 0, count: count) }
-    var buffer: UnsafeMutableBufferPointer<Double> { UnsafeMutableBufferPointer(start: data, count: count) }
+    var buffer: UnsafeMutableBufferPointer<Element> { UnsafeMutableBufferPointer(start: data, count: count) }
 }
+typealias Int32Buffer = ScratchBuffer<Int32>
+typealias DoubleBuffer = ScratchBuffer<Double>
 
 /// "[2, 3, 4, 5]" for error messages.
 func shapeString(_ s: [Int]) -> String { "[" + s.map(String.init).joined(separator: ", ") + "]" }
