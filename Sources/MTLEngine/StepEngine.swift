@@ -144,13 +144,8 @@ public final class StepEngine {
         }
         for i in 0..<(T * T) { reduction[2 * T + i] = 0 }
         if repGram {
-            for i in 0..<T {
-                for j in i..<T {
-                    let g = taskGrads[i].dot(taskGrads[j])
-                    reduction[2 * T + i * T + j] = g
-                    reduction[2 * T + j * T + i] = g
-                }
-            }
+            let local = gramMatrix(taskGrads.map { UnsafePointer($0.data) }, count: taskGrads[0].count)
+            for k in 0..<(T * T) { reduction[2 * T + k] = local[k] }
         }
         let tc = Date()
         reduction.withUnsafeMutableBufferPointer { comm.allReduceSum($0) }
@@ -312,8 +307,9 @@ public final class StepEngine {
         ctx.gradsOffset = offset
         let result = try method.apply(ctx)
 
-        // This rank's slice of the combined gradient, in slice 0's padded buffer, then all-gathered.
-        let out = combinedSlice(block)
+        // This rank's slice of the combined gradient (in `combined`), then all-gathered.
+        combined.resize([block])
+        let out = combined.data
         if result.combinedGradientWritten {
             out.update(from: taskSlices[0].data, count: valid)
         } else {
@@ -336,15 +332,10 @@ public final class StepEngine {
         unpackGradients(encoderParams, from: full.data)
         return result
     }
-
-    private func combinedSlice(_ block: Int) -> UnsafeMutablePointer<Float> {
-        combined.resize([block])
-        return combined.data
-    }
 }
 
-/// Elements per chunk of the parameter-level Gram and combination. Fixed (not derived from the
-/// thread count), so the Gram's rounding is the same whatever the number of threads.
+/// Elements per chunk of the Gram (both levels) and of the parameter-level combination. Fixed (not
+/// derived from the thread count), so the Gram's rounding is the same whatever the number of threads.
 let gramChunk = 1 << 16
 
 /// K_ij = Σ_k v_i[k]·v_j[k] in Double for T vectors of `count` floats: one pass over memory (each

@@ -22,9 +22,10 @@ public final class ConvWorkspace {
 /// W[O, C·k·k] · cols → [O, N·Ho·Wo], reordered to [N, O, Ho, Wo] (batches whose columns
 /// exceed `columnBudget` go in groups of whole samples, one GEMM each). Backward recomputes the
 /// columns from the cached input (cheaper than keeping them per layer), dW += dY·colsᵀ
-/// (one GEMM with the batch in the inner dimension), dcols = Wᵀ·dY (into the same
-/// scratch), col2im into dx. 1×1 stride-1 unpadded convolutions skip im2col: the input
-/// planes already are the columns.
+/// (one GEMM with the batch in the inner dimension); dx of stride-1 convolutions is a forward
+/// convolution of dY with the flipped, transposed kernel (`transposedInputGrad`), otherwise
+/// dcols = Wᵀ·dY (into the same scratch) and col2im into dx. 1×1 stride-1 unpadded
+/// convolutions skip im2col: the input planes already are the columns.
 ///
 /// Padding-aware regions: with a large dilation on a small map (ASPP, dilated ResNet stages) a
 /// big share of the im2col matrix is zeros read from the padding. The output plane then splits
