@@ -2,7 +2,7 @@
 import PackageDescription
 
 // System libraries come from Debian's -dev packages (libopenmpi-dev, libopenblas-dev,
-// libhdf5-dev) and are found through pkg-config; nothing else is needed to build.
+// libhdf5-dev, libdnnl-dev, ...), found through pkg-config where the package has a .pc file.
 let package = Package(
     name: "mtl",
     platforms: [.macOS(.v13)],
@@ -29,7 +29,10 @@ let package = Package(
         .systemLibrary(name: "CZlib", path: "Sources/CZlib", pkgConfig: "zlib",
                        providers: [.apt(["zlib1g-dev"])]),
         .target(name: "MTLConvert", dependencies: ["MTLCore", "CPNG", "CJPEG", "CZlib"]),
-        .target(name: "MTLNN", dependencies: ["MTLCore"]),
+        // oneDNN has no pkg-config file: the header comes from the default include path
+        // (/usr/include/oneapi/dnnl) and the module map links libdnnl.
+        .systemLibrary(name: "CDNNL", path: "Sources/CDNNL", providers: [.apt(["libdnnl-dev"])]),
+        .target(name: "MTLNN", dependencies: ["MTLCore", "CDNNL"]),
         .target(name: "MTLModels", dependencies: ["MTLCore", "MTLNN"]),
         .target(name: "MTLData", dependencies: ["MTLCore"]),
         .target(name: "MTLDist", dependencies: ["MTLCore", "CMPI"]),

@@ -17,7 +17,7 @@ mtl_die() { echo "error: $*" >&2; exit 1; }
 
 # The Debian 12 packages the build and the runs need (Swift itself is not an apt package:
 # it must already be on the PATH).
-MTL_APT_PACKAGES=(libopenmpi-dev openmpi-bin libopenblas-dev libhdf5-dev libpng-dev libjpeg62-turbo-dev zlib1g-dev pkg-config)
+MTL_APT_PACKAGES=(libopenmpi-dev openmpi-bin libopenblas-dev libdnnl-dev libhdf5-dev libpng-dev libjpeg62-turbo-dev zlib1g-dev pkg-config)
 
 mtl_install_deps() {
     command -v swift >/dev/null 2>&1 \

@@ -75,3 +75,11 @@ public enum Threads {
         return max(1, min(count, max(m, n) / 16))
     }
 }
+
+/// What the loaded OpenBLAS is and which kernel it runs.
+public enum BLASLibrary {
+    /// "Haswell", "SkylakeX", "Zen", ... or a generic core ("Prescott", "Nehalem", ...).
+    public static var coreName: String { openblas_get_corename().map { String(cString: $0) } ?? "?" }
+    /// e.g. "OpenBLAS 0.3.21 NO_LAPACKE DYNAMIC_ARCH NO_AFFINITY Zen MAX_THREADS=64".
+    public static var config: String { openblas_get_config().map { String(cString: $0) } ?? "?" }
+}

@@ -492,3 +492,12 @@ public final class H5File: @unchecked Sendable {
         numericAttribute(objectPath, name)?.first
     }
 }
+
+public enum HDF5Library {
+    /// The version of the loaded libhdf5, e.g. "1.10.8".
+    public static var version: String {
+        var major: UInt32 = 0, minor: UInt32 = 0, release: UInt32 = 0
+        _ = H5get_libversion(&major, &minor, &release)
+        return "\(major).\(minor).\(release)"
+    }
+}

@@ -397,3 +397,15 @@ private func forEachChunk(_ count: Int, _ body: (Int, Int32) -> Void) {
     }
 }
 
+
+public enum MPILibrary {
+    /// The first line of MPI_Get_library_version, e.g. "Open MPI v4.1.4, package: Debian ...".
+    /// Callable before MPI_Init.
+    public static var version: String {
+        var buffer = [CChar](repeating: 0, count: Int(MPI_MAX_LIBRARY_VERSION_STRING) + 1)
+        var length: Int32 = 0
+        guard MPI_Get_library_version(&buffer, &length) == MPI_SUCCESS else { return "?" }
+        let text = String(cString: buffer)
+        return text.split(separator: "\n").first.map(String.init)?.trimmingCharacters(in: .whitespaces) ?? text
+    }
+}

@@ -10,7 +10,12 @@ import MTLTrain
 public struct BenchOptions {
     public var width = 32, batch = 4, height = 128, wide = 256, threads = 2, steps = 8, warmup = 2
     public var method = "ew"
+    /// bench (ResNet-18-style encoder + bench heads) | resnet50-deeplab (dilated ResNet-50 + DeepLabV3 heads).
+    public var model = "bench"
+    public var headChannels = 256
+    public var convBackend = "auto"
     public init() {}
+    public static let models = ["bench", "resnet50-deeplab"]
 }
 
 public struct BenchResult {
@@ -87,8 +92,14 @@ public enum Bench {
     }
 
     public static func run(_ o: BenchOptions) throws -> BenchResult {
+        guard BenchOptions.models.contains(o.model) else {
+            throw MTLError("--model: expected \(BenchOptions.models.joined(separator: " | ")), found \(o.model)")
+        }
         Threads.set(o.threads)
-        let spec = ModelSpec(encoder: "bench", width: o.width, outputStride: 8, head: "bench", headChannels: 64,
+        try Runtime.selectConvBackend(o.convBackend)
+        let deeplab = o.model == "resnet50-deeplab"
+        let spec = ModelSpec(encoder: deeplab ? "resnet50" : "bench", width: o.width, outputStride: 8,
+                             head: deeplab ? "deeplab" : "bench", headChannels: deeplab ? o.headChannels : 64,
                              tasks: [("seg", 13), ("depth", 1), ("normals", 3)])
         let model = try MultiTaskModel(spec, seed: 0)
         let names = ["seg", "depth", "normals"]

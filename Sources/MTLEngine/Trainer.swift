@@ -1,6 +1,7 @@
 import Foundation
 import MTLCore
 import MTLModels
+import MTLNN
 import MTLData
 import MTLDist
 import MTLMethods
@@ -104,6 +105,7 @@ public final class Trainer {
         self.comm = comm
         self.runDir = runDir
         Threads.set(Trainer.threadCount(configured: config.train.threads, comm: comm))
+        try Runtime.selectConvBackend(config.model.convBackend)
 
         let names = config.tasks.map { $0.name }
         dataset = try MTDataset(path: config.data.path, split: config.data.trainSplit, tasks: names, cache: config.data.cache)
@@ -228,6 +230,7 @@ public final class Trainer {
         let runStart = Date()
         var stoppedBySignal = false
         var step = startStep
+        for line in Runtime.report(threadsPerRank: Threads.count, ranks: comm.size) { log?.line(line) }
         log?.line("training \(names.joined(separator: ", ")) with \(config.method.name) on \(comm.size) rank(s) × \(Threads.count) thread(s); \(setup.model.parameterCount) parameters; global batch \(config.train.batchSize); steps \(startStep)..<\(steps); gradient all-reduce: \(engine.buckets.map { "\($0.bucketCount) bucket(s) overlapped with the backward" } ?? (comm.size > 1 ? "blocking" : "none"))")
         while step < steps {
             let epoch = sampler.epoch(ofStep: step)
@@ -247,6 +250,9 @@ public final class Trainer {
             if let autol { try autol.updateWeights(batch: batch, lr: Float(lr)) }
             let stats = try engine.step(batch: batch, stepIndex: step, epoch: epoch, epochEnded: epochEnded, lr: Float(lr))
             let stepTime = Date().timeIntervalSince(t0)
+            if last == nil && Conv2d.backend == .onednn {
+                log?.line("oneDNN convolution kernels (primitives created by the first step): \(OneDNN.implementationSummary)")
+            }
             last = stats
             windowSamples += config.train.batchSize
             step += 1

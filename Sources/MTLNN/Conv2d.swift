@@ -15,8 +15,16 @@ public final class ConvWorkspace {
     public init() {}
 }
 
+/// Which library computes the convolutions: oneDNN's JIT kernels (`Conv2dOneDNN.swift`) or
+/// mtl's im2col + OpenBLAS path below, which stays as the portable backend and as the oracle
+/// the oneDNN path is tested against.
+public enum ConvBackend: String, CaseIterable, Sendable {
+    case blas, onednn
+}
+
 /// 2-D convolution (cross-correlation, as PyTorch), NCHW, weight OIHW, general stride,
-/// padding (zeros) and dilation.
+/// padding (zeros) and dilation. With `Conv2d.backend == .onednn` the three passes run on
+/// oneDNN (`OneDNNConvolution`); what follows describes the BLAS backend.
 ///
 /// Forward: im2col of the WHOLE batch into cols [C·k·k, N·Ho·Wo], one GEMM
 /// W[O, C·k·k] · cols → [O, N·Ho·Wo], reordered to [N, O, Ho, Wo] (batches whose columns
@@ -71,6 +79,13 @@ public final class Conv2d: HasParameters {
     private let tapMajorWeight = Tensor([0])
     /// The transposed twin that computes dx (created on the first backward that uses it).
     private var inputGradConv: Conv2d?
+    /// The backend every Conv2d uses (set once from `model.conv_backend` before the first forward).
+    nonisolated(unsafe) public static var backend: ConvBackend = .blas
+    private var onednn: OneDNNConvolution?
+    /// The oneDNN plan of the last forward (nil: that forward ran on the BLAS path).
+    private var onednnPlan: OneDNNConvolution.Plan?
+    /// The oneDNN implementations this layer has used, one line per input shape.
+    public var onednnImplementations: [String] { onednn?.implementations ?? [] }
     private let empty = Tensor([0])
     private var input: Tensor?
 
@@ -203,6 +218,16 @@ public final class Conv2d: HasParameters {
         output.resize([n, outChannels, ho, wo])
         let o = outChannels, pix = ho * wo
         let y = output.data, wt = weight.value.data
+        onednnPlan = nil
+        if Conv2d.backend == .onednn {
+            let fast = onednn ?? OneDNNConvolution(self)
+            onednn = fast
+            if let plan = fast.plan(n: n, h: h, w: w) {
+                fast.forward(plan, x: x.data, weight: wt, bias: bias.map { UnsafePointer($0.value.data) }, y: y)
+                onednnPlan = plan
+                return output
+            }
+        }
 
         if isPointwise && (n == 1 || pix >= Conv2d.pointwisePerSampleMinPixels) {
             // y[s] = W · x[s]: one GEMM per sample straight from/to the NCHW planes.
@@ -320,6 +345,21 @@ public final class Conv2d: HasParameters {
                      "\(name): dy \(shapeString(dy.shape)) does not match the output \(shapeString([n, outChannels, ho, wo]))")
         let o = outChannels, pix = ho * wo
         let g = dy.data
+
+        if let plan = onednnPlan, let fast = onednn {
+            if let passes = fast.backwardPasses(plan, inputGrad: computeInputGrad) {
+                if computeInputGrad { inputGrad.resize(x.shape) }
+                fast.backward(passes, x: x.data, dy: g, weight: weight.value.data, dWeight: weight.grad.data,
+                              dBias: bias?.grad.data, dx: computeInputGrad ? inputGrad.data : nil)
+                return computeInputGrad ? inputGrad : empty
+            }
+            // The BLAS backward after a oneDNN forward: set up what its forward would have left
+            // (the region plan and the tap-major weight that the region backward reads).
+            if !isPointwise {
+                updatePlan(h: h, w: w, ho: ho, wo: wo)
+                if regions != nil { refreshTapMajorWeight() }
+            }
+        }
 
         if let bias {
             // db[o] += Σ_{n,p} dy[n, o, p], in Double for long sums.

@@ -27,6 +27,7 @@ public struct ModelConfig: Equatable {
     public var headChannels = 256
     public var pretrained = ""             // HDF5 file of torchvision-named tensors, "" = random init
     public var syncBN = false
+    public var convBackend = "auto"         // auto|onednn|blas (auto: oneDNN where it has a CPU engine)
     public init() {}
 }
 
@@ -132,7 +133,7 @@ public struct Config: Equatable {
 
     static let sections: [(String, [String])] = [
         ("data", ["path", "train_split", "val_split", "cache", "augment", "prefetch"]),
-        ("model", ["encoder", "width", "output_stride", "head", "head_channels", "pretrained", "sync_bn"]),
+        ("model", ["encoder", "width", "output_stride", "head", "head_channels", "pretrained", "sync_bn", "conv_backend"]),
         ("tasks", []),
         ("train", ["steps", "batch_size", "seed", "eval_every", "threads", "nan_policy"]),
         ("optim", ["name", "lr", "momentum", "nesterov", "weight_decay", "beta1", "beta2", "eps"]),
@@ -144,6 +145,7 @@ public struct Config: Equatable {
     static let taskKeys = ["role", "loss", "classes", "weight", "frozen", "pos_weight"]
     static let encoders = ["resnet18", "resnet34", "resnet50", "resnet101", "bench"]
     static let heads = ["deeplab", "bench"]
+    public static let convBackends = ["auto", "onednn", "blas"]
     static let losses = ["ce", "l1", "cosine", "bce"]
     static let optimizers = ["adam", "adamw", "sgd"]
     static let schedules = ["constant", "step", "poly", "cosine"]
@@ -278,7 +280,7 @@ public struct Config: Equatable {
         section("model", [("encoder", yamlString(model.encoder)), ("width", "\(model.width)"),
                           ("output_stride", "\(model.outputStride)"), ("head", yamlString(model.head)),
                           ("head_channels", "\(model.headChannels)"), ("pretrained", yamlString(model.pretrained)),
-                          ("sync_bn", "\(model.syncBN)")])
+                          ("sync_bn", "\(model.syncBN)"), ("conv_backend", yamlString(model.convBackend))])
         out += tasks.isEmpty ? "tasks: {}\n" : "tasks:\n"
         for t in tasks {
             out += "  \(t.name):\n"

@@ -214,6 +214,7 @@ struct Reader {
         c.model.headChannels = try int(lookup(m, "head_channels"), "model.head_channels", c.model.headChannels, min: 1)
         c.model.pretrained = try string(lookup(m, "pretrained"), "model.pretrained", c.model.pretrained)
         c.model.syncBN = try bool(lookup(m, "sync_bn"), "model.sync_bn", c.model.syncBN)
+        c.model.convBackend = try oneOf(lookup(m, "conv_backend"), "model.conv_backend", c.model.convBackend, Config.convBackends)
 
         if let tv = lookup(top, "tasks") {
             let te = try entries(tv, "tasks")

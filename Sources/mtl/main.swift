@@ -23,7 +23,7 @@ struct MTL: ParsableCommand {
         commandName: "mtl",
         abstract: "Multi-task dense prediction training on MPI data-parallel ranks.",
         discussion: "Run under mpirun/srun for data parallelism; without them it runs as one process.",
-        subcommands: [Train.self, Eval.self, SynthCommand.self, Convert.self, Inspect.self, BalanceCommand.self, BenchCommand.self, ReportCommand.self])
+        subcommands: [Train.self, Eval.self, SynthCommand.self, Convert.self, Inspect.self, BalanceCommand.self, BenchCommand.self, ReportCommand.self, Doctor.self])
 }
 
 struct Train: ParsableCommand {
@@ -81,6 +81,7 @@ struct Eval: ParsableCommand {
                 cfg = try Config.parse(yaml: y, source: checkpoint, overrides: overrides)
             }
             Threads.set(Trainer.threadCount(configured: cfg.train.threads, comm: comm))
+            try Runtime.selectConvBackend(cfg.model.convBackend)
             let names = cfg.tasks.map { $0.name }
             let ds = try MTDataset(path: cfg.data.path, split: split ?? cfg.data.valSplit, tasks: names)
             let setup = try RunSetup(config: cfg, dataset: ds)
@@ -225,17 +226,43 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Threads.") var threads = 2
     @Option(help: "Method: ew | pcgrad (parameter level) | ial (representation level) | autol (look-ahead) | any method name.") var method = "ew"
     @Option(help: "Timed steps (median reported).") var steps = 8
-    @Option(help: "Model (only 'bench').") var model = "bench"
+    @Option(help: "Model: bench (ResNet-18-style + bench heads) | resnet50-deeplab (dilated ResNet-50 + DeepLabV3 heads).") var model = "bench"
+    @Option(help: "ASPP channels of the DeepLabV3 heads (resnet50-deeplab; 256 = torchvision).") var headChannels = 256
+    @Option(help: "Convolution backend: auto | onednn | blas.") var convBackend = "auto"
     @Flag(help: "Print one JSON object.") var json = false
 
     func run() throws {
         do {
-            guard model == "bench" else { throw MTLError("--model: expected bench, found \(model)") }
             var o = BenchOptions()
             o.width = width; o.batch = batch; o.height = height; o.wide = wide
             o.threads = threads; o.method = method; o.steps = max(5, steps)
+            o.model = model; o.headChannels = headChannels; o.convBackend = convBackend
             let r = try Bench.run(o)
-            print(json ? r.json : r.text)
+            if json {
+                print(r.json)
+            } else {
+                print(r.text)
+                for line in Runtime.report(threadsPerRank: threads) { print("  " + line) }
+            }
+        } catch { fail(error) }
+    }
+}
+
+struct Doctor: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print what this machine runs: CPU and ISA, BLAS kernel, oneDNN version and the kernels it picks for the bench network's convolutions, threads, MPI, HDF5.")
+    @Option(help: "Threads per rank to report and to create the convolution kernels with.") var threads = Trainer.threadCount(configured: 0, comm: SingleProcessCommunicator())
+    @Option(help: "Convolution backend: auto | onednn | blas.") var convBackend = "auto"
+
+    func run() throws {
+        do {
+            var o = BenchOptions()
+            o.threads = threads; o.steps = 5; o.warmup = 1; o.convBackend = convBackend
+            o.batch = 2; o.height = 64; o.wide = 128
+            let r = try Bench.run(o)
+            for line in Runtime.report(threadsPerRank: threads) { print(line) }
+            print(String(format: "bench network (width %d, batch %d, %dx%d): %.1f ms/step, %.1f GFLOP/s, sgemm peak %.1f GFLOP/s",
+                         o.width, o.batch, o.height, o.wide, r.msPerStepMedian, r.gflops, r.sgemmPeakGflops))
         } catch { fail(error) }
     }
 }
@@ -254,4 +281,6 @@ struct ReportCommand: ParsableCommand {
     }
 }
 
+// Before MPI_Init and before OpenBLAS/oneDNN start their threads (may re-execute this binary once).
+Runtime.tuneEnvironmentAndReexec()
 MTL.main()

@@ -206,31 +206,58 @@ final class DistributedTrainingTests: XCTestCase {
     /// (The learning rate is small on purpose: float rounding differs between 1 and 2 ranks at the 1e-7
     /// level, and a tiny net at a large rate amplifies it chaotically — ReLU/max-pool decisions flip —
     /// which would hide a real invariance bug behind noise. At step 1 a normalisation error would show
-    /// at the 1e-1 level.)
+    /// at the 1e-1 level.) Even at this rate a flip happens now and then after the first steps (seen at
+    /// step 14 on oneDNN: the loss difference jumps from 3e-8 to 5e-6, and up to 1e-4 later), so the
+    /// first 8 steps and their parameters are compared at float accuracy and the rest of the curve at 1e-3.
     func testWorldSizeInvariance() throws {
-        let one = try train(1, run: "n1")
+        try worldSizeInvariance(convBackend: "auto")
+    }
+
+    /// The same on the BLAS convolution backend (the portable path and the oracle of the oneDNN one).
+    func testWorldSizeInvarianceOnTheBlasBackend() throws {
+        try worldSizeInvariance(convBackend: "blas")
+    }
+
+    func worldSizeInvariance(convBackend: String) throws {
+        let extra = ["--set", "model.conv_backend=\(convBackend)", "--set", "checkpoint.every=8", "--set", "checkpoint.keep=5"]
+        let one = try train(1, run: "n1", extra)
         XCTAssertEqual(one.status, 0, one.err)
-        let two = try train(2, run: "n2", ["--check-consistency", "1"])
+        let two = try train(2, run: "n2", ["--check-consistency", "1"] + extra)
         XCTAssertEqual(two.status, 0, two.err)
         let l1 = try losses("n1"), l2 = try losses("n2")
         XCTAssertEqual(l1.count, 20)
         XCTAssertEqual(l2.count, 20)
-        for (a, b) in zip(l1, l2) {
-            for (x, y) in zip(a, b) { XCTAssertEqual(x, y, accuracy: 1e-5 * max(1, abs(x))) }
+        for (step, (a, b)) in zip(l1, l2).enumerated() {
+            let tolerance = step < 8 ? 1e-5 : 1e-3
+            for (x, y) in zip(a, b) { XCTAssertEqual(x, y, accuracy: tolerance * max(1, abs(x)), "step \(step + 1)") }
         }
         // IAL's representation-level coefficients (from the all-reduced Gram) agree too.
-        for (a, b) in zip(try coefficients("n1"), try coefficients("n2")) {
-            for (x, y) in zip(a, b) { XCTAssertEqual(x, y, accuracy: 1e-5 * max(1, abs(x))) }
+        for (step, (a, b)) in zip(try coefficients("n1"), try coefficients("n2")).enumerated() {
+            let tolerance = step < 8 ? 1e-5 : 1e-3
+            for (x, y) in zip(a, b) { XCTAssertEqual(x, y, accuracy: tolerance * max(1, abs(x)), "step \(step + 1)") }
         }
-        let a = try finalTensors("n1"), b = try finalTensors("n2")
-        var worst = 0.0
-        for (k, ta) in a where k.hasPrefix("model.") && !k.contains("num_batches") {
-            guard let tb = b[k] else { XCTFail("missing \(k)"); continue }
-            var diff = 0.0, norm = 0.0
-            for i in 0..<ta.count { diff += Double(ta[i] - tb[i]) * Double(ta[i] - tb[i]); norm += Double(ta[i]) * Double(ta[i]) }
-            worst = max(worst, (diff / max(norm, 1e-30)).squareRoot())
+        func worstRelativeDifference(_ file: String) throws -> Double {
+            let a = try CheckpointStore.load(dir + "/n1/checkpoints/" + file).tensors
+            let b = try CheckpointStore.load(dir + "/n2/checkpoints/" + file).tensors
+            var worst = 0.0
+            for (k, ta) in a where k.hasPrefix("model.") && !k.contains("num_batches") {
+                guard let tb = b[k] else { XCTFail("missing \(k)"); continue }
+                var diff = 0.0, norm = 0.0
+                for i in 0..<ta.count { diff += Double(ta[i] - tb[i]) * Double(ta[i] - tb[i]); norm += Double(ta[i]) * Double(ta[i]) }
+                worst = max(worst, (diff / max(norm, 1e-30)).squareRoot())
+            }
+            return worst
         }
-        XCTAssertLessThan(worst, 1e-5, "largest relative parameter difference between -n 1 and -n 2")
+        XCTAssertLessThan(try worstRelativeDifference("step-00000008.h5"), 1e-5,
+                          "largest relative parameter difference between -n 1 and -n 2 after 8 steps")
+        XCTAssertLessThan(try worstRelativeDifference("step-00000020.h5"), 1e-2,
+                          "largest relative parameter difference between -n 1 and -n 2 after 20 steps")
+        // The head of train.log says what ran: the libraries, and the oneDNN kernels (auto) or none (blas).
+        let head = try String(contentsOfFile: dir + "/n2/train.log", encoding: .utf8)
+        for key in ["cpu: ", "blas: ", "onednn: ", "threads per rank: ", "mpi: ", "hdf5: "] {
+            XCTAssertTrue(head.contains(key), "train.log has no '\(key)'")
+        }
+        XCTAssertEqual(head.contains("oneDNN convolution kernels"), convBackend == "auto", head)
         // Only rank 0 wrote into the run directory.
         let files = try FileManager.default.contentsOfDirectory(atPath: dir + "/n2").sorted()
         XCTAssertEqual(files, ["checkpoints", "config.yaml", "metrics.jsonl", "train.log"])
@@ -292,10 +319,16 @@ final class DistributedTrainingTests: XCTestCase {
         let e = try Self.run([try Self.mtlBinary(), "eval", "--config", dir + "/ev/config.yaml", "--checkpoint", ckpt, "--json"])
         XCTAssertEqual(e.status, 0, e.err)
         let single = try JSONSerialization.jsonObject(with: Data(e.out.split(separator: "\n").last!.utf8)) as! [String: Any]
+        // The two evaluations run the same float32 network on different per-rank batches, so
+        // kernels may block and sum in a different order: each prediction may differ by a few
+        // float32 ulps, and the metrics (double sums over those predictions) by as much relative
+        // to their size. 64 ulps of float32 (7.6e-6 relative) bounds that on any CPU; a real
+        // difference (a sample counted twice or dropped, a wrong normalisation) is ≥ 1/N ≈ 1e-2.
+        let floatTolerance = 64 * Double(Float.ulpOfOne)
         var compared = 0
         for (k, v) in last {
             guard let a = v as? Double, k.contains("."), let b = single[k] as? Double else { continue }
-            XCTAssertEqual(a, b, accuracy: 1e-9 * max(1, abs(a)), k)
+            XCTAssertEqual(a, b, accuracy: floatTolerance * max(1, abs(a)), k)
             compared += 1
         }
         XCTAssertGreaterThan(compared, 8)

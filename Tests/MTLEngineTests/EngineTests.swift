@@ -116,13 +116,18 @@ final class EngineTests: XCTestCase {
         XCTAssertGreaterThan(largest, 0.5, "the directions must probe a non-trivial derivative")
     }
 
-    /// Stop at step k, resume from the checkpoint, and steps k+1..n are bit-identical to an uninterrupted run.
+    /// Stop at step k, resume from the checkpoint, and steps k+1..n are bit-identical to an uninterrupted run,
+    /// on both convolution backends.
     func testResumeIsBitIdentical() throws {
+        for backend in ["onednn", "blas"] { try resumeIsBitIdentical(convBackend: backend) }
+    }
+
+    func resumeIsBitIdentical(convBackend: String) throws {
         let dir = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let data = try makeSynth(dir)
         let cfg = try Config.parse(yaml: tinyConfigYAML(data: data, steps: 6, checkpointEvery: 3, method: "ial"),
-                                   source: "test", overrides: [])
+                                   source: "test", overrides: ["model.conv_backend=\(convBackend)"])
         let comm = SingleProcessCommunicator()
         let full = try Trainer(config: cfg, runDir: dir + "/a", comm: comm, resume: nil)
         let fullSummary = try full.run()
@@ -138,7 +143,7 @@ final class EngineTests: XCTestCase {
         for (k, ta) in a {
             let tb = b[k]!
             XCTAssertEqual(ta.shape, tb.shape, k)
-            XCTAssertTrue(ta.array == tb.array, "\(k) differs after resume")
+            XCTAssertTrue(ta.array == tb.array, "\(k) differs after resume (\(convBackend))")
             compared += 1
         }
         XCTAssertGreaterThan(compared, 50)

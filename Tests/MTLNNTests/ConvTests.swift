@@ -22,6 +22,9 @@ func naiveConv(_ x: Tensor, _ conv: Conv2d) -> [Float] {
 }
 
 final class ConvTests: XCTestCase {
+    /// These tests are of the BLAS backend (a Trainer in another test may have switched the global).
+    override func setUp() { Conv2d.backend = .blas }
+
     struct Config {
         var n, c, h, w, o, k, stride, pad, dil: Int
         var bias: Bool

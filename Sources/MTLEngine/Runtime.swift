@@ -1,0 +1,141 @@
+import Foundation
+import MTLCore
+import MTLDist
+import MTLNN
+
+/// What the process runs on and with: the environment the numerical libraries need (set before
+/// they start their threads), the convolution backend, and the one report that `mtl doctor`,
+/// `mtl bench` and the head of train.log print.
+public enum Runtime {
+    /// Set in the environment of a re-executed mtl: the variables mtl set ("" when none), so the
+    /// report can say which values came from mtl and so that the process re-executes only once.
+    static let tunedMarker = "MTL_ENV_TUNED"
+
+    /// OpenBLAS kernels that predate AVX2 (and Debian 0.3.21's fallback on CPUs it does not
+    /// know, such as Sapphire Rapids: "Prescott", SSE3, ~¼ of the machine's sgemm speed).
+    static let preAVX2Cores: Set<String> = ["prescott", "core2", "penryn", "dunnington", "nehalem", "atom", "katmai",
+                                            "coppermine", "northwood", "banias", "athlon", "opteron", "opteron_sse3",
+                                            "barcelona", "bobcat", "nano", "sandybridge", "bulldozer", "piledriver",
+                                            "steamroller", "excavator", "unknown", "generic"]
+
+    /// The variables that the numerical libraries read once, when they load, and the values mtl
+    /// wants for them on this CPU; a variable the user set is never in the list.
+    /// - OPENBLAS_CORETYPE: SkylakeX (AVX-512) or Haswell (AVX2 + FMA) when OpenBLAS picked a
+    ///   pre-AVX2 kernel on a CPU that has those instructions.
+    /// - OMP_WAIT_POLICY=passive: oneDNN's OpenMP threads otherwise spin between its calls and
+    ///   take the cores from mtl's own thread pool (halving its loops' speed).
+    static func wantedEnvironment(_ env: [String: String], cpu: CPUInfo, blasCore: String) -> [(String, String)] {
+        var wanted: [(String, String)] = []
+        if env["OPENBLAS_CORETYPE"] == nil && preAVX2Cores.contains(blasCore.lowercased()) {
+            if cpu.has("avx512f") && cpu.has("avx512vl") && cpu.has("avx512bw") && cpu.has("avx512dq") {
+                wanted.append(("OPENBLAS_CORETYPE", "SkylakeX"))
+            } else if cpu.has("avx2") && cpu.has("fma") {
+                wanted.append(("OPENBLAS_CORETYPE", "Haswell"))
+            }
+        }
+        if env["OMP_WAIT_POLICY"] == nil { wanted.append(("OMP_WAIT_POLICY", "passive")) }
+        return wanted
+    }
+
+    /// Call first thing in main, before MPI_Init and before any BLAS or oneDNN call: when the
+    /// environment lacks a value from `wantedEnvironment`, sets it and re-executes the same
+    /// binary with the same arguments (same PID, so mpirun, srun and Slurm keep tracking it; MPI
+    /// is not initialised yet). Only once: the re-executed process carries `MTL_ENV_TUNED`.
+    public static func tuneEnvironmentAndReexec() {
+        let env = ProcessInfo.processInfo.environment
+        if env[tunedMarker] != nil { return }
+        let wanted = wantedEnvironment(env, cpu: CPUInfo.current, blasCore: BLASLibrary.coreName)
+        guard !wanted.isEmpty else { return }
+        for (k, v) in wanted { setenv(k, v, 1) }
+        setenv(tunedMarker, wanted.map { "\($0.0)=\($0.1)" }.joined(separator: " "), 1)
+        let args = CommandLine.arguments
+        var cargs: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) }
+        cargs.append(nil)
+        execv("/proc/self/exe", cargs)
+        // execv returns only on failure: carry on with the libraries as they are (the report says so).
+        setenv(tunedMarker, "re-exec failed (\(String(cString: strerror(errno)))); wanted " +
+               wanted.map { "\($0.0)=\($0.1)" }.joined(separator: " "), 1)
+    }
+
+    /// `model.conv_backend` / `mtl bench --conv-backend`: auto = oneDNN where it has a CPU engine.
+    @discardableResult
+    public static func selectConvBackend(_ name: String) throws -> ConvBackend {
+        let backend: ConvBackend
+        switch name {
+        case "auto": backend = OneDNN.available ? .onednn : .blas
+        case "onednn":
+            guard OneDNN.available else {
+                throw MTLError("model.conv_backend: onednn requested, but oneDNN could not create a CPU engine here; use auto or blas")
+            }
+            backend = .onednn
+        case "blas": backend = .blas
+        default: throw MTLError("model.conv_backend: expected auto | onednn | blas, found '\(name)'")
+        }
+        Conv2d.backend = backend
+        return backend
+    }
+
+    /// One line per library: CPU and ISA, BLAS core, oneDNN version/ISA/kernels, threads, MPI, HDF5.
+    public static func report(threadsPerRank: Int, ranks: Int? = nil) -> [String] {
+        let cpu = CPUInfo.current
+        let env = ProcessInfo.processInfo.environment
+        let setByMTL = env[tunedMarker].map { $0.isEmpty ? "" : " [set by mtl: \($0)]" } ?? ""
+        func envValue(_ k: String) -> String { env[k].map { "\(k)=\($0)" } ?? "\(k) unset" }
+        var lines = [
+            "cpu: \(cpu.model) (\(cpu.cores) core(s) online); ISA \(cpu.isaSummary)",
+            "blas: \(BLASLibrary.config); core in use \(BLASLibrary.coreName); \(envValue("OPENBLAS_CORETYPE"))",
+            "onednn: " + (OneDNN.available
+                ? "\(OneDNN.version), ISA \(OneDNN.isa); \(envValue("OMP_WAIT_POLICY")); conv backend \(Conv2d.backend.rawValue); kernels: \(OneDNN.implementationSummary)"
+                : "no CPU engine; conv backend \(Conv2d.backend.rawValue)"),
+            "threads per rank: \(threadsPerRank)" + (ranks.map { "; ranks: \($0)" } ?? ""),
+            "mpi: \(MPILibrary.version)",
+            "hdf5: \(HDF5Library.version)",
+        ]
+        if !setByMTL.isEmpty { lines[0] += setByMTL }
+        return lines
+    }
+}
+
+/// The CPU as /proc/cpuinfo describes it (Linux).
+public struct CPUInfo: Sendable {
+    public var model: String
+    public var flags: Set<String>
+    public var cores: Int
+
+    public init(model: String, flags: Set<String>, cores: Int) {
+        self.model = model
+        self.flags = flags
+        self.cores = cores
+    }
+
+    /// `flags` as /proc/cpuinfo writes them (space-separated).
+    public init(model: String, cores: Int, flags: String) {
+        self.init(model: model, flags: Set(flags.split(separator: " ").map(String.init)), cores: cores)
+    }
+
+    public func has(_ flag: String) -> Bool { flags.contains(flag) }
+
+    /// The instruction sets that decide the kernels: "avx512f avx512_bf16 amx_tile" / "avx2 fma (no avx512)".
+    public var isaSummary: String {
+        let interesting = ["avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "avx2", "fma"]
+        let present = interesting.filter(has)
+        return present.isEmpty ? "sse only" : present.joined(separator: " ") + (has("avx512f") ? "" : " (no avx512)")
+    }
+
+    public static let current: CPUInfo = {
+        let text = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
+        return parse(text, cores: ProcessInfo.processInfo.activeProcessorCount)
+    }()
+
+    static func parse(_ text: String, cores: Int) -> CPUInfo {
+        var model = "unknown CPU", flags: Set<String> = []
+        for line in text.split(separator: "\n") {
+            guard let colon = line.firstIndex(of: ":") else { continue }
+            let key = line[..<colon].trimmingCharacters(in: .whitespaces)
+            let value = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+            if key == "model name" && model == "unknown CPU" { model = value }
+            if key == "flags" && flags.isEmpty { flags = Set(value.split(separator: " ").map(String.init)) }
+        }
+        return CPUInfo(model: model, flags: flags, cores: cores)
+    }
+}
