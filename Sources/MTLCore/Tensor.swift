@@ -115,6 +115,13 @@ public final class Parameter: @unchecked Sendable {
         self.value = value
         self.grad = Tensor(value.shape)
     }
+
+    /// A parameter with a given gradient buffer (e.g. an empty one for a weight that is never trained).
+    public init(_ name: String, _ value: Tensor, grad: Tensor) {
+        self.name = name
+        self.value = value
+        self.grad = grad
+    }
 }
 
 /// A non-trainable named state tensor (BatchNorm running statistics and counters).

@@ -1,6 +1,7 @@
 import Foundation
 import MTLCore
 import MTLModels
+import MTLNN
 import MTLData
 import MTLDist
 import MTLMethods
@@ -14,6 +15,8 @@ public struct BenchOptions {
     public var model = "bench"
     public var headChannels = 256
     public var convBackend = "auto"
+    /// Time every convolution pass of the timed steps (ConvProfile) and report them.
+    public var profile = false
     public init() {}
     public static let models = ["bench", "resnet50-deeplab"]
 }
@@ -27,20 +30,26 @@ public struct BenchResult {
     public var sgemmPeakGflops: Double
     public var peakFraction: Double
     public var peakRSSMB: Double
+    /// Parameters of the network (torch_ref's `sum(p.numel())` for the same flags).
+    public var parameters = 0
+    /// The per-layer convolution times of the timed steps (`profile`), else nil.
+    public var convProfile: String?
 
     public var json: String {
-        String(format: "{\"method\": \"%@\", \"width\": %d, \"batch\": %d, \"height\": %d, \"width_px\": %d, \"threads\": %d, \"ms_per_step_median\": %.2f, \"ms_per_step_min\": %.2f, \"gflop_per_step\": %.3f, \"gflops\": %.2f, \"sgemm_peak_gflops\": %.2f, \"peak_fraction\": %.3f, \"peak_rss_mb\": %.1f}",
+        String(format: "{\"method\": \"%@\", \"width\": %d, \"batch\": %d, \"height\": %d, \"width_px\": %d, \"threads\": %d, \"ms_per_step_median\": %.2f, \"ms_per_step_min\": %.2f, \"gflop_per_step\": %.3f, \"gflops\": %.2f, \"sgemm_peak_gflops\": %.2f, \"peak_fraction\": %.3f, \"peak_rss_mb\": %.1f, \"parameters\": %d, \"model\": \"%@\", \"conv_backend\": \"%@\"}",
                options.method, options.width, options.batch, options.height, options.wide, options.threads,
-               msPerStepMedian, msPerStepMin, gflopPerStep, gflops, sgemmPeakGflops, peakFraction, peakRSSMB)
+               msPerStepMedian, msPerStepMin, gflopPerStep, gflops, sgemmPeakGflops, peakFraction, peakRSSMB,
+               parameters, options.model, Conv2d.backend.rawValue)
     }
 
     public var text: String {
         String(format: """
-        bench: width %d, batch %d, %dx%d, method %@, %d thread(s)
+        bench: %@, width %d, batch %d, %dx%d, method %@, %d thread(s), %d parameters, conv backend %@
           %.2f ms/step (median of %d; min %.2f)
           %.3f GFLOP/step, %.2f GFLOP/s = %.1f%% of the measured sgemm peak (%.2f GFLOP/s)
           peak RSS %.1f MB
-        """, options.width, options.batch, options.height, options.wide, options.method, options.threads,
+        """, options.model, options.width, options.batch, options.height, options.wide, options.method, options.threads,
+               parameters, Conv2d.backend.rawValue,
                msPerStepMedian, options.steps, msPerStepMin, gflopPerStep, gflops, peakFraction * 100,
                sgemmPeakGflops, peakRSSMB)
     }
@@ -145,6 +154,9 @@ public enum Bench {
             flops += Double(names.count - 1) * FlopCounter.backwardFlops * encoderShare(model, o)
         }
         var times: [Double] = []
+        ConvProfile.reset()
+        ConvProfile.enabled = o.profile
+        defer { ConvProfile.enabled = false }
         for s in 0..<o.steps {
             let t = Date()
             try step(o.warmup + 1 + s)
@@ -156,7 +168,8 @@ public enum Bench {
         let gflops = flops / 1e9 / (median / 1000)
         return BenchResult(options: o, msPerStepMedian: median, msPerStepMin: times.first ?? 0,
                            gflopPerStep: flops / 1e9, gflops: gflops, sgemmPeakGflops: peak,
-                           peakFraction: gflops / peak, peakRSSMB: peakRSSMB())
+                           peakFraction: gflops / peak, peakRSSMB: peakRSSMB(),
+                           parameters: model.parameterCount, convProfile: o.profile ? ConvProfile.report(steps: o.steps) : nil)
     }
 
     /// Fraction of backward FLOPs that belong to the encoder (measured by counting an encoder-only pass).

@@ -47,7 +47,14 @@ public enum Runtime {
         let wanted = wantedEnvironment(env, cpu: CPUInfo.current, blasCore: BLASLibrary.coreName)
         guard !wanted.isEmpty else { return }
         for (k, v) in wanted { setenv(k, v, 1) }
-        setenv(tunedMarker, wanted.map { "\($0.0)=\($0.1)" }.joined(separator: " "), 1)
+        let settings = wanted.map { "\($0.0)=\($0.1)" }.joined(separator: " ")
+        // Under valgrind an exec would leave the tool (it does not follow children by default):
+        // run with the libraries as they loaded, and say so in the report.
+        if env["LD_PRELOAD"]?.contains("vgpreload") == true {
+            setenv(tunedMarker, "not re-executed under valgrind; wanted \(settings)", 1)
+            return
+        }
+        setenv(tunedMarker, settings, 1)
         let args = CommandLine.arguments
         var cargs: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) }
         cargs.append(nil)

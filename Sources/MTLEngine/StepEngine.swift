@@ -54,7 +54,9 @@ public final class StepEngine {
     /// Trainable parameters whose gradients the step all-reduces (at parameter level the encoder's
     /// are already global after the method, so only the heads' are reduced).
     let reduced: [Parameter]
-    let flatGrads: Tensor
+    /// The flat buffer of the blocking gradient all-reduce: made on first use, so that one process,
+    /// or overlapped buckets (which have their own), do not hold a second copy of every gradient.
+    private(set) lazy var flatGrads = Tensor([reduced.reduce(0) { $0 + $1.value.count }])
     /// Parameter level: the per-task shared gradients of this rank, T × P_encoder (padded to a
     /// multiple of the world size), and this rank's slice of their global sums, T × P/size.
     /// Representation level, GradDrop: the per-task sign-corrected sums.
@@ -83,7 +85,6 @@ public final class StepEngine {
         taskGrads = model.taskNames.map { _ in Tensor([0]) }
         let encoderNames = Set(encoderParams.map { $0.name })
         reduced = self.level == .parameters ? trainable.filter { !encoderNames.contains($0.name) } : trainable
-        flatGrads = Tensor([reduced.reduce(0) { $0 + $1.value.count }])
         let t = model.taskNames.count
         reduction = [Double](repeating: 0, count: 2 * t + t * t)
         let overlap = ProcessInfo.processInfo.environment["MTL_NO_OVERLAP"] == nil

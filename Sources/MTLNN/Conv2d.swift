@@ -12,6 +12,12 @@ public final class ConvWorkspace {
     let rows = Tensor([0])
     /// dW in the tap-major layout [O, k·k, C] while the regions of one backward accumulate into it.
     let tapMajorGrad = Tensor([0])
+    /// The weight of the layer at work in the tap-major layout [O, k·k, C] (region GEMMs read
+    /// contiguous blocks of it); rebuilt by each pass that reads it.
+    let tapMajorWeight = Tensor([0])
+    /// The flipped, transposed weight [C, O, k, k] of the stride-1 dx twins, written by each
+    /// backward that uses it: one buffer for all layers instead of a copy per layer.
+    let twinWeight = Tensor([0])
     public init() {}
 }
 
@@ -74,16 +80,16 @@ public final class Conv2d: HasParameters {
 
     private let output = Tensor([0])
     private let inputGrad = Tensor([0])
-    /// The weight in the tap-major layout [O, k·k, C], refreshed by every region forward: region
-    /// GEMMs read contiguous blocks of it instead of gathering the taps they use.
-    private let tapMajorWeight = Tensor([0])
+    private var tapMajorWeight: Tensor { workspace.tapMajorWeight }
     /// The transposed twin that computes dx (created on the first backward that uses it).
     private var inputGradConv: Conv2d?
     /// The backend every Conv2d uses (set once from `model.conv_backend` before the first forward).
     nonisolated(unsafe) public static var backend: ConvBackend = .blas
     private var onednn: OneDNNConvolution?
-    /// The oneDNN plan of the last forward (nil: that forward ran on the BLAS path).
+    /// The oneDNN plan of the last forward's shape (nil: the BLAS backend is selected).
     private var onednnPlan: OneDNNConvolution.Plan?
+    /// Which backend ran the last forward and backward (for the profile).
+    private var lastForwardOnOneDNN = false
     /// The oneDNN implementations this layer has used, one line per input shape.
     public var onednnImplementations: [String] { onednn?.implementations ?? [] }
     private let empty = Tensor([0])
@@ -121,6 +127,21 @@ public final class Conv2d: HasParameters {
         let bound = 1 / Float(fanIn).squareRoot()
         weight = Parameter("\(name).weight", uniformTensor([outChannels, inChannels, kernel, kernel], bound: bound, rng: &rng))
         self.bias = bias ? Parameter("\(name).bias", uniformTensor([outChannels], bound: bound, rng: &rng)) : nil
+    }
+
+    /// The stride-1 dx twin of `conv` (see `transposedInputGrad`): its weight is the workspace's
+    /// `twinWeight`, shared by all twins and filled by each backward, and it has no gradient.
+    private init(twinOf conv: Conv2d) {
+        name = conv.name + ".dx"
+        inChannels = conv.outChannels
+        outChannels = conv.inChannels
+        kernel = conv.kernel
+        stride = 1
+        padding = conv.dilation * (conv.kernel - 1) - conv.padding
+        dilation = conv.dilation
+        weight = Parameter(name + ".weight", conv.workspace.twinWeight, grad: Tensor([0]))
+        bias = nil
+        workspace = conv.workspace
     }
 
     /// Output height and width for an input of height × width (PyTorch's formula, floor).
@@ -209,6 +230,14 @@ public final class Conv2d: HasParameters {
     }
 
     public func forward(_ x: Tensor) -> Tensor {
+        guard ConvProfile.enabled else { return forwardPass(x) }
+        let t = ConvProfile.now()
+        let y = forwardPass(x)
+        ConvProfile.add(self, "fwd", lastForwardOnOneDNN, since: t)
+        return y
+    }
+
+    private func forwardPass(_ x: Tensor) -> Tensor {
         precondition(x.rank == 4 && x.c == inChannels,
                      "\(name): expected input [N, \(inChannels), H, W], got \(shapeString(x.shape))")
         let (n, h, w) = (x.n, x.h, x.w)
@@ -219,12 +248,15 @@ public final class Conv2d: HasParameters {
         let o = outChannels, pix = ho * wo
         let y = output.data, wt = weight.value.data
         onednnPlan = nil
+        lastForwardOnOneDNN = false
         if Conv2d.backend == .onednn {
             let fast = onednn ?? OneDNNConvolution(self)
             onednn = fast
-            if let plan = fast.plan(n: n, h: h, w: w) {
+            let plan = fast.plan(n: n, h: h, w: w)
+            onednnPlan = plan
+            if plan.forwardIsFast {
                 fast.forward(plan, x: x.data, weight: wt, bias: bias.map { UnsafePointer($0.value.data) }, y: y)
-                onednnPlan = plan
+                lastForwardOnOneDNN = true
                 return output
             }
         }
@@ -338,6 +370,16 @@ public final class Conv2d: HasParameters {
     /// returns dx, or an empty tensor when `computeInputGrad` is false (first layer).
     /// The cached input is not modified, so backward can be repeated after one forward.
     public func backward(_ dy: Tensor, computeInputGrad: Bool = true) -> Tensor {
+        guard ConvProfile.enabled else { return backwardPass(dy, computeInputGrad: computeInputGrad) }
+        let t = ConvProfile.now()
+        let dx = backwardPass(dy, computeInputGrad: computeInputGrad)
+        ConvProfile.add(self, computeInputGrad ? "bwd" : "bwd_weights", lastBackwardOnOneDNN, since: t)
+        return dx
+    }
+
+    private var lastBackwardOnOneDNN = false
+
+    private func backwardPass(_ dy: Tensor, computeInputGrad: Bool) -> Tensor {
         guard let x = input else { preconditionFailure("\(name): backward before forward") }
         let (n, h, w) = (x.n, x.h, x.w)
         let (ho, wo) = outputSize(height: h, width: w)
@@ -346,34 +388,37 @@ public final class Conv2d: HasParameters {
         let o = outChannels, pix = ho * wo
         let g = dy.data
 
+        // oneDNN backend: each of the two passes runs on oneDNN where it has a JIT kernel for it and
+        // on the BLAS path otherwise (they need nothing from the forward but x, dy and W). The BLAS
+        // dx of a strided convolution comes with its dW (col2im path): then both run on BLAS.
+        lastBackwardOnOneDNN = false
         if let plan = onednnPlan, let fast = onednn {
-            if let passes = fast.backwardPasses(plan, inputGrad: computeInputGrad) {
-                if computeInputGrad { inputGrad.resize(x.shape) }
-                fast.backward(passes, x: x.data, dy: g, weight: weight.value.data, dWeight: weight.grad.data,
-                              dBias: bias?.grad.data, dx: computeInputGrad ? inputGrad.data : nil)
-                return computeInputGrad ? inputGrad : empty
-            }
-            // The BLAS backward after a oneDNN forward: set up what its forward would have left
-            // (the region plan and the tap-major weight that the region backward reads).
-            if !isPointwise {
+            let wp = plan.fastWeightsPass(fast)
+            let dp = computeInputGrad ? plan.fastDataPass(fast) : nil
+            let weightsOnOneDNN = wp != nil && (!computeInputGrad || dp != nil || transposedDxApplies)
+            let blasRuns = !weightsOnOneDNN || (computeInputGrad && dp == nil)
+            if blasRuns && lastForwardOnOneDNN && !isPointwise {
+                // The region plan that the BLAS forward would have made.
                 updatePlan(h: h, w: w, ho: ho, wo: wo)
-                if regions != nil { refreshTapMajorWeight() }
             }
+            lastBackwardOnOneDNN = weightsOnOneDNN || dp != nil
+            if let wp, weightsOnOneDNN {
+                fast.backwardWeights(wp, x: x.data, dy: g, dWeight: weight.grad.data, dBias: bias?.grad.data)
+            }
+            if let dp {
+                if !weightsOnOneDNN {
+                    addBiasGradient(dy)
+                    _ = backwardWeights(x, dy, ho: ho, wo: wo, computeInputGrad: false)
+                }
+                inputGrad.resize(x.shape)
+                fast.backwardData(plan, dp, dy: g, weight: weight.value.data, dx: inputGrad.data, dyLoaded: weightsOnOneDNN)
+                return inputGrad
+            }
+            if weightsOnOneDNN { return computeInputGrad ? transposedInputGradient(dy) : empty }
         }
 
-        if let bias {
-            // db[o] += Σ_{n,p} dy[n, o, p], in Double for long sums.
-            let db = bias.grad.data
-            parallelFor(o) { oc in
-                var s = 0.0
-                for smp in 0..<n { s += sumDouble(g + (smp * o + oc) * pix, pix) }
-                db[oc] += Float(s)
-            }
-        }
-
-        let transposed = computeInputGrad && Conv2d.transposedInputGrad && stride == 1 && !isPointwise
-            && padding <= dilation * (kernel - 1)
-        if transposed {
+        addBiasGradient(dy)
+        if computeInputGrad && transposedDxApplies {
             // dW (and db above) by the usual path, then dx by the twin's forward.
             _ = backwardWeights(x, dy, ho: ho, wo: wo, computeInputGrad: false)
             return transposedInputGradient(dy)
@@ -381,19 +426,30 @@ public final class Conv2d: HasParameters {
         return backwardWeights(x, dy, ho: ho, wo: wo, computeInputGrad: computeInputGrad)
     }
 
+    /// Stride-1 dx as the forward of the flipped, transposed twin (see `transposedInputGrad`).
+    private var transposedDxApplies: Bool {
+        Conv2d.transposedInputGrad && stride == 1 && !isPointwise && padding <= dilation * (kernel - 1)
+    }
+
+    /// db[o] += Σ_{n,p} dy[n, o, p], in Double for long sums.
+    private func addBiasGradient(_ dy: Tensor) {
+        guard let bias else { return }
+        let (n, o) = (dy.n, outChannels), pix = dy.h * dy.w
+        let g = dy.data, db = bias.grad.data
+        parallelFor(o) { oc in
+            var s = 0.0
+            for smp in 0..<n { s += sumDouble(g + (smp * o + oc) * pix, pix) }
+            db[oc] += Float(s)
+        }
+    }
+
     /// dx = conv(dy; flipped transposed W, padding d·(k−1) − p, dilation d), stride 1.
     private func transposedInputGradient(_ dy: Tensor) -> Tensor {
-        let twin: Conv2d
-        if let existing = inputGradConv {
-            twin = existing
-        } else {
-            var unused = Philox(seed: 0, stream: 0, index: 0)
-            twin = Conv2d(name + ".dx", inChannels: outChannels, outChannels: inChannels, kernel: kernel, stride: 1,
-                          padding: dilation * (kernel - 1) - padding, dilation: dilation, rng: &unused)
-            inputGradConv = twin
-        }
+        let twin = inputGradConv ?? Conv2d(twinOf: self)
+        inputGradConv = twin
         twin.workspace = workspace
         let o = outChannels, c = inChannels, k = kernel, kk = kernel * kernel
+        twin.weight.value.resize([c, o, k, k])
         let src = weight.value.data, dst = twin.weight.value.data
         parallelFor(c) { ci in
             for oc in 0..<o {
@@ -478,7 +534,9 @@ public final class Conv2d: HasParameters {
             inputGrad.zero()   // regions add their contributions
         }
         // dW accumulates in the tap-major layout (each block is a contiguous column range), then is
-        // added into the OIHW gradient once. The forward left the tap-major weight for dcols.
+        // added into the OIHW gradient once. dcols read the tap-major weight (shared by all layers,
+        // so rebuilt here).
+        if computeInputGrad { refreshTapMajorWeight() }
         let dWtm = workspace.tapMajorGrad
         dWtm.resize([o, kk, c])
         dWtm.zero()
@@ -659,5 +717,45 @@ public final class Conv2d: HasParameters {
                 }
             }
         }
+    }
+}
+
+/// Time per convolution layer, pass and backend (`mtl bench --profile`): where a step's
+/// convolution time goes, and which backend ran each pass. Besides wall time it records the
+/// process's CPU time (all threads), which another program on the machine inflates much less:
+/// on a shared machine that is the column to compare backends by.
+public enum ConvProfile {
+    nonisolated(unsafe) public static var enabled = false
+    /// "layer pass backend geometry" → (wall ms, CPU ms, calls).
+    nonisolated(unsafe) public private(set) static var table: [String: (ms: Double, cpuMs: Double, calls: Int)] = [:]
+
+    public static func reset() { table = [:] }
+
+    static func now() -> (wall: UInt64, cpu: UInt64) {
+        var ts = timespec()
+        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts)
+        return (DispatchTime.now().uptimeNanoseconds, UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec))
+    }
+
+    static func add(_ conv: Conv2d, _ pass: String, _ onednn: Bool, since start: (wall: UInt64, cpu: UInt64)) {
+        let end = now()
+        let geometry = "\(conv.inChannels)→\(conv.outChannels) k\(conv.kernel) s\(conv.stride) d\(conv.dilation)"
+        let key = "\(conv.name) \(pass) \(onednn ? "onednn" : "blas") \(geometry)"
+        let old = table[key] ?? (0, 0, 0)
+        table[key] = (old.ms + Double(end.wall - start.wall) / 1e6, old.cpuMs + Double(end.cpu - start.cpu) / 1e6, old.calls + 1)
+    }
+
+    /// The table, largest total first, per step of `steps` steps. A layer's "bwd" includes the
+    /// forward of its ".dx" twin (the BLAS path's input gradient), listed on its own line too.
+    public static func report(steps: Int) -> String {
+        let n = Double(max(1, steps))
+        let outer = table.filter { !$0.key.split(separator: " ")[0].hasSuffix(".dx") }
+        let wall = outer.values.reduce(0) { $0 + $1.ms }, cpu = outer.values.reduce(0) { $0 + $1.cpuMs }
+        var lines = [String(format: "convolutions: %.1f ms/step wall, %.1f ms/step CPU (all threads)", wall / n, cpu / n),
+                     "  wall ms   CPU ms  layer pass backend geometry"]
+        for (key, v) in table.sorted(by: { $0.value.ms > $1.value.ms }) {
+            lines.append(String(format: "%9.2f %8.2f  %@", v.ms / n, v.cpuMs / n, key))
+        }
+        return lines.joined(separator: "\n")
     }
 }

@@ -6,10 +6,10 @@ import MTLCore
 /// ~20× a steady execution). mtl's tensors stay NCHW and the weights OIHW (checkpoints keep
 /// PyTorch's layout); each primitive picks its own layouts ("any"), and the arguments whose
 /// layout differs are reordered on the way in and out (`OneDNN.Argument`) through scratch buffers
-/// shared by all layers. The weights are reordered once per forward into a copy of the layer's
-/// own, which backward-data reuses when it wants the same layout; both backward passes share one
-/// reordered dy. Gradients are added to mtl's buffers by the reorder's sum post-op, so they
-/// accumulate as on the BLAS path.
+/// shared by all layers (a copy per layer of the activations or weights in oneDNN's layout would
+/// add up to a second network's worth of memory). The weights are reordered once per pass that
+/// reads them; both backward passes share one reordered dy. Gradients are added to mtl's buffers
+/// by the reorder's sum post-op, so they accumulate as on the BLAS path.
 final class OneDNNConvolution {
     struct Shape: Hashable {
         var n, h, w, threads: Int
@@ -29,25 +29,13 @@ final class OneDNNConvolution {
         hasBias = conv.bias != nil
     }
 
-    /// The plan for this input size and the current thread count; nil when oneDNN's forward
-    /// implementation for it would be slower than the BLAS path (`OneDNN.beatsBLAS`).
-    func plan(n: Int, h: Int, w: Int) -> Plan? {
+    /// The plan for this input size and the current thread count (created on first use).
+    func plan(n: Int, h: Int, w: Int) -> Plan {
         let shape = Shape(n: n, h: h, w: w, threads: Threads.count)
         OneDNN.useThreads(shape.threads)
         let p = plans[shape] ?? Plan(self, shape)
         plans[shape] = p
-        return OneDNN.beatsBLAS(p.forwardImplementation) ? p : nil
-    }
-
-    /// The backward passes of a plan (backward-data only when `dx` is needed); nil when one of
-    /// them would be slower than the BLAS path (the caller then uses the BLAS backward, which
-    /// needs nothing from the forward but its input).
-    func backwardPasses(_ plan: Plan, inputGrad: Bool) -> (WeightsPass, DataPass?)? {
-        let wp = plan.makeWeightsPass(self)
-        if !OneDNN.beatsBLAS(wp.implementation) { return nil }
-        guard inputGrad else { return (wp, nil) }
-        let dp = plan.makeDataPass()
-        return OneDNN.beatsBLAS(dp.implementation) ? (wp, dp) : nil
+        return p
     }
 
     /// Implementations chosen so far, one line per shape and pass (for `mtl doctor`, bench, logs).
@@ -77,12 +65,9 @@ final class OneDNNConvolution {
         plan.dst.store()
     }
 
-    /// dW += ∂/∂W, db += ∂/∂b and, with a data pass, dx = ∂/∂x, for the upstream dy of the
-    /// forward that ran on `x` with this plan.
-    func backward(_ passes: (WeightsPass, DataPass?), x: UnsafePointer<Float>, dy: UnsafePointer<Float>,
-                  weight: UnsafePointer<Float>, dWeight: UnsafeMutablePointer<Float>, dBias: UnsafeMutablePointer<Float>?,
-                  dx: UnsafeMutablePointer<Float>?) {
-        let (wp, dataPass) = passes
+    /// dW += ∂/∂W and db += ∂/∂b for the upstream dy of a forward on `x`.
+    func backwardWeights(_ wp: WeightsPass, x: UnsafePointer<Float>, dy: UnsafePointer<Float>,
+                         dWeight: UnsafeMutablePointer<Float>, dBias: UnsafeMutablePointer<Float>?) {
         wp.src.load(x)
         wp.diffDst.load(dy)
         wp.diffWeights.bind(dWeight)
@@ -95,13 +80,22 @@ final class OneDNNConvolution {
         OneDNN.execute(wp.primitive, args)
         wp.diffWeights.store()
         wp.diffBias?.store()
+    }
 
-        guard let dp = dataPass, let dx else { return }
-        dp.diffDst?.load(dy)
-        dp.weights?.load(weight)
+    /// dx = ∂/∂x for the upstream dy. `dyLoaded`: the backward-weights pass has just brought dy into
+    /// the layout this pass reads too (then it is not reordered again).
+    func backwardData(_ plan: Plan, _ dp: DataPass, dy: UnsafePointer<Float>, weight: UnsafePointer<Float>,
+                      dx: UnsafeMutablePointer<Float>, dyLoaded: Bool) {
+        let diffDst: OneDNN.Memory
+        if dyLoaded && dp.readsWeightsPassDiffDst, let wp = plan.weightsPass {
+            diffDst = wp.diffDst.memory
+        } else {
+            dp.diffDst.load(dy)
+            diffDst = dp.diffDst.memory
+        }
+        dp.weights.load(weight)
         dp.diffSrc.bind(dx)
-        OneDNN.execute(dp.primitive, [(Int32(MTL_DNNL_ARG_DIFF_DST), (dp.diffDst ?? wp.diffDst).memory),
-                                      (Int32(MTL_DNNL_ARG_WEIGHTS), (dp.weights ?? dp.forwardWeights).memory),
+        OneDNN.execute(dp.primitive, [(Int32(MTL_DNNL_ARG_DIFF_DST), diffDst), (Int32(MTL_DNNL_ARG_WEIGHTS), dp.weights.memory),
                                       (Int32(MTL_DNNL_ARG_DIFF_SRC), dp.diffSrc.memory)])
         dp.diffSrc.store()
     }
@@ -139,6 +133,8 @@ final class OneDNNConvolution {
         let bias: OneDNN.Argument?
         private(set) var dataPass: DataPass?
         private(set) var weightsPass: WeightsPass?
+        /// Whether oneDNN runs the forward (else the BLAS path does: `OneDNN.beatsBLAS`).
+        var forwardIsFast: Bool { OneDNN.beatsBLAS(forwardImplementation) }
 
         init(_ conv: OneDNNConvolution, _ shape: Shape) {
             self.shape = shape
@@ -158,7 +154,7 @@ final class OneDNNConvolution {
             forwardImplementation = OneDNN.implementation(forwardPD)
             OneDNN.record("fwd", forwardImplementation)
             src = OneDNN.Argument(input: g.userSrc, wanted: OneDNN.queryDesc(forwardPD, dnnl_query_src_md), role: .src)
-            weights = OneDNN.Argument(input: g.userWeights, wanted: OneDNN.queryDesc(forwardPD, dnnl_query_weights_md), role: nil)
+            weights = OneDNN.Argument(input: g.userWeights, wanted: OneDNN.queryDesc(forwardPD, dnnl_query_weights_md), role: .weights)
             bias = conv.hasBias
                 ? OneDNN.Argument(input: g.userBias, wanted: dnnl_primitive_desc_query_md(forwardPD, dnnl_query_weights_md, 1)!.pointee,
                                   role: nil)
@@ -166,19 +162,18 @@ final class OneDNNConvolution {
             dst = OneDNN.Argument(output: g.userDst, produced: OneDNN.queryDesc(forwardPD, dnnl_query_dst_md), role: .dst)
         }
 
-        func makeWeightsPass(_ conv: OneDNNConvolution) -> WeightsPass {
-            if let p = weightsPass { return p }
-            let p = WeightsPass(conv, self)
+        /// The backward-weights pass, nil when the BLAS path is faster for it.
+        func fastWeightsPass(_ conv: OneDNNConvolution) -> WeightsPass? {
+            let p = weightsPass ?? WeightsPass(conv, self)
             weightsPass = p
-            return p
+            return OneDNN.beatsBLAS(p.implementation) ? p : nil
         }
 
-        /// After `makeWeightsPass` (it shares that pass's reordered dy when the layouts agree).
-        func makeDataPass() -> DataPass {
-            if let p = dataPass { return p }
-            let p = DataPass(self, sharedDiffDst: weightsPass!.diffDst)
+        /// The backward-data pass, nil when the BLAS path is faster for it.
+        func fastDataPass(_ conv: OneDNNConvolution) -> DataPass? {
+            let p = dataPass ?? DataPass(self, weightsPassDiffDst: weightsPass?.diffDst.desc)
             dataPass = p
-            return p
+            return OneDNN.beatsBLAS(p.implementation) ? p : nil
         }
 
         deinit {
@@ -230,12 +225,11 @@ final class OneDNNConvolution {
         let pd: dnnl_primitive_desc_t
         let primitive: dnnl_primitive_t
         let implementation: String
-        /// nil: the backward-weights pass's reordered dy / the forward's weights copy is in the
-        /// layout this pass wants and is used as it is.
-        let diffDst, weights: OneDNN.Argument?
-        let forwardWeights, diffSrc: OneDNN.Argument
+        let diffDst, weights, diffSrc: OneDNN.Argument
+        /// dy in the layout of the backward-weights pass is what this pass reads too.
+        let readsWeightsPassDiffDst: Bool
 
-        init(_ plan: Plan, sharedDiffDst: OneDNN.Argument) {
+        init(_ plan: Plan, weightsPassDiffDst: dnnl_memory_desc_t?) {
             var g = plan.geometry
             var desc = dnnl_convolution_desc_t()
             OneDNN.check(dnnl_dilated_convolution_backward_data_desc_init(&desc, dnnl_convolution_direct, &g.src, &g.weights, &g.dst,
@@ -249,11 +243,10 @@ final class OneDNNConvolution {
             implementation = OneDNN.implementation(pd)
             OneDNN.record("bwd_data", implementation)
             let wantedDiffDst = OneDNN.queryDesc(pd, dnnl_query_diff_dst_md)
-            diffDst = OneDNN.equal(wantedDiffDst, sharedDiffDst.desc)
-                ? nil : OneDNN.Argument(input: g.userDst, wanted: wantedDiffDst, role: .diffDstData)
+            readsWeightsPassDiffDst = weightsPassDiffDst.map { OneDNN.equal(wantedDiffDst, $0) } ?? false
+            diffDst = OneDNN.Argument(input: g.userDst, wanted: wantedDiffDst, role: .diffDstData)
             let wantedWeights = OneDNN.queryDesc(pd, dnnl_query_weights_md)
-            forwardWeights = plan.weights
-            weights = OneDNN.equal(wantedWeights, plan.weights.desc) ? nil : OneDNN.Argument(input: g.userWeights, wanted: wantedWeights, role: nil)
+            weights = OneDNN.Argument(input: g.userWeights, wanted: wantedWeights, role: .weights)
             diffSrc = OneDNN.Argument(output: g.userSrc, produced: OneDNN.queryDesc(pd, dnnl_query_diff_src_md), role: .diffSrc)
         }
 

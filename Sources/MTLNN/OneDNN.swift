@@ -188,7 +188,7 @@ public enum OneDNN {
     /// grown to the largest use: keeping a blocked copy per layer would double the memory of the
     /// activations.
     enum Role: Int, CaseIterable {
-        case src, dst, diffDst, diffDstData, diffSrc, diffWeights
+        case src, weights, dst, diffDst, diffDstData, diffSrc, diffWeights
     }
 
     final class Scratch {
@@ -210,8 +210,8 @@ public enum OneDNN {
     /// One tensor argument of a primitive as mtl holds it (`user`: plain layout, mtl's pointer)
     /// and as the primitive wants it (`inner`: the reorder between the two and a buffer, present
     /// only when the layouts differ or the result must be added to mtl's buffer). The inner
-    /// buffer is the shared scratch of `role`, or the argument's own when `role` is nil (the
-    /// weights: the forward's copy is reused by backward-data).
+    /// buffer is the shared scratch of `role`, or the argument's own when `role` is nil (small
+    /// tensors: the bias and its gradient).
     final class Argument {
         let user: Memory
         let inner: Memory?

@@ -229,6 +229,7 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Model: bench (ResNet-18-style + bench heads) | resnet50-deeplab (dilated ResNet-50 + DeepLabV3 heads).") var model = "bench"
     @Option(help: "ASPP channels of the DeepLabV3 heads (resnet50-deeplab; 256 = torchvision).") var headChannels = 256
     @Option(help: "Convolution backend: auto | onednn | blas.") var convBackend = "auto"
+    @Flag(help: "Time every convolution pass (per layer, pass and backend) and print the table.") var profile = false
     @Flag(help: "Print one JSON object.") var json = false
 
     func run() throws {
@@ -236,7 +237,7 @@ struct BenchCommand: ParsableCommand {
             var o = BenchOptions()
             o.width = width; o.batch = batch; o.height = height; o.wide = wide
             o.threads = threads; o.method = method; o.steps = max(5, steps)
-            o.model = model; o.headChannels = headChannels; o.convBackend = convBackend
+            o.model = model; o.headChannels = headChannels; o.convBackend = convBackend; o.profile = profile
             let r = try Bench.run(o)
             if json {
                 print(r.json)
@@ -244,6 +245,7 @@ struct BenchCommand: ParsableCommand {
                 print(r.text)
                 for line in Runtime.report(threadsPerRank: threads) { print("  " + line) }
             }
+            if let table = r.convProfile { print(table) }
         } catch { fail(error) }
     }
 }
