@@ -86,7 +86,8 @@ def main():
     p.add_argument("--mtl-args", default="", help="extra arguments for mtl bench")
     p.add_argument("--mtl-env", default="", help="extra environment for mtl, e.g. 'OPENBLAS_CORETYPE=Haswell'")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"),
-                   help="instead of PyTorch: two sets of mtl bench arguments, ratio A_ms / B_ms")
+                   help="instead of PyTorch: two sets of mtl bench arguments (e.g. '--method ial' '--method ew'), "
+                        "ratio A_ms / B_ms; --method is not added in this mode")
     p.add_argument("--json", help="write every measurement to this file")
     a = p.parse_args()
 
@@ -106,15 +107,16 @@ def main():
         print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for text in a.rows:
         r = parse_row(text)
-        common = flags(r) + ["--steps", str(a.steps), "--method", a.method]
+        base = flags(r) + ["--steps", str(a.steps)]
+        common = base + ["--method", a.method]
         mtl_cmd = [a.mtl, "bench", "--json"] + common + shlex.split(a.mtl_args)
         env_t = dict(base_env, OMP_NUM_THREADS=str(r["threads"]))
         torch_cmd = [sys.executable, a.torch_ref] + common
         if a.compare:
             ta, tb = [], []
             for _ in range(a.pairs):
-                ja, _ = measure([a.mtl, "bench", "--json"] + common + shlex.split(a.compare[0]), mtl_env)
-                jb, _ = measure([a.mtl, "bench", "--json"] + common + shlex.split(a.compare[1]), mtl_env)
+                ja, _ = measure([a.mtl, "bench", "--json"] + base + shlex.split(a.compare[0]), mtl_env)
+                jb, _ = measure([a.mtl, "bench", "--json"] + base + shlex.split(a.compare[1]), mtl_env)
                 ta.append(ja["ms_per_step_median"])
                 tb.append(jb["ms_per_step_median"])
             ratio = statistics.median(x / y for x, y in zip(ta, tb))

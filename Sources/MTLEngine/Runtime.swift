@@ -92,7 +92,7 @@ public enum Runtime {
             "cpu: \(cpu.model) (\(cpu.cores) core(s) online); ISA \(cpu.isaSummary)",
             "blas: \(BLASLibrary.config); core in use \(BLASLibrary.coreName); \(envValue("OPENBLAS_CORETYPE"))",
             "onednn: " + (OneDNN.available
-                ? "\(OneDNN.version), ISA \(OneDNN.isa); \(envValue("OMP_WAIT_POLICY")); conv backend \(Conv2d.backend.rawValue); kernels: \(OneDNN.implementationSummary)"
+                ? "\(OneDNN.version), ISA \(OneDNN.isa); \(envValue("OMP_WAIT_POLICY")); conv backend \(Conv2d.backend.rawValue); kernels: \(OneDNN.implementationCounts.isEmpty ? "(listed after the first step)" : OneDNN.implementationSummary)"
                 : "no CPU engine; conv backend \(Conv2d.backend.rawValue)"),
             "threads per rank: \(threadsPerRank)" + (ranks.map { "; ranks: \($0)" } ?? ""),
             "mpi: \(MPILibrary.version)",
