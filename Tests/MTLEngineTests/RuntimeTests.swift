@@ -75,6 +75,44 @@ final class RuntimeTests: XCTestCase {
         XCTAssertTrue(kept.out.contains("OMP_WAIT_POLICY=active;") && !kept.out.contains("set by mtl"), kept.out)
     }
 
+    /// The instruction sets older cluster CPUs have, emulated with oneDNN's ISA cap (and OpenBLAS's
+    /// Haswell kernel): training on them gives the losses of the BLAS backend, and the report names
+    /// the capped ISA. On this machine's own ISA the other tests cover the default path.
+    func testCappedInstructionSetsGiveTheSameLosses() throws {
+        guard OneDNN.available else { throw XCTSkip("oneDNN has no CPU engine here") }
+        let mtl = try DistributedTrainingTests.mtlBinary()
+        let dir = NSTemporaryDirectory() + "mtl-isa-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let data = dir + "/synth.h5"
+        let s = try DistributedTrainingTests.run([mtl, "synth", "--out", data, "--samples", "8", "--height", "32", "--width", "32", "--seed", "2"])
+        XCTAssertEqual(s.status, 0, s.err)
+        try tinyConfigYAML(data: data, steps: 3).write(toFile: dir + "/c.yaml", atomically: true, encoding: .utf8)
+        func losses(_ name: String, backend: String, env: [String]) throws -> [Double] {
+            let r = try DistributedTrainingTests.run(["MTL_ENV_TUNED="] + env + [mtl, "train", "--config", dir + "/c.yaml", "--run-dir", dir + "/" + name,
+                                                     "--set", "model.conv_backend=\(backend)", "--set", "model.head=bench", "--set", "model.width=8"])
+            XCTAssertEqual(r.status, 0, r.err)
+            let log = try String(contentsOfFile: dir + "/" + name + "/train.log", encoding: .utf8)
+            if let isa = env.first(where: { $0.hasPrefix("ONEDNN_MAX_CPU_ISA=") })?.split(separator: "=").last {
+                XCTAssertTrue(log.contains("ISA \(isa.lowercased())"), "train.log does not name the capped ISA \(isa):\n\(log)")
+            }
+            let text = try String(contentsOfFile: dir + "/" + name + "/metrics.jsonl", encoding: .utf8)
+            return text.split(separator: "\n").compactMap { line -> Double? in
+                guard let o = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], o["kind"] as? String == "train" else { return nil }
+                return ["seg", "depth", "normals"].map { o["loss.\($0)"] as! Double }.reduce(0, +)
+            }
+        }
+        let reference = try losses("blas", backend: "blas", env: [])
+        XCTAssertEqual(reference.count, 3)
+        for isa in ["AVX2", "SSE41"] {
+            let capped = try losses(isa, backend: "onednn", env: ["ONEDNN_MAX_CPU_ISA=\(isa)", "OPENBLAS_CORETYPE=Haswell"])
+            XCTAssertEqual(capped.count, 3)
+            for (step, (a, b)) in zip(reference, capped).enumerated() {
+                XCTAssertEqual(a, b, accuracy: 1e-5 * max(1, abs(a)), "\(isa) step \(step + 1)")
+            }
+        }
+    }
+
     func runWithout(_ unset: [String], _ args: [String]) throws -> DistributedTrainingTests.Result {
         try DistributedTrainingTests.run(unset.flatMap { ["-u", $0] } + args)
     }
