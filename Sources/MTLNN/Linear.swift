@@ -1,6 +1,7 @@
 import MTLCore
 
-/// y = x·Wᵀ + b, weight [out, in] (PyTorch layout), input [N, F] or [N, F, 1, 1]; output [N, out].
+/// y = x·Wᵀ + b, weight [out, in] (PyTorch layout). Input [N, F] or [N, F, 1, 1] → output [N, out];
+/// tokens [B, L, F] → [B, L, out] (one GEMM over all B·L rows).
 public final class Linear: HasParameters {
     public let name: String
     public let inFeatures: Int, outFeatures: Int
@@ -22,12 +23,15 @@ public final class Linear: HasParameters {
         self.bias = bias ? Parameter("\(name).bias", uniformTensor([outFeatures], bound: bound, rng: &rng)) : nil
     }
 
+    /// Rows of the GEMM: N, or B·L for tokens.
+    private func rows(_ x: Tensor) -> Int { x.rank == 3 ? x.shape[0] * x.shape[1] : x.shape[0] }
+
     public func forward(_ x: Tensor) -> Tensor {
-        precondition(x.rank >= 2 && x.count == x.shape[0] * inFeatures,
-                     "\(name): expected input [N, \(inFeatures)] or [N, \(inFeatures), 1, 1], got \(shapeString(x.shape))")
+        precondition(x.rank >= 2 && x.count == rows(x) * inFeatures && (x.rank != 3 || x.shape[2] == inFeatures),
+                     "\(name): expected input [N, \(inFeatures)], [N, \(inFeatures), 1, 1] or tokens [B, L, \(inFeatures)], got \(shapeString(x.shape))")
         input = x
-        let n = x.shape[0]
-        output.resize([n, outFeatures])
+        let n = rows(x)
+        output.resize(x.rank == 3 ? [x.shape[0], x.shape[1], outFeatures] : [n, outFeatures])
         let y = output.data
         if let b = bias?.value.data {
             for i in 0..<n { (y + i * outFeatures).update(from: b, count: outFeatures) }
@@ -40,14 +44,15 @@ public final class Linear: HasParameters {
     /// Accumulates dW += dyᵀ·x, db += Σ dy; returns dx = dy·W in the input's shape.
     public func backward(_ dy: Tensor, computeInputGrad: Bool = true) -> Tensor {
         guard let x = input else { preconditionFailure("\(name): backward before forward") }
-        let n = x.shape[0]
+        let n = rows(x)
         precondition(dy.count == n * outFeatures, "\(name): dy \(shapeString(dy.shape)) does not match the output [\(n), \(outFeatures)]")
         sgemm(transA: true, m: outFeatures, n: inFeatures, k: n, a: dy.data, lda: outFeatures,
               b: x.data, ldb: inFeatures, beta: 1, c: weight.grad.data, ldc: inFeatures)
         if let db = bias?.grad.data {
-            for o in 0..<outFeatures {
+            let g = dy.data, m = outFeatures
+            parallelFor(m) { o in
                 var s = 0.0
-                for i in 0..<n { s += Double(dy.data[i * outFeatures + o]) }
+                for i in 0..<n { s += Double(g[i * m + o]) }
                 db[o] += Float(s)
             }
         }

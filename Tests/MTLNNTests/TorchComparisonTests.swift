@@ -86,7 +86,7 @@ l = F.binary_cross_entropy_with_logits(z[valid], t[valid], pos_weight=torch.tens
 out("bce_l", l.reshape(1)); out("bce_g", z.grad)
 """#
 
-    func python(_ args: [String]) -> (Int32, String) {
+    static func python(_ args: [String]) -> (Int32, String) {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         p.arguments = ["python3"] + args
@@ -140,7 +140,7 @@ out("bce_l", l.reshape(1)); out("bce_g", z.grad)
         try ex.writeManifest()
         let scriptURL = ex.dir.appendingPathComponent("ref.py")
         try TorchComparisonTests.script.write(to: scriptURL, atomically: true, encoding: .utf8)
-        let (status, log) = python([scriptURL.path, ex.dir.path])
+        let (status, log) = Self.python([scriptURL.path, ex.dir.path])
         try XCTSkipIf(status == 77, "torch (or numpy) is not importable by python3 (\(log.trimmingCharacters(in: .whitespacesAndNewlines))): PyTorch comparison skipped")
         XCTAssertEqual(status, 0, "reference script failed:\n\(log)")
         guard status == 0 else { return }

@@ -1,0 +1,153 @@
+import Foundation
+import XCTest
+import MTLCore
+@testable import MTLNN
+
+/// The token-layout layers of the transformer issue: finite differences, and PyTorch in float64.
+final class TransformerLayerTests: XCTestCase {
+    func testLayerNormGradients() {
+        var rng = Philox(seed: 1, stream: 1)
+        let ln = LayerNorm("ln", features: 7)
+        for i in 0..<7 { ln.weight.value[i] = 0.5 + rng.uniform(); ln.bias.value[i] = rng.uniform() - 0.5 }
+        let x = randomTensor([2, 5, 7], &rng, scale: 2)
+        let y = ln.forward(x)
+        // Each row of x̂ has mean 0 and biased variance σ²/(σ² + ε) ≈ 1.
+        let r = randomTensor(y.shape, &rng)
+        ln.zeroGrad()
+        let dx = ln.backward(r).array
+        let f = { functional(ln.forward(x), r) }
+        checkGradient("LayerNorm dx", x: x, analytic: dx, f)
+        checkGradient("LayerNorm dγ", x: ln.weight.value, analytic: ln.weight.grad.array, f)
+        checkGradient("LayerNorm dβ", x: ln.bias.value, analytic: ln.bias.grad.array, f)
+    }
+
+    func testLayerNormIsThreadCountIndependent() {
+        let saved = Threads.count
+        defer { Threads.set(saved) }
+        var rng = Philox(seed: 2, stream: 1)
+        let x = randomTensor([3, 100, 16], &rng), dy = randomTensor([3, 100, 16], &rng)
+        var results: [[Float]] = []
+        for t in [1, 2] {
+            Threads.set(t)
+            let ln = LayerNorm("ln", features: 16)
+            let y = ln.forward(x).array
+            let dx = ln.backward(dy).array
+            results.append(y + dx + ln.weight.grad.array + ln.bias.grad.array)
+        }
+        XCTAssertEqual(results[0], results[1])
+    }
+
+    func testGELUGradients() {
+        var rng = Philox(seed: 3, stream: 1)
+        for form in [GELU.Form.exact, .tanh] {
+            let g = GELU(form)
+            let x = randomTensor([3, 4, 5], &rng, scale: 3)
+            let y = g.forward(x)
+            let r = randomTensor(y.shape, &rng)
+            let dx = g.backward(r).array
+            checkGradient("GELU \(form) dx", x: x, analytic: dx, eps: 1e-3) { functional(g.forward(x), r) }
+        }
+        // Known values of the exact form: GELU(1) = Φ(1) = 0.8413447, GELU(−1) = −0.1586553.
+        let g = GELU()
+        let y = g.forward(Tensor([2], [1, -1])).array
+        XCTAssertEqual(y[0], 0.8413447, accuracy: 1e-6)
+        XCTAssertEqual(y[1], -0.1586553, accuracy: 1e-6)
+    }
+
+    func testSoftmaxGradientsAndLargeScores() {
+        var rng = Philox(seed: 4, stream: 1)
+        let sm = Softmax()
+        let s = randomTensor([4, 9], &rng, scale: 3)
+        let p = sm.forward(s)
+        let r = randomTensor(p.shape, &rng)
+        let ds = sm.backward(r).array
+        checkGradient("softmax ds", x: s, analytic: ds, eps: 1e-3) { functional(sm.forward(s), r) }
+        // Scores of 1e4 do not overflow; rows sum to 1.
+        let big = sm.forward(Tensor([1, 3], [1e4, 1e4 - 1, -1e4])).array
+        XCTAssertEqual(big.reduce(0, +), 1, accuracy: 1e-6)
+        XCTAssertEqual(big[0] / big[1], Float(exp(1.0)), accuracy: 1e-4)
+    }
+
+    func testTokensRoundTripAndLinearOnTokens() {
+        var rng = Philox(seed: 5, stream: 1)
+        let x = randomTensor([2, 5, 3, 7], &rng)   // [B, C, H, W], sizes not multiples of the 32-tile
+        let to = ToTokens(), from = FromTokens(height: 3, width: 7)
+        let tokens = to.forward(x)
+        XCTAssertEqual(tokens.shape, [2, 21, 5])
+        // token (y, x) = 1·7 + 4 of sample 1, channel 3
+        XCTAssertEqual(tokens[(1 * 21 + 11) * 5 + 3], x[((1 * 5 + 3) * 3 + 1) * 7 + 4])
+        XCTAssertEqual(from.forward(tokens).array, x.array)
+        XCTAssertEqual(to.backward(from.backward(x)).array, x.array, "each backward is the other's forward")
+
+        var initRng = Philox(seed: 6, stream: 1)
+        let linear = Linear("fc", inFeatures: 5, outFeatures: 4, rng: &initRng)
+        let y = linear.forward(tokens)
+        XCTAssertEqual(y.shape, [2, 21, 4])
+        let r = randomTensor(y.shape, &rng)
+        linear.zeroGrad()
+        let dx = linear.backward(r).array
+        let f = { functional(linear.forward(tokens), r) }
+        checkGradient("Linear tokens dx", x: tokens, analytic: dx, f)
+        checkGradient("Linear tokens dW", x: linear.weight.value, analytic: linear.weight.grad.array, f)
+        checkGradient("Linear tokens db", x: linear.bias!.value, analytic: linear.bias!.grad.array, f)
+    }
+
+    static let script = #"""
+import sys, os
+try:
+    import numpy as np, torch, torch.nn.functional as F
+except ImportError as e:
+    print(e); sys.exit(77)
+torch.set_num_threads(1)
+d = sys.argv[1]
+T = {}
+for line in open(os.path.join(d, "shapes.txt")):
+    parts = line.split()
+    if parts: T[parts[0]] = torch.from_numpy(np.fromfile(os.path.join(d, parts[0] + ".bin"), dtype="<f4").reshape([int(s) for s in parts[1:]])).double()
+def out(name, t): t.detach().double().numpy().astype("<f4").tofile(os.path.join(d, name + ".out"))
+def leaf(name): return T[name].clone().requires_grad_(True)
+x, g, b = leaf("ln_x"), leaf("ln_g"), leaf("ln_b")
+y = F.layer_norm(x, (x.shape[-1],), g, b, eps=1e-5); y.backward(T["ln_dy"])
+out("ln_y", y); out("ln_dx", x.grad); out("ln_dg", g.grad); out("ln_db", b.grad)
+for form in ("none", "tanh"):
+    x = leaf("gelu_x"); y = F.gelu(x, approximate=form); y.backward(T["gelu_dy"])
+    out("gelu_%s_y" % form, y); out("gelu_%s_dx" % form, x.grad)
+s = leaf("sm_s"); p = torch.softmax(s, -1); p.backward(T["sm_dy"]); out("sm_p", p); out("sm_ds", s.grad)
+"""#
+
+    func testAgainstPyTorch() throws {
+        let ex = try TorchComparisonTests.Exchange()
+        defer { try? FileManager.default.removeItem(at: ex.dir) }
+        var rng = Philox(seed: 9, stream: 1)
+        let ln = LayerNorm("ln", features: 24)
+        for i in 0..<24 { ln.weight.value[i] = 0.5 + rng.uniform(); ln.bias.value[i] = rng.uniform() - 0.5 }
+        let lnX = randomTensor([2, 13, 24], &rng, scale: 3), lnDy = randomTensor([2, 13, 24], &rng)
+        for i in 0..<lnX.count { lnX.data[i] += 2 }   // a mean far from 0
+        try ex.put("ln_x", lnX); try ex.put("ln_g", ln.weight.value); try ex.put("ln_b", ln.bias.value); try ex.put("ln_dy", lnDy)
+        let geluX = randomTensor([3, 50], &rng, scale: 4), geluDy = randomTensor([3, 50], &rng)
+        try ex.put("gelu_x", geluX); try ex.put("gelu_dy", geluDy)
+        let smS = randomTensor([6, 49], &rng, scale: 5), smDy = randomTensor([6, 49], &rng)
+        try ex.put("sm_s", smS); try ex.put("sm_dy", smDy)
+        try ex.writeManifest()
+        let scriptURL = ex.dir.appendingPathComponent("ref.py")
+        try Self.script.write(to: scriptURL, atomically: true, encoding: .utf8)
+        let (status, log) = TorchComparisonTests.python([scriptURL.path, ex.dir.path])
+        try XCTSkipIf(status == 77, "torch (or numpy) is not importable by python3 (\(log.trimmingCharacters(in: .whitespacesAndNewlines))): PyTorch comparison skipped")
+        XCTAssertEqual(status, 0, "reference script failed:\n\(log)")
+        guard status == 0 else { return }
+
+        assertClose(ln.forward(lnX).array, try ex.get("ln_y"), tol: 1e-5, "LayerNorm y")
+        ln.zeroGrad()
+        assertClose(ln.backward(lnDy).array, try ex.get("ln_dx"), tol: 1e-5, "LayerNorm dx")
+        assertClose(ln.weight.grad.array, try ex.get("ln_dg"), tol: 1e-5, "LayerNorm dγ")
+        assertClose(ln.bias.grad.array, try ex.get("ln_db"), tol: 1e-5, "LayerNorm dβ")
+        for (form, tag) in [(GELU.Form.exact, "none"), (.tanh, "tanh")] {
+            let g = GELU(form)
+            assertClose(g.forward(geluX).array, try ex.get("gelu_\(tag)_y"), tol: 1e-6, "GELU \(tag) y")
+            assertClose(g.backward(geluDy).array, try ex.get("gelu_\(tag)_dx"), tol: 1e-6, "GELU \(tag) dx")
+        }
+        let sm = Softmax()
+        assertClose(sm.forward(smS).array, try ex.get("sm_p"), tol: 1e-6, "softmax p")
+        assertClose(sm.backward(smDy).array, try ex.get("sm_ds"), tol: 1e-6, "softmax ds")
+    }
+}
