@@ -42,6 +42,17 @@ public func sgemm(transA: Bool = false, transB: Bool = false, m: Int, n: Int, k:
     }
 }
 
+/// One BLAS call on the calling thread, never split into slabs: for the small GEMMs that run
+/// inside a parallel loop (attention per window and head), whose results must not depend on the
+/// thread count.
+@inline(__always)
+public func sgemmOnThisThread(transA: Bool = false, transB: Bool = false, m: Int, n: Int, k: Int,
+                              alpha: Float = 1, a: UnsafePointer<Float>, lda: Int,
+                              b: UnsafePointer<Float>, ldb: Int,
+                              beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int) {
+    sgemmCall(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+}
+
 @inline(__always)
 private func sgemmCall(_ transA: Bool, _ transB: Bool, _ m: Int, _ n: Int, _ k: Int, _ alpha: Float,
                        _ a: UnsafePointer<Float>, _ lda: Int, _ b: UnsafePointer<Float>, _ ldb: Int,

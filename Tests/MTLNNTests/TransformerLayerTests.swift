@@ -151,3 +151,104 @@ s = leaf("sm_s"); p = torch.softmax(s, -1); p.backward(T["sm_dy"]); out("sm_p", 
         assertClose(sm.backward(smDy).array, try ex.get("sm_ds"), tol: 1e-6, "softmax ds")
     }
 }
+
+/// Window attention against finite differences and timm's WindowAttention (float64).
+final class WindowAttentionTests: XCTestCase {
+    /// A −100/0 mask with a different pattern per window (as the shifted windows have).
+    func makeMask(windows: Int, tokens n: Int) -> Tensor {
+        let m = Tensor([windows, n, n])
+        for w in 0..<windows { for i in 0..<n { for j in 0..<n where (i * 7 + j * 3 + w) % 5 == 0 && i != j { m[(w * n + i) * n + j] = -100 } } }
+        return m
+    }
+
+    func testGradients() {
+        var rng = Philox(seed: 11, stream: 1)
+        var initRng = Philox(seed: 12, stream: 1)
+        let attn = WindowAttention("attn", dim: 8, heads: 2, window: 3, rng: &initRng)
+        // A larger bias table than the init's, so that its gradient check is not lost in rounding.
+        for i in 0..<attn.biasTable.value.count { attn.biasTable.value[i] = rng.uniform() - 0.5 }
+        let x = randomTensor([4, 9, 8], &rng)   // 2 images × 2 windows
+        let mask = makeMask(windows: 2, tokens: 9)
+        let y = attn.forward(x, mask: mask)
+        let r = randomTensor(y.shape, &rng)
+        attn.zeroGrad()
+        let dx = attn.backward(r).array
+        let f = { functional(attn.forward(x, mask: mask), r) }
+        checkGradient("attention dx", x: x, analytic: dx, eps: 1e-2, f)
+        checkGradient("attention dW_qkv", x: attn.qkv.weight.value, analytic: attn.qkv.weight.grad.array, f)
+        checkGradient("attention db_qkv", x: attn.qkv.bias!.value, analytic: attn.qkv.bias!.grad.array, f)
+        checkGradient("attention dW_proj", x: attn.proj.weight.value, analytic: attn.proj.weight.grad.array, f)
+        checkGradient("attention bias table", x: attn.biasTable.value, analytic: attn.biasTable.grad.array, f)
+    }
+
+    func testThreadCountIndependent() {
+        let saved = Threads.count
+        defer { Threads.set(saved) }
+        var results: [[Float]] = []
+        for t in [1, 2] {
+            Threads.set(t)
+            var rng = Philox(seed: 13, stream: 1), initRng = Philox(seed: 14, stream: 1)
+            let attn = WindowAttention("attn", dim: 16, heads: 4, window: 7, rng: &initRng)
+            let x = randomTensor([6, 49, 16], &rng), dy = randomTensor([6, 49, 16], &rng)
+            let y = attn.forward(x, mask: makeMask(windows: 3, tokens: 49)).array
+            let dx = attn.backward(dy).array
+            results.append(y + dx + attn.parameters.flatMap { $0.grad.array })
+        }
+        XCTAssertEqual(results[0], results[1])
+    }
+
+    static let script = #"""
+import sys, os
+try:
+    import numpy as np, torch
+    from timm.models.swin_transformer import WindowAttention
+except ImportError as e:
+    print(e); sys.exit(77)
+torch.set_num_threads(1)
+d = sys.argv[1]
+T = {}
+for line in open(os.path.join(d, "shapes.txt")):
+    parts = line.split()
+    if parts: T[parts[0]] = torch.from_numpy(np.fromfile(os.path.join(d, parts[0] + ".bin"), dtype="<f4").reshape([int(s) for s in parts[1:]])).double()
+def out(name, t): t.detach().double().numpy().astype("<f4").tofile(os.path.join(d, name + ".out"))
+m = WindowAttention(16, num_heads=4, window_size=7).double()
+m.fused_attn = False
+sd = m.state_dict()
+for k in ("qkv.weight", "qkv.bias", "proj.weight", "proj.bias", "relative_position_bias_table"):
+    sd[k] = T[k].reshape(sd[k].shape)
+m.load_state_dict(sd)
+x = T["x"].clone().requires_grad_(True)
+y = m(x, mask=T["mask"])
+y.backward(T["dy"])
+out("y", y); out("dx", x.grad)
+for k, p in m.named_parameters(): out("g." + k, p.grad)
+"""#
+
+    func testAgainstTimm() throws {
+        let ex = try TorchComparisonTests.Exchange()
+        defer { try? FileManager.default.removeItem(at: ex.dir) }
+        var rng = Philox(seed: 15, stream: 1), initRng = Philox(seed: 16, stream: 1)
+        let attn = WindowAttention("attn", dim: 16, heads: 4, window: 7, rng: &initRng)
+        for i in 0..<attn.biasTable.value.count { attn.biasTable.value[i] = rng.uniform() - 0.5 }
+        let x = randomTensor([6, 49, 16], &rng), dy = randomTensor([6, 49, 16], &rng)
+        let mask = makeMask(windows: 3, tokens: 49)
+        try ex.put("x", x); try ex.put("dy", dy); try ex.put("mask", mask)
+        try ex.put("qkv.weight", attn.qkv.weight.value); try ex.put("qkv.bias", attn.qkv.bias!.value)
+        try ex.put("proj.weight", attn.proj.weight.value); try ex.put("proj.bias", attn.proj.bias!.value)
+        try ex.put("relative_position_bias_table", attn.biasTable.value)
+        try ex.writeManifest()
+        let scriptURL = ex.dir.appendingPathComponent("ref.py")
+        try Self.script.write(to: scriptURL, atomically: true, encoding: .utf8)
+        let (status, log) = TorchComparisonTests.python([scriptURL.path, ex.dir.path])
+        try XCTSkipIf(status == 77, "torch/timm not importable by python3 (\(log.trimmingCharacters(in: .whitespacesAndNewlines))): timm comparison skipped")
+        XCTAssertEqual(status, 0, "reference script failed:\n\(log)")
+        guard status == 0 else { return }
+        attn.zeroGrad()
+        assertClose(attn.forward(x, mask: mask).array, try ex.get("y"), tol: 1e-5, "attention y")
+        assertClose(attn.backward(dy).array, try ex.get("dx"), tol: 1e-5, "attention dx")
+        for (name, p) in [("qkv.weight", attn.qkv.weight), ("qkv.bias", attn.qkv.bias!), ("proj.weight", attn.proj.weight),
+                          ("proj.bias", attn.proj.bias!), ("relative_position_bias_table", attn.biasTable)] {
+            assertClose(p.grad.array, try ex.get("g." + name), tol: 1e-4, "attention d\(name)")
+        }
+    }
+}

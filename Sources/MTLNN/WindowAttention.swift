@@ -1,0 +1,142 @@
+import Foundation
+import MTLCore
+
+/// Multi-head self-attention inside windows of N = ws² tokens with Swin's relative-position bias
+/// (timm's / the official `WindowAttention`; parameter names `qkv`, `proj`,
+/// `relative_position_bias_table`). Input [B·nW, N, C]: the windows of B images, window index
+/// fastest, as the window partition makes them. Head j uses channels [j·d, (j+1)·d), d = C/heads.
+///
+/// Forward, per window w and head h (α = d^−½, B_h[i, j] = T[idx(i, j), h], M the optional mask
+/// of window w mod nW, 0 or −100):
+///     [Q K V] = x W_qkvᵀ + b_qkv,   S = α Q Kᵀ + B_h + M,   P = softmax_rows(S),   O = P V,   y = [O_1 … O_H] W_projᵀ + b_proj
+/// Backward: dV = Pᵀ dO,  dP = dO Vᵀ,  dS = P ⊙ (dP − rowsum(dP ⊙ P)),  dQ = α dS K,  dK = α dSᵀ Q,
+///     dT[idx(i, j), h] += Σ_w dS[w, h, i, j] (summed over windows in order: thread-count independent).
+public final class WindowAttention: HasParameters {
+    public let name: String
+    public let dim: Int, heads: Int, window: Int
+    public let qkv: Linear
+    public let proj: Linear
+    public let biasTable: Parameter
+    public var parameters: [Parameter] { qkv.parameters + [biasTable] + proj.parameters }
+    /// idx(i, j) for token pairs of a window: (Δy + ws − 1)·(2ws − 1) + (Δx + ws − 1).
+    public let relativeIndex: [Int32]
+    var tokens: Int { window * window }
+    var headDim: Int { dim / heads }
+
+    private var windows = 0
+    /// P of the last forward, [B·nW, heads, N, N] (the backward needs it), and then dP / dS.
+    private let probabilities = Tensor([0])
+    private let probabilityGrad = Tensor([0])
+    private let attended = Tensor([0])       // [B·nW, N, C]: heads concatenated, before proj
+    private let qkvGrad = Tensor([0])        // [B·nW, N, 3C]
+    private let tableGrad = Tensor([0])      // [heads, N, N]: dS summed over the windows
+    private var qkvOut: Tensor?
+    private var mask: Tensor?
+    private var masksPerImage = 1
+
+    public init(_ name: String, dim: Int, heads: Int, window: Int, qkvBias: Bool = true, rng: inout Philox) {
+        precondition(dim % heads == 0, "\(name): dim \(dim) is not a multiple of heads \(heads)")
+        self.name = name
+        self.dim = dim
+        self.heads = heads
+        self.window = window
+        qkv = Linear("\(name).qkv", inFeatures: dim, outFeatures: 3 * dim, bias: qkvBias, rng: &rng)
+        proj = Linear("\(name).proj", inFeatures: dim, outFeatures: dim, rng: &rng)
+        // timm: trunc_normal_(std=0.02); drawn here as a normal with std 0.02 clipped to ±2σ.
+        let side = 2 * window - 1
+        let table = Tensor([side * side, heads])
+        for i in 0..<table.count { table[i] = max(-0.04, min(0.04, 0.02 * rng.normal())) }
+        biasTable = Parameter("\(name).relative_position_bias_table", table)
+        var index: [Int32] = []
+        for i in 0..<(window * window) {
+            for j in 0..<(window * window) {
+                let dy = i / window - j / window + window - 1, dx = i % window - j % window + window - 1
+                index.append(Int32(dy * side + dx))
+            }
+        }
+        relativeIndex = index
+    }
+
+    /// x: [B·nW, N, C]; `mask`: nil or [nW, N, N] (added to the scores of window w at w mod nW).
+    public func forward(_ x: Tensor, mask: Tensor? = nil) -> Tensor {
+        let n = tokens, c = dim, h = heads, d = headDim
+        precondition(x.rank == 3 && x.shape[1] == n && x.shape[2] == c,
+                     "\(name): expected windows [B·nW, \(n), \(c)], got \(shapeString(x.shape))")
+        if let mask {
+            precondition(mask.rank == 3 && mask.shape[1] == n && mask.shape[2] == n && x.shape[0] % mask.shape[0] == 0,
+                         "\(name): mask \(shapeString(mask.shape)) does not fit \(x.shape[0]) windows of \(n) tokens")
+        }
+        windows = x.shape[0]
+        self.mask = mask
+        masksPerImage = mask?.shape[0] ?? 1
+        let q3 = qkv.forward(x)
+        qkvOut = q3
+        probabilities.resize([windows, h, n, n])
+        attended.resize([windows, n, c])
+        let scale = 1 / Float(d).squareRoot()
+        let qp = q3.data, pp = probabilities.data, op = attended.data
+        let table = biasTable.value.data, maskData = mask?.data, nW = masksPerImage
+        relativeIndex.withUnsafeBufferPointer { idx in
+            parallelFor(windows * h) { q in
+                let w = q / h, head = q % h
+                let base = qp + w * n * 3 * c
+                let qh = base + head * d, kh = base + c + head * d, vh = base + 2 * c + head * d
+                let s = pp + q * n * n
+                // S = α Q Kᵀ  (rows of Q and K are 3C apart)
+                sgemmOnThisThread(transB: true, m: n, n: n, k: d, alpha: scale, a: qh, lda: 3 * c, b: kh, ldb: 3 * c, c: s, ldc: n)
+                let m = maskData.map { $0 + (w % nW) * n * n }
+                for i in 0..<n {
+                    let row = s + i * n
+                    for j in 0..<n {
+                        row[j] += table[Int(idx[i * n + j]) * h + head] + (m?[i * n + j] ?? 0)
+                    }
+                    Softmax.forwardRow(row, row, n)
+                }
+                // O = P V, into columns [head·d, (head+1)·d) of the window's rows
+                sgemmOnThisThread(m: n, n: d, k: n, a: s, lda: n, b: vh, ldb: 3 * c, c: op + w * n * c + head * d, ldc: c)
+            }
+        }
+        return proj.forward(attended)
+    }
+
+    /// Accumulates the gradients of qkv, proj and the bias table; returns dx [B·nW, N, C].
+    public func backward(_ dy: Tensor) -> Tensor {
+        guard let q3 = qkvOut else { preconditionFailure("\(name): backward before forward") }
+        let n = tokens, c = dim, h = heads, d = headDim
+        let dO = proj.backward(dy)
+        qkvGrad.resize([windows, n, 3 * c])
+        probabilityGrad.resize([windows, h, n, n])
+        let scale = 1 / Float(d).squareRoot()
+        let qp = q3.data, pp = probabilities.data, gp = probabilityGrad.data, dop = dO.data, dq = qkvGrad.data
+        parallelFor(windows * h) { q in
+            let w = q / h, head = q % h
+            let base = qp + w * n * 3 * c, gbase = dq + w * n * 3 * c
+            let qh = base + head * d, kh = base + c + head * d, vh = base + 2 * c + head * d
+            let p = pp + q * n * n, ds = gp + q * n * n
+            let dOh = dop + w * n * c + head * d
+            // dV = Pᵀ dO;  dP = dO Vᵀ
+            sgemmOnThisThread(transA: true, m: n, n: d, k: n, a: p, lda: n, b: dOh, ldb: c, c: gbase + 2 * c + head * d, ldc: 3 * c)
+            sgemmOnThisThread(transB: true, m: n, n: n, k: d, a: dOh, lda: c, b: vh, ldb: 3 * c, c: ds, ldc: n)
+            for i in 0..<n { Softmax.backwardRow(p + i * n, ds + i * n, ds + i * n, n) }
+            // dQ = α dS K;  dK = α dSᵀ Q
+            sgemmOnThisThread(m: n, n: d, k: n, alpha: scale, a: ds, lda: n, b: kh, ldb: 3 * c, c: gbase + head * d, ldc: 3 * c)
+            sgemmOnThisThread(transA: true, m: n, n: d, k: n, alpha: scale, a: ds, lda: n, b: qh, ldb: 3 * c, c: gbase + c + head * d, ldc: 3 * c)
+        }
+        // dT[idx(i, j), head] += Σ_w dS[w, head, i, j]: each (head, i) row sums the windows in order.
+        let dT = biasTable.grad.data, nn = n * n, count = windows
+        tableGrad.resize([h, n, n])
+        let rs = tableGrad.data
+        parallelFor(h * n) { q in
+            let head = q / n, i = q % n
+            for j in 0..<n {
+                var s = 0.0
+                for w in 0..<count { s += Double(gp[(w * h + head) * nn + i * n + j]) }
+                rs[(head * n + i) * n + j] = Float(s)
+            }
+        }
+        for head in 0..<h {
+            for k in 0..<nn { dT[Int(relativeIndex[k]) * h + head] += rs[head * nn + k] }
+        }
+        return qkv.backward(qkvGrad)
+    }
+}
