@@ -252,3 +252,135 @@ for k, p in m.named_parameters(): out("g." + k, p.grad)
         }
     }
 }
+
+/// Windows with padding and cyclic shift, and the whole Swin block.
+final class SwinBlockTests: XCTestCase {
+    func testPartitionIsAPermutationAndReverseUndoesIt() {
+        var rng = Philox(seed: 21, stream: 1)
+        for order in [WindowPartition.Order.padThenRoll, .rollThenPad] {
+            let wp = WindowPartition(window: 3, shift: 1, order: order)
+            wp.prepare(height: 4, width: 5)
+            XCTAssertEqual(wp.windowsPerImage, 4)   // padded to 6×6
+            let x = randomTensor([2, 20, 3], &rng)
+            let windows = wp.partition(x)
+            XCTAssertEqual(windows.shape, [8, 9, 3])
+            // 2 images × 36 slots, 16 of them padding (zeros) per image; every token exactly once.
+            let zeros = (0..<(8 * 9)).filter { r in (0..<3).allSatisfy { windows[r * 3 + $0] == 0 } }.count
+            XCTAssertEqual(zeros, 2 * 16, "\(order)")
+            XCTAssertEqual(wp.reverse(windows).array, x.array, "\(order): reverse ∘ partition = identity")
+            XCTAssertEqual(wp.partitionBackward(wp.reverseBackward(x)).array, x.array, "\(order): the backwards")
+        }
+        // pad-then-roll: slot 0 of window 0 holds the token at (1, 1) (the padded map rolled by −1).
+        let wp = WindowPartition(window: 3, shift: 1, order: .padThenRoll)
+        wp.prepare(height: 4, width: 5)
+        let x = Tensor([1, 20, 1], (0..<20).map(Float.init))
+        XCTAssertEqual(wp.partition(x)[0], 6)   // 1·5 + 1
+        let m = wp.mask()!
+        XCTAssertEqual(m.shape, [4, 9, 9])
+        XCTAssertEqual(m[0], 0)                 // window 0 lies in one region
+        XCTAssertTrue((0..<81).contains { m[3 * 81 + $0] == -100 }, "the last window mixes regions")
+    }
+
+    func testGradients() {
+        for order in [WindowPartition.Order.padThenRoll, .rollThenPad] {
+            var rng = Philox(seed: 22, stream: 1), initRng = Philox(seed: 23, stream: 1)
+            let block = SwinBlock("b", dim: 8, heads: 2, window: 3, shift: 1, mlpRatio: 2, order: order, rng: &initRng)
+            let x = randomTensor([2, 20, 8], &rng)
+            let y = block.forward(x, height: 4, width: 5)
+            let r = randomTensor(y.shape, &rng)
+            block.zeroGrad()
+            let dx = block.backward(r).array
+            let f = { functional(block.forward(x, height: 4, width: 5), r) }
+            checkGradient("Swin block dx \(order)", x: x, analytic: dx, f)
+            checkGradient("Swin block dW_qkv \(order)", x: block.attn.qkv.weight.value, analytic: block.attn.qkv.weight.grad.array, f)
+            checkGradient("Swin block dγ₁ \(order)", x: block.norm1.weight.value, analytic: block.norm1.weight.grad.array, f)
+            checkGradient("Swin block dW_fc1 \(order)", x: block.fc1.weight.value, analytic: block.fc1.weight.grad.array, f)
+        }
+    }
+
+    static let script = #"""
+import sys, os
+try:
+    import numpy as np, torch, torch.nn.functional as F
+    from timm.models.swin_transformer import SwinTransformerBlock, window_partition, window_reverse
+except ImportError as e:
+    print(e); sys.exit(77)
+torch.set_num_threads(1)
+d = sys.argv[1]
+T = {}
+for line in open(os.path.join(d, "shapes.txt")):
+    parts = line.split()
+    if parts: T[parts[0]] = torch.from_numpy(np.fromfile(os.path.join(d, parts[0] + ".bin"), dtype="<f4").reshape([int(s) for s in parts[1:]])).double()
+def out(name, t): t.detach().double().numpy().astype("<f4").tofile(os.path.join(d, name + ".out"))
+H, W, C, ws, s = 10, 13, 32, 7, 3
+blk = SwinTransformerBlock(C, (H, W), num_heads=4, window_size=ws, shift_size=s, always_partition=True, dynamic_mask=True).double()
+blk.attn.fused_attn = False
+sd = blk.state_dict()
+for k in list(sd.keys()):
+    if k in T: sd[k] = T[k].reshape(sd[k].shape)
+blk.load_state_dict(sd)
+# timm's order: roll the H×W map, then pad.
+x = T["x"].clone().requires_grad_(True)
+y = blk(x.view(2, H, W, C)).reshape(2, H * W, C)
+y.backward(T["dy"])
+out("timm_y", y); out("timm_dx", x.grad)
+for k, p in blk.named_parameters(): out("timm_g." + k, p.grad); p.grad = None
+# Dense-prediction order (official Swin for segmentation), from the equations: pad, roll, windows, mask
+# on the padded map, attention, reverse, roll back, crop.
+def attn_pad_roll(z):
+    B = z.shape[0]
+    z = z.view(B, H, W, C)
+    Hp, Wp = -(-H // ws) * ws, -(-W // ws) * ws
+    z = F.pad(z, (0, 0, 0, Wp - W, 0, Hp - H))
+    z = torch.roll(z, (-s, -s), (1, 2))
+    img = torch.zeros(1, Hp, Wp, 1, dtype=z.dtype); cnt = 0
+    for hs in (slice(0, -ws), slice(-ws, -s), slice(-s, None)):
+        for wsl in (slice(0, -ws), slice(-ws, -s), slice(-s, None)):
+            img[:, hs, wsl, :] = cnt; cnt += 1
+    mw = window_partition(img, (ws, ws)).view(-1, ws * ws)
+    mask = (mw.unsqueeze(1) - mw.unsqueeze(2)).ne(0).double() * -100.0
+    a = blk.attn(window_partition(z, (ws, ws)).view(-1, ws * ws, C), mask=mask)
+    z = window_reverse(a.view(-1, ws, ws, C), (ws, ws), Hp, Wp)
+    z = torch.roll(z, (s, s), (1, 2))[:, :H, :W, :]
+    return z.reshape(B, H * W, C)
+x2 = T["x"].clone().requires_grad_(True)
+z = x2 + attn_pad_roll(blk.norm1(x2))
+y2 = z + blk.mlp(blk.norm2(z))
+y2.backward(T["dy"])
+out("dense_y", y2); out("dense_dx", x2.grad)
+for k, p in blk.named_parameters(): out("dense_g." + k, p.grad)
+"""#
+
+    func testAgainstTimmAndTheDenseOrder() throws {
+        let ex = try TorchComparisonTests.Exchange()
+        defer { try? FileManager.default.removeItem(at: ex.dir) }
+        var rng = Philox(seed: 24, stream: 1)
+        var blocks: [SwinBlock] = []
+        for order in [WindowPartition.Order.rollThenPad, .padThenRoll] {
+            var initRng = Philox(seed: 25, stream: 1)
+            blocks.append(SwinBlock("b", dim: 32, heads: 4, window: 7, shift: 3, order: order, rng: &initRng))
+        }
+        let ref = blocks[0]
+        for i in 0..<ref.attn.biasTable.value.count { ref.attn.biasTable.value[i] = rng.uniform() - 0.5 }
+        for p in ref.norm1.parameters + ref.norm2.parameters { for i in 0..<p.value.count { p.value[i] = 0.5 + rng.uniform() } }
+        for (p, q) in zip(blocks[0].parameters, blocks[1].parameters) { q.value.data.update(from: p.value.data, count: p.value.count) }
+        let x = randomTensor([2, 130, 32], &rng), dy = randomTensor([2, 130, 32], &rng)
+        try ex.put("x", x); try ex.put("dy", dy)
+        for p in ref.parameters { try ex.put(String(p.name.dropFirst(2)), p.value) }   // "b.attn.qkv.weight" → "attn.qkv.weight"
+        try ex.writeManifest()
+        let scriptURL = ex.dir.appendingPathComponent("ref.py")
+        try Self.script.write(to: scriptURL, atomically: true, encoding: .utf8)
+        let (status, log) = TorchComparisonTests.python([scriptURL.path, ex.dir.path])
+        try XCTSkipIf(status == 77, "torch/timm not importable by python3 (\(log.trimmingCharacters(in: .whitespacesAndNewlines))): timm comparison skipped")
+        XCTAssertEqual(status, 0, "reference script failed:\n\(log)")
+        guard status == 0 else { return }
+        for (block, tag) in zip(blocks, ["timm", "dense"]) {
+            block.zeroGrad()
+            assertClose(block.forward(x, height: 10, width: 13).array, try ex.get("\(tag)_y"), tol: 1e-5, "\(tag) y")
+            assertClose(block.backward(dy).array, try ex.get("\(tag)_dx"), tol: 1e-4, "\(tag) dx")
+            for p in block.parameters {
+                assertClose(p.grad.array, try ex.get("\(tag)_g." + p.name.dropFirst(2)), tol: 1e-4, "\(tag) d\(p.name)")
+            }
+        }
+    }
+}

@@ -1,0 +1,189 @@
+import MTLCore
+
+/// Tokens [B, H·W, C] ↔ Swin's (shifted) windows [B·nW, ws², C]: pad the map to multiples of the
+/// window with zeros at the bottom and right, roll it by −shift, cut it into windows (window
+/// n = (p / ws)·(Wp / ws) + q / ws, slot (p mod ws)·ws + q mod ws, windows of each image together).
+/// Two orders of padding and rolling exist in the code users import from: the dense-prediction
+/// one (official Swin for segmentation, mmseg: pad, then roll over the padded map) and timm's
+/// (roll the H×W map, then pad). Both are one permutation of token slots, computed once per map
+/// size: partition and reverse copy rows through it, and each backward is the other's forward.
+public final class WindowPartition {
+    public enum Order: String, Sendable { case padThenRoll = "pad-roll", rollThenPad = "roll-pad" }
+    public let window: Int, shift: Int, order: Order
+    private(set) var height = 0, width = 0
+    private(set) var paddedHeight = 0, paddedWidth = 0
+    /// For each slot of the windows of one image: the token it holds, −1 for padding.
+    private var tokenOfSlot: [Int32] = []
+    /// For each token of one image: its slot.
+    private var slotOfToken: [Int32] = []
+    private let windowsOut = Tensor([0]), tokensOut = Tensor([0])
+    private let windowsGrad = Tensor([0]), tokensGrad = Tensor([0])
+
+    public init(window: Int, shift: Int, order: Order = .padThenRoll) {
+        precondition(window > 0 && shift >= 0 && shift < window, "window \(window), shift \(shift): need 0 ≤ shift < window")
+        self.window = window
+        self.shift = shift
+        self.order = order
+    }
+
+    public var windowsPerImage: Int { (paddedHeight / window) * (paddedWidth / window) }
+
+    /// Prepares the permutation for an H×W map (no work when the size is unchanged).
+    public func prepare(height h: Int, width w: Int) {
+        if h == height && w == width { return }
+        height = h
+        width = w
+        let ws = window, s = shift
+        let hp = (h + ws - 1) / ws * ws, wp = (w + ws - 1) / ws * ws
+        paddedHeight = hp
+        paddedWidth = wp
+        tokenOfSlot = [Int32](repeating: -1, count: hp * wp)
+        slotOfToken = [Int32](repeating: -1, count: h * w)
+        for p in 0..<hp {
+            for q in 0..<wp {
+                // The map position whose token lands at shifted position (p, q).
+                let y: Int, x: Int
+                switch order {
+                case .padThenRoll: (y, x) = ((p + s) % hp, (q + s) % wp)
+                case .rollThenPad:
+                    guard p < h && q < w else { continue }
+                    (y, x) = ((p + s) % h, (q + s) % w)
+                }
+                guard y < h && x < w else { continue }
+                let slot = ((p / ws) * (wp / ws) + q / ws) * ws * ws + (p % ws) * ws + q % ws
+                tokenOfSlot[slot] = Int32(y * w + x)
+                slotOfToken[y * w + x] = Int32(slot)
+            }
+        }
+    }
+
+    /// tokens [B, H·W, C] → windows [B·nW, ws², C].
+    public func partition(_ x: Tensor) -> Tensor {
+        let (b, c) = checkTokens(x)
+        let slots = paddedHeight * paddedWidth
+        windowsOut.resize([b * windowsPerImage, window * window, c])
+        gather(x.data, into: windowsOut.data, map: tokenOfSlot, batches: b, rowsOut: slots, rowsIn: height * width, c: c)
+        return windowsOut
+    }
+
+    /// d(windows) → d(tokens): each token's row from its slot (padding slots are dropped).
+    public func partitionBackward(_ dWindows: Tensor) -> Tensor {
+        let c = dWindows.shape[2], b = dWindows.shape[0] / windowsPerImage
+        tokensGrad.resize([b, height * width, c])
+        gather(dWindows.data, into: tokensGrad.data, map: slotOfToken, batches: b, rowsOut: height * width,
+               rowsIn: paddedHeight * paddedWidth, c: c)
+        return tokensGrad
+    }
+
+    /// windows [B·nW, ws², C] → tokens [B, H·W, C] (roll back, crop).
+    public func reverse(_ windows: Tensor) -> Tensor {
+        let c = windows.shape[2], b = windows.shape[0] / windowsPerImage
+        tokensOut.resize([b, height * width, c])
+        gather(windows.data, into: tokensOut.data, map: slotOfToken, batches: b, rowsOut: height * width,
+               rowsIn: paddedHeight * paddedWidth, c: c)
+        return tokensOut
+    }
+
+    /// d(tokens) → d(windows), zero in the padding slots.
+    public func reverseBackward(_ dy: Tensor) -> Tensor {
+        let (b, c) = checkTokens(dy)
+        windowsGrad.resize([b * windowsPerImage, window * window, c])
+        gather(dy.data, into: windowsGrad.data, map: tokenOfSlot, batches: b, rowsOut: paddedHeight * paddedWidth,
+               rowsIn: height * width, c: c)
+        return windowsGrad
+    }
+
+    /// The shifted-window mask [nW, ws², ws²]: 0 where two slots come from the same region of the
+    /// rolled map (its last `window` and `shift` rows and columns cut it into 3×3 regions), −100
+    /// elsewhere; nil without a shift.
+    public func mask() -> Tensor? {
+        guard shift > 0 else { return nil }
+        let ws = window, s = shift, hp = paddedHeight, wp = paddedWidth, n = ws * ws, nW = windowsPerImage
+        func band(_ v: Int, _ size: Int) -> Int { v < size - ws ? 0 : v < size - s ? 1 : 2 }
+        var region = [Int](repeating: 0, count: hp * wp)
+        for p in 0..<hp { for q in 0..<wp {
+            let slot = ((p / ws) * (wp / ws) + q / ws) * n + (p % ws) * ws + q % ws
+            region[slot] = band(p, hp) * 3 + band(q, wp)
+        } }
+        let m = Tensor([nW, n, n])
+        for w in 0..<nW { for i in 0..<n { for j in 0..<n where region[w * n + i] != region[w * n + j] {
+            m[(w * n + i) * n + j] = -100
+        } } }
+        return m
+    }
+
+    private func checkTokens(_ x: Tensor) -> (Int, Int) {
+        precondition(x.rank == 3 && x.shape[1] == height * width,
+                     "windows: expected tokens [B, \(height * width), C] (call prepare first), got \(shapeString(x.shape))")
+        return (x.shape[0], x.shape[2])
+    }
+
+    /// out[b, r, :] = in[b, map[r], :] (zeros where map[r] < 0).
+    private func gather(_ src: UnsafePointer<Float>, into dst: UnsafeMutablePointer<Float>, map: [Int32],
+                        batches: Int, rowsOut: Int, rowsIn: Int, c: Int) {
+        map.withUnsafeBufferPointer { m in
+            parallelFor(batches * rowsOut, minChunk: 64) { q in
+                let b = q / rowsOut, r = q % rowsOut, from = Int(m[r])
+                let out = dst + q * c
+                if from < 0 { out.update(repeating: 0, count: c) } else { out.update(from: src + (b * rowsIn + from) * c, count: c) }
+            }
+        }
+    }
+}
+
+/// One Swin Transformer block on tokens [B, H·W, C] (timm / official names: norm1, attn, norm2,
+/// mlp.fc1, mlp.fc2):  x ← x + W-MSA(LN₁ x) (shifted windows when shift > 0),  x ← x + MLP(LN₂ x),
+/// MLP = fc2(GELU(fc1 ·)) with hidden width mlpRatio·C.
+public final class SwinBlock: HasParameters {
+    public let name: String
+    public let norm1: LayerNorm, norm2: LayerNorm
+    public let attn: WindowAttention
+    public let fc1: Linear, fc2: Linear
+    public let windows: WindowPartition
+    private let gelu = GELU()
+    private let output = Tensor([0]), inputGrad = Tensor([0])
+    private var mask: Tensor?
+    private var maskSize = (0, 0)
+    public var parameters: [Parameter] { norm1.parameters + attn.parameters + norm2.parameters + fc1.parameters + fc2.parameters }
+
+    public init(_ name: String, dim: Int, heads: Int, window: Int, shift: Int, mlpRatio: Int = 4,
+                order: WindowPartition.Order = .padThenRoll, rng: inout Philox) {
+        self.name = name
+        norm1 = LayerNorm("\(name).norm1", features: dim)
+        attn = WindowAttention("\(name).attn", dim: dim, heads: heads, window: window, rng: &rng)
+        norm2 = LayerNorm("\(name).norm2", features: dim)
+        fc1 = Linear("\(name).mlp.fc1", inFeatures: dim, outFeatures: mlpRatio * dim, rng: &rng)
+        fc2 = Linear("\(name).mlp.fc2", inFeatures: mlpRatio * dim, outFeatures: dim, rng: &rng)
+        windows = WindowPartition(window: window, shift: shift, order: order)
+    }
+
+    /// x: tokens [B, H·W, C] of an H×W map.
+    public func forward(_ x: Tensor, height h: Int, width w: Int) -> Tensor {
+        windows.prepare(height: h, width: w)
+        if maskSize != (h, w) {
+            mask = windows.mask()
+            maskSize = (h, w)
+        }
+        let a = windows.reverse(attn.forward(windows.partition(norm1.forward(x)), mask: mask))
+        output.resize(x.shape)
+        let y = output.data, xs = x.data, ad = a.data
+        parallelBlocks(x.count) { lo, hi in for i in lo..<hi { y[i] = xs[i] + ad[i] } }
+        let m = fc2.forward(gelu.forward(fc1.forward(norm2.forward(output))))
+        let md = m.data
+        parallelBlocks(x.count) { lo, hi in for i in lo..<hi { y[i] += md[i] } }
+        return output
+    }
+
+    public func backward(_ dy: Tensor) -> Tensor {
+        // Through the MLP branch, plus the identity.
+        let dMid = norm2.backward(fc1.backward(gelu.backward(fc2.backward(dy))))
+        inputGrad.resize(dy.shape)
+        let g = inputGrad.data, dys = dy.data, dm = dMid.data
+        parallelBlocks(dy.count) { lo, hi in for i in lo..<hi { g[i] = dys[i] + dm[i] } }
+        // Through the attention branch, plus the identity.
+        let dAttn = norm1.backward(windows.partitionBackward(attn.backward(windows.reverseBackward(inputGrad))))
+        let da = dAttn.data
+        parallelBlocks(dy.count) { lo, hi in for i in lo..<hi { g[i] += da[i] } }
+        return inputGrad
+    }
+}
