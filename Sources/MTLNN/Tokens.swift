@@ -50,12 +50,12 @@ public final class FromTokens {
 }
 
 /// dst[b, p, c] = src[b, c, p], in 32×32 tiles (both sides stay in cache).
-func mapsToTokens(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, b: Int, c: Int, pixels: Int) {
+public func mapsToTokens(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, b: Int, c: Int, pixels: Int) {
     transposeBatches(src, dst, batches: b, rows: c, cols: pixels)
 }
 
 /// dst[b, c, p] = src[b, p, c].
-func tokensToMaps(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, b: Int, c: Int, pixels: Int) {
+public func tokensToMaps(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, b: Int, c: Int, pixels: Int) {
     transposeBatches(src, dst, batches: b, rows: pixels, cols: c)
 }
 

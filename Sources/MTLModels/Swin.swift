@@ -1,0 +1,215 @@
+import MTLCore
+import MTLNN
+
+/// Swin Transformer backbones for dense prediction (Liu et al. 2021), with the parameter names of
+/// the official checkpoints (`patch_embed.proj`, `layers.{i}.blocks.{j}.…`, `layers.{i}.downsample`
+/// at the end of stages 0–2, `norm{i}` on the four outputs).
+public struct SwinVariant: Sendable, Equatable {
+    public var embedDim: Int
+    public var depths: [Int]
+    public var heads: [Int]
+    public var window = 7
+
+    public static let tiny = SwinVariant(embedDim: 96, depths: [2, 2, 6, 2], heads: [3, 6, 12, 24])
+    public static let small = SwinVariant(embedDim: 96, depths: [2, 2, 18, 2], heads: [3, 6, 12, 24])
+    public static let base = SwinVariant(embedDim: 128, depths: [2, 2, 18, 2], heads: [4, 8, 16, 32])
+
+    public static func named(_ name: String) -> SwinVariant? {
+        ["swin_t": tiny, "swin_s": small, "swin_b": base][name]
+    }
+}
+
+/// PatchEmbed: the image padded with zeros to multiples of 4 (bottom, right), a 4×4 stride-4
+/// convolution with bias, tokens, LayerNorm.
+public final class PatchEmbed: HasParameters {
+    public let proj: Conv2d
+    public let norm: LayerNorm
+    private let toTokens = ToTokens()
+    private let padded = Tensor([0]), empty = Tensor([0])
+    public var parameters: [Parameter] { proj.parameters + norm.parameters }
+    private(set) var outputHeight = 0, outputWidth = 0
+
+    public init(_ name: String, channels: Int, rng: inout Philox) {
+        proj = Conv2d("\(name).proj", inChannels: 3, outChannels: channels, kernel: 4, stride: 4, bias: true, rng: &rng)
+        norm = LayerNorm("\(name).norm", features: channels)
+    }
+
+    /// image [B, 3, H, W] → tokens [B, ⌈H/4⌉·⌈W/4⌉, C].
+    public func forward(_ x: Tensor) -> Tensor {
+        let (b, c, h, w) = (x.n, x.c, x.h, x.w)
+        let hp = (h + 3) / 4 * 4, wp = (w + 3) / 4 * 4
+        var input = x
+        if hp != h || wp != w {
+            padded.resize([b, c, hp, wp])
+            padded.zero()
+            for q in 0..<(b * c) {
+                for y in 0..<h { (padded.data + (q * hp + y) * wp).update(from: x.data + (q * h + y) * w, count: w) }
+            }
+            input = padded
+        }
+        outputHeight = hp / 4
+        outputWidth = wp / 4
+        return norm.forward(toTokens.forward(proj.forward(input)))
+    }
+
+    /// Parameter gradients only (the image needs none).
+    public func backward(_ dy: Tensor) {
+        _ = proj.backward(toTokens.backward(norm.backward(dy)), computeInputGrad: false)
+    }
+}
+
+/// PatchMerging: the map padded to even sizes, the 2×2 neighbourhood concatenated in the order
+/// (0,0), (1,0), (0,1), (1,1) (row offset first), LayerNorm(4C), Linear(4C → 2C, no bias).
+public final class PatchMerging: HasParameters {
+    public let norm: LayerNorm
+    public let reduction: Linear
+    public let channels: Int
+    private let merged = Tensor([0]), inputGrad = Tensor([0])
+    private var size = (0, 0)
+    public var parameters: [Parameter] { norm.parameters + reduction.parameters }
+
+    public init(_ name: String, channels: Int, rng: inout Philox) {
+        self.channels = channels
+        norm = LayerNorm("\(name).norm", features: 4 * channels)
+        reduction = Linear("\(name).reduction", inFeatures: 4 * channels, outFeatures: 2 * channels, bias: false, rng: &rng)
+    }
+
+    /// tokens [B, H·W, C] → [B, ⌈H/2⌉·⌈W/2⌉, 2C].
+    public func forward(_ x: Tensor, height h: Int, width w: Int) -> Tensor {
+        let b = x.shape[0], c = channels, ho = (h + 1) / 2, wo = (w + 1) / 2
+        size = (h, w)
+        merged.resize([b, ho * wo, 4 * c])
+        let src = x.data, dst = merged.data
+        parallelFor(b * ho) { q in
+            let s = q / ho, i = q % ho
+            for j in 0..<wo {
+                let out = dst + ((s * ho + i) * wo + j) * 4 * c
+                for (k, (dy, dx)) in [(0, 0), (1, 0), (0, 1), (1, 1)].enumerated() {
+                    let y = 2 * i + dy, xx = 2 * j + dx
+                    if y < h && xx < w { (out + k * c).update(from: src + ((s * h + y) * w + xx) * c, count: c) }
+                    else { (out + k * c).update(repeating: 0, count: c) }
+                }
+            }
+        }
+        return reduction.forward(norm.forward(merged))
+    }
+
+    public func backward(_ dy: Tensor) -> Tensor {
+        let dm = norm.backward(reduction.backward(dy))
+        let (h, w) = size, b = dy.shape[0], c = channels, ho = (h + 1) / 2, wo = (w + 1) / 2
+        inputGrad.resize([b, h * w, c])
+        let src = dm.data, dst = inputGrad.data
+        parallelFor(b * ho) { q in
+            let s = q / ho, i = q % ho
+            for j in 0..<wo {
+                let from = src + ((s * ho + i) * wo + j) * 4 * c
+                for (k, (dy, dx)) in [(0, 0), (1, 0), (0, 1), (1, 1)].enumerated() {
+                    let y = 2 * i + dy, xx = 2 * j + dx
+                    if y < h && xx < w { (dst + ((s * h + y) * w + xx) * c).update(from: from + k * c, count: c) }
+                }
+            }
+        }
+        return inputGrad
+    }
+}
+
+/// The Swin backbone: PatchEmbed, four stages of Swin blocks (shift ⌊ws/2⌋ in every second block),
+/// PatchMerging after stages 0–2, and LayerNorm `norm{i}` on each stage's output, returned as NCHW
+/// maps at strides 4, 8, 16, 32 (channels C, 2C, 4C, 8C).
+public final class SwinEncoder: HasParameters {
+    public let variant: SwinVariant
+    public let patchEmbed: PatchEmbed
+    public let blocks: [[SwinBlock]]
+    public let downsample: [PatchMerging]
+    public let outputNorms: [LayerNorm]
+    private let toMaps: [FromTokensResizable]
+    private var sizes: [(Int, Int)] = []
+    private let stageGrad = Tensor([0])
+
+    public var featureChannels: [Int] { (0..<4).map { variant.embedDim << $0 } }
+    public var featureStrides: [Int] { [4, 8, 16, 32] }
+    public var parameters: [Parameter] {
+        patchEmbed.parameters + (0..<4).flatMap { i in
+            blocks[i].flatMap { $0.parameters } + (i < 3 ? downsample[i].parameters : [])
+        } + outputNorms.flatMap { $0.parameters }
+    }
+
+    /// `order`: how maps that the window does not divide are padded and shifted (.padThenRoll is the
+    /// dense-prediction code's; .rollThenPad timm's).
+    public init(_ variant: SwinVariant, order: WindowPartition.Order = .padThenRoll, seed: UInt64 = 0) {
+        self.variant = variant
+        var rng = Philox(seed: seed, stream: RNGStream.initialization.rawValue)
+        patchEmbed = PatchEmbed("patch_embed", channels: variant.embedDim, rng: &rng)
+        var stages: [[SwinBlock]] = [], merges: [PatchMerging] = []
+        for i in 0..<4 {
+            let dim = variant.embedDim << i
+            stages.append((0..<variant.depths[i]).map { j in
+                SwinBlock("layers.\(i).blocks.\(j)", dim: dim, heads: variant.heads[i], window: variant.window,
+                          shift: j % 2 == 1 ? variant.window / 2 : 0, order: order, rng: &rng)
+            })
+            if i < 3 { merges.append(PatchMerging("layers.\(i).downsample", channels: dim, rng: &rng)) }
+        }
+        blocks = stages
+        downsample = merges
+        outputNorms = (0..<4).map { LayerNorm("norm\($0)", features: variant.embedDim << $0) }
+        toMaps = (0..<4).map { _ in FromTokensResizable() }
+    }
+
+    public func forward(_ x: Tensor) -> [Tensor] {
+        var t = patchEmbed.forward(x)
+        var (h, w) = (patchEmbed.outputHeight, patchEmbed.outputWidth)
+        sizes = []
+        var features: [Tensor] = []
+        for i in 0..<4 {
+            for block in blocks[i] { t = block.forward(t, height: h, width: w) }
+            sizes.append((h, w))
+            features.append(toMaps[i].forward(outputNorms[i].forward(t), height: h, width: w))
+            if i < 3 {
+                t = downsample[i].forward(t, height: h, width: w)
+                (h, w) = ((h + 1) / 2, (w + 1) / 2)
+            }
+        }
+        return features
+    }
+
+    /// Parameter gradients from one gradient per output map.
+    public func backward(_ dFeatures: [Tensor]) {
+        precondition(dFeatures.count == 4, "Swin: expected 4 feature gradients, got \(dFeatures.count)")
+        var dt: Tensor? = nil
+        for i in stride(from: 3, through: 0, by: -1) {
+            let dOut = outputNorms[i].backward(toMaps[i].backward(dFeatures[i]))
+            var g = dOut
+            if let dNext = dt {
+                // The stage output feeds both norm{i} and the next stage's PatchMerging.
+                let fromMerge = downsample[i].backward(dNext)
+                stageGrad.resize(dOut.shape)
+                let a = dOut.data, b = fromMerge.data, s = stageGrad.data
+                for k in 0..<dOut.count { s[k] = a[k] + b[k] }
+                g = stageGrad
+            }
+            for block in blocks[i].reversed() { g = block.backward(g) }
+            dt = g
+        }
+        patchEmbed.backward(dt!)
+    }
+}
+
+/// tokens [B, H·W, C] → NCHW for a size known only at forward time.
+final class FromTokensResizable {
+    private let output = Tensor([0]), inputGrad = Tensor([0])
+    private var size = (0, 0)
+
+    func forward(_ x: Tensor, height h: Int, width w: Int) -> Tensor {
+        size = (h, w)
+        let (b, c) = (x.shape[0], x.shape[2])
+        output.resize([b, c, h, w])
+        tokensToMaps(x.data, output.data, b: b, c: c, pixels: h * w)
+        return output
+    }
+
+    func backward(_ dy: Tensor) -> Tensor {
+        inputGrad.resize([dy.n, size.0 * size.1, dy.c])
+        mapsToTokens(dy.data, inputGrad.data, b: dy.n, c: dy.c, pixels: size.0 * size.1)
+        return inputGrad
+    }
+}
