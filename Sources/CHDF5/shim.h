@@ -62,6 +62,13 @@ static inline int mtl_h5_os_reason(char *buf, size_t size) {
 }
 /* File creation with the 1.10 format (checksummed
    superblock and object headers), so that a flipped byte in a checkpoint fails the read. */
+/* The root group keeps its links in its (checksummed) object header instead of an unchecksummed
+   fractal heap, however many datasets it holds. */
+static inline hid_t mtl_h5f_compact_links_fcpl(void) {
+    hid_t fcpl = H5Pcreate(H5P_FILE_CREATE);
+    H5Pset_link_phase_change(fcpl, 65535, 65534);
+    return fcpl;
+}
 static inline hid_t mtl_h5f_latest_format_fapl(void) {
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
     H5Pset_libver_bounds(fapl, H5F_LIBVER_V110, H5F_LIBVER_LATEST);

@@ -89,14 +89,17 @@ public final class H5File: @unchecked Sendable {
         return H5File(path: path, id: fid)
     }
 
-    /// Creates (truncates) a file. `checksummed`: the HDF5 1.10 file format (h5py reads it), whose superblock and object
-    /// headers carry checksums, and Fletcher-32 on every non-empty dataset, so that any flipped byte
-    /// makes reading fail instead of returning wrong numbers (checkpoints).
+    /// Creates (truncates) a file. `checksummed`: the HDF5 1.10 file format (h5py reads it), whose
+    /// superblock and object headers carry checksums, the root group's links in its object header,
+    /// string attributes stored inline (not in the unchecksummed global heap) and Fletcher-32 on
+    /// every non-empty dataset, so that a flipped byte makes reading fail instead of returning wrong
+    /// numbers or names (checkpoints).
     public static func create(_ path: String, checksummed: Bool = false) throws -> H5File {
         _ = silenced
         let fapl = checksummed ? mtl_h5f_latest_format_fapl() : mtl_h5p_default()
-        defer { if checksummed { H5Pclose(fapl) } }
-        let fid = H5Fcreate(path, mtl_h5f_acc_trunc(), mtl_h5p_default(), fapl)
+        let fcpl = checksummed ? mtl_h5f_compact_links_fcpl() : mtl_h5p_default()
+        defer { if checksummed { H5Pclose(fapl); H5Pclose(fcpl) } }
+        let fid = H5Fcreate(path, mtl_h5f_acc_trunc(), fcpl, fapl)
         if fid < 0 { throw MTLError("\(path): cannot create HDF5 file\(H5File.failureReason())") }
         return H5File(path: path, id: fid, checksummed: checksummed)
     }
@@ -435,8 +438,11 @@ public final class H5File: @unchecked Sendable {
     public func setAttribute(_ objectPath: String, _ name: String, _ value: String) throws {
         try withObject(objectPath) { o in
             if H5Aexists(o, name) > 0 { H5Adelete(o, name) }
+            // Fixed-length strings live in the object header; an attribute there is limited to 64 KB.
+            let bytes = Array(value.utf8)
+            let inline = checksummed && bytes.count < 60_000
             let t = H5Tcopy(mtl_c_s1())
-            H5Tset_size(t, mtl_h5t_variable())
+            H5Tset_size(t, inline ? max(1, bytes.count) : mtl_h5t_variable())
             H5Tset_cset(t, H5T_CSET_UTF8)
             defer { H5Tclose(t) }
             let space = H5Screate(H5S_SCALAR)
@@ -447,7 +453,10 @@ public final class H5File: @unchecked Sendable {
             let c = strdup(value)
             defer { free(c) }
             var p: UnsafePointer<CChar>? = UnsafePointer(c)
-            if H5Awrite(a, t, &p) < 0 {
+            let written = inline
+                ? (bytes.isEmpty ? [UInt8(0)] : bytes).withUnsafeBytes { H5Awrite(a, t, $0.baseAddress) }
+                : H5Awrite(a, t, &p)
+            if written < 0 {
                 throw MTLError("\(path): cannot write attribute \(objectPath)@\(name)\(H5File.failureReason())")
             }
         }

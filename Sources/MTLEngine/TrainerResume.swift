@@ -19,11 +19,12 @@ extension Trainer {
                     chosen[0] = Double(step)
                     break
                 } catch {
-                    let reason = (error as? MTLError)?.message ?? "\(error)"
-                    skipped.append(reason)
-                    let warning = "warning: resume auto: skipping \(path), which cannot be read: \(reason)"
+                    let message = (error as? MTLError)?.message ?? "\(error)"
+                    skipped.append(message)
+                    let reason = message.hasPrefix(path + ": ") ? String(message.dropFirst(path.count + 2)) : message
+                    let warning = "warning: resume auto: skipping \(path), it cannot be read (\(reason))"
                     FileHandle.standardError.write(Data((warning + "\n").utf8))
-                    log?.line(warning)
+                    log?.line(warning, echo: false)
                 }
             }
             if chosen[0] < 0, !skipped.isEmpty { chosen[0] = -2 }   // thrown after the broadcast: no rank waits in it

@@ -317,7 +317,9 @@ struct Reader {
             do {
                 try checkMethodGroup(group, method: c.method.name)
             } catch let e as MTLError {
-                throw MTLError("\(origin("method.\(group)")): \(e.message)")
+                // An override names a key inside the group (method.iall.lr=5): find it by prefix.
+                let set = origins.keys.sorted().first { $0.hasPrefix("method.\(group).") }
+                throw MTLError("\(set.flatMap { origins[$0] } ?? origin("method.\(group)")): \(e.message)")
             }
         }
         do {

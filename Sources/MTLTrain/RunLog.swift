@@ -39,10 +39,11 @@ public final class RunLog {
         try writeAtomically(directory + "/config.yaml", yaml.hasSuffix("\n") ? yaml : yaml + "\n")
     }
 
-    /// Appends "yyyy-MM-dd HH:mm:ss <s>" to train.log; echoes `s` to stdout when `echo`.
-    public func line(_ s: String) {
+    /// Appends "yyyy-MM-dd HH:mm:ss <s>" to train.log; echoes `s` to stdout when `echo` (the
+    /// log's and the call's: a warning already printed on stderr is not repeated).
+    public func line(_ s: String, echo echoThis: Bool = true) {
         logFile.append("\(timestamp.string(from: Date())) \(s)\n")
-        if echo {
+        if echo && echoThis {
             print(s)
             fflush(stdout)
         }

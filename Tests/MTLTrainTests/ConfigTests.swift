@@ -240,7 +240,7 @@ final class ConfigTests: XCTestCase {
         // an alias group is the method's own: imtl for the IMTL variants, auto-lambda for autol
         let imtl = try parse("method: {name: imtl-l, imtl: {lr: 0.5}}")
         XCTAssertEqual(imtl.method.params, ["imtl": ["lr": "0.5"]])
-        XCTAssertNoThrow(try parse("", ["method.name=imtl-g", "method.imtl-g.lr=0.5"]))
+        XCTAssertNoThrow(try parse("", ["method.name=imtl-l", "method.imtl-l.lr=0.5"]))
         XCTAssertNoThrow(try parse("", ["method.name=autol", "method.auto-lambda.lr=0.001"]))
         XCTAssertNoThrow(try parse("", ["method.name=auto-lambda", "method.autol.lr=0.001"]))
         XCTAssertEqual(message { try self.parse("method: {name: imtl-l, imtl: {lr: 0.5}, imtl-l: {lr: 0.1}}") },
