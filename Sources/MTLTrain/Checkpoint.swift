@@ -20,6 +20,11 @@ import Glibc
 /// Saving is atomic: write `step-N.h5.tmp`, flush and close, fsync the file, rename, fsync
 /// the directory, then replace `latest` the same way, and only then delete old files, so a
 /// crash at any point leaves the previous checkpoint and a `latest` that names a complete file.
+/// A failure at any step (disk full, EIO) removes the `.tmp` and throws one line naming the file,
+/// the OS reason and the checkpoint `latest` still names.
+///
+/// Files are checksummed (`H5File.create(_:checksummed:)`: HDF5 1.10 format, Fletcher-32 per
+/// dataset; h5py built on HDF5 ≥ 1.10 reads them), so a truncated or bit-flipped file fails `load`.
 public struct CheckpointStore {
     public let directory: String
 

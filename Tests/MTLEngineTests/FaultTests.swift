@@ -385,6 +385,17 @@ final class FaultTests: XCTestCase {
                                                     "--resume", "auto"], timeout: 120)
         XCTAssertEqual(again.status, 0, again.err)
         XCTAssertEqual(assertCheckpointsComplete("small/run"), step! + 2)
+        // Plots on the full disk: `mtl report` fails naming the figure and the reason, leaving no temporary.
+        let filler = mountPoint + "/filler"
+        let fd = open(filler, O_WRONLY | O_CREAT, 0o644)
+        var block = [UInt8](repeating: 1, count: 4096)
+        while block.withUnsafeMutableBytes({ write(fd, $0.baseAddress, $0.count) }) > 0 {}
+        close(fd)
+        let report = try mtl(1, ["report", mountPoint + "/run", "--out", mountPoint + "/report"])
+        assertFailsCleanly(report, [mountPoint + "/report/", ".svg", "No space left on device"])
+        let figures = (try? FileManager.default.contentsOfDirectory(atPath: mountPoint + "/report")) ?? []
+        XCTAssertEqual(figures.filter { $0.hasSuffix(".tmp") }, [])
+        unlink(filler)
     }
 
     /// Write failures a tmpfs cannot produce, through MTL_TEST_WRITE_FAULT: EIO from a checkpoint's
@@ -482,7 +493,7 @@ final class FaultTests: XCTestCase {
         let steps = lines.compactMap { (try? JSONSerialization.jsonObject(with: Data($0.utf8))) as? [String: Any] }
             .compactMap { $0["step"] as? Int }
         XCTAssertEqual(steps, Array(1...steps.count), "metrics.jsonl was written by more than one job")
-        let step = assertCheckpointsComplete("shared")!
+        let step = assertCheckpointsComplete("shared", allowTmp: true)!   // killed -9, perhaps mid-save
         let resumed = try train(1, run: "shared", ["--set", "train.steps=\(step + 1)", "--resume", "auto"])
         XCTAssertEqual(resumed.status, 0, resumed.err)
         assertNoProcessLeft()
