@@ -372,6 +372,8 @@ final class FaultTests: XCTestCase {
         assertFailsCleanly(r, [mountPoint + "/run/checkpoints/step-", "No space left on device", "not saved"])
         XCTAssertTrue(r.err.contains("rank 0"), r.err)
         XCTAssertLessThan(Date().timeIntervalSince(start), 60)
+        print(String(format: "disk full on 2 ranks: exit %d, whole run %.1f s, latest = step %@", r.status,
+                     Date().timeIntervalSince(start), assertCheckpointsComplete("small/run").map { "\($0)" } ?? "none"))
         let step = assertCheckpointsComplete("small/run")
         XCTAssertNotNil(step)
         assertNoProcessLeft(within: 30)
@@ -434,7 +436,8 @@ final class FaultTests: XCTestCase {
     /// 30 s, with no rank left.
     func testSignals() throws {
         let cases: [(String, Int32, Int?)] = [("term-mpirun", SIGTERM, nil), ("usr1-mpirun", SIGUSR1, nil),
-                                              ("usr1-rank1", SIGUSR1, 1), ("kill-rank1", SIGKILL, 1)]
+                                              ("term-rank0", SIGTERM, 0), ("usr1-rank1", SIGUSR1, 1),
+                                              ("kill-rank0", SIGKILL, 0), ("kill-rank1", SIGKILL, 1)]
         for (run, sig, rank) in cases {
             var sentAt: Date? = nil
             let r = try train(2, run: run, ["--set", "train.steps=100000", "--set", "log.every=1"], timeout: 120) { p in
@@ -450,7 +453,10 @@ final class FaultTests: XCTestCase {
                 }
             }
             XCTAssertNotNil(sentAt, "\(run): never signalled")
-            if let t = sentAt { XCTAssertLessThan(Date().timeIntervalSince(t), 30, run) }
+            if let t = sentAt {
+                XCTAssertLessThan(Date().timeIntervalSince(t), 30, run)
+                print(String(format: "signal %@: job ended %.1f s after the signal, exit %d", run, Date().timeIntervalSince(t), r.status))
+            }
             assertNoProcessLeft(within: 30)
             assertNoCrashReport(r)
             if sig == SIGKILL {
@@ -461,6 +467,8 @@ final class FaultTests: XCTestCase {
                 XCTAssertTrue(log.contains("stop signal received"), "\(run): \(log.suffix(300))")
                 if rank != nil { XCTAssertEqual(r.status, 0, "\(run): \(r.err)") }
                 XCTAssertNotNil(assertCheckpointsComplete(run), run)
+                // USR1 to mpirun is forwarded and the job ends cleanly; TERM to mpirun makes mpirun exit 1 regardless.
+                if rank == nil { XCTAssertEqual(r.status, sig == SIGUSR1 ? 0 : 1, "\(run): \(r.err)") }
             }
         }
     }
@@ -489,6 +497,7 @@ final class FaultTests: XCTestCase {
         // /usr/bin/env execs mtl, so the owner's PID is the Process's.
         assertFailsCleanly(second, ["run directory \(dir)/shared is in use by PID \(ownerPid) on ", " since 20"])
         XCTAssertLessThan(second.seconds, 20)
+        print(String(format: "second job on a used run directory: exit %d after %.1f s", second.status, second.seconds))
         let lines = metricsLines("shared")
         let steps = lines.compactMap { (try? JSONSerialization.jsonObject(with: Data($0.utf8))) as? [String: Any] }
             .compactMap { $0["step"] as? Int }
