@@ -233,9 +233,9 @@ final class FaultTests: XCTestCase {
 
     // MARK: checkpoints
 
-    /// kill -9 at random moments while a run checkpoints every step (checkpoints of ~4 MB, so the
-    /// writes take a good share of the time), 20 rounds, each `--resume auto` from where the last
-    /// one died: after every kill `latest` names a complete checkpoint and no file named step-*.h5
+    /// kill -9 while a run checkpoints every step (checkpoints of ~4 MB, so the writes take a good
+    /// share of the time), 20 rounds — even rounds a few ms after a `.tmp` appears (inside a write),
+    /// odd ones at a random moment —, each `--resume auto` from where the last one died: after every kill `latest` names a complete checkpoint and no file named step-*.h5
     /// is partial; at the end the run resumes and finishes.
     func testKillDuringCheckpointWritesNeverLosesACheckpoint() throws {
         let rounds = 20
@@ -258,9 +258,19 @@ final class FaultTests: XCTestCase {
                     if checkpointsLogged() > before { break }
                     usleep(5_000)
                 }
-                usleep(UInt32.random(in: 0...400_000, using: &generator))
-                let tmp = (try? FileManager.default.contentsOfDirectory(atPath: self.dir + "/kill/checkpoints"))?
-                    .contains { $0.hasSuffix(".tmp") } ?? false
+                func writing() -> Bool {
+                    (try? FileManager.default.contentsOfDirectory(atPath: self.dir + "/kill/checkpoints"))?
+                        .contains { $0.hasSuffix(".tmp") } ?? false
+                }
+                if round % 2 == 0 {
+                    // Even rounds aim inside a write: wait for the next .tmp, then up to 15 ms into it.
+                    let until = Date().addingTimeInterval(5)
+                    while !writing() && Date() < until { usleep(500) }
+                    usleep(UInt32.random(in: 0...15_000, using: &generator))
+                } else {
+                    usleep(UInt32.random(in: 0...400_000, using: &generator))
+                }
+                let tmp = writing()
                 kill(p.processIdentifier, SIGKILL)
                 killedAt = Date()
                 if tmp { killedWithTmp += 1 }
