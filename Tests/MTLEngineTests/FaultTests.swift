@@ -410,6 +410,34 @@ final class FaultTests: XCTestCase {
         unlink(filler)
     }
 
+    /// A log line that only partly fits on a full disk (the kernel writes what fits in the file's last
+    /// page, then ENOSPC) is cut back off: the file keeps whole lines, and says what is missing once
+    /// there is room again.
+    func testLogLinesStayWholeOnAFullDisk() throws {
+        let mountPoint = dir + "/tiny"
+        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+        let mounted = getuid() == 0 ? try Dist.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", mountPoint], timeout: 30) : nil
+        guard let mounted, mounted.status == 0 else {
+            throw XCTSkip("cannot mount a tmpfs here (needs root and CAP_SYS_ADMIN: \(mounted?.err ?? "not root"))")
+        }
+        tmpfsMount = mountPoint
+        let path = mountPoint + "/train.log"
+        let log = try AppendOnlyFile(path: path)
+        XCTAssertTrue(log.append("first\n"))          // the file's first page, mostly empty
+        let filler = mountPoint + "/filler"
+        let fd = open(filler, O_WRONLY | O_CREAT, 0o644)
+        let block = [UInt8](repeating: 1, count: 4096)
+        while block.withUnsafeBytes({ write(fd, $0.baseAddress, $0.count) }) > 0 {}
+        close(fd)
+        let long = String(repeating: "x", count: 20_000) + "\n"   // 4090 bytes fit, the rest does not
+        XCTAssertFalse(log.append(long))
+        XCTAssertEqual(try String(contentsOfFile: path, encoding: .utf8), "first\n")
+        unlink(filler)
+        XCTAssertTrue(log.append("after\n"))
+        XCTAssertEqual(try String(contentsOfFile: path, encoding: .utf8),
+                       "first\n(1 line(s) could not be written here and are missing)\nafter\n")
+    }
+
     /// Write failures a tmpfs cannot produce, through MTL_TEST_WRITE_FAULT: EIO from a checkpoint's
     /// fsync and from its rename, ENOSPC on `latest`, EIO on the lock file. Each stops the run with the
     /// file and the reason on every rank, keeps the previous checkpoint, and leaves no .tmp.
