@@ -293,6 +293,51 @@ final class FaultTests: XCTestCase {
         assertNoProcessLeft()
     }
 
+    /// The same on 2 ranks, killing rank 0 (the writer) inside a checkpoint write: Open MPI ends rank 1,
+    /// nothing is lost, and the job resumes on 2 ranks.
+    func testKillOfRankZeroDuringACheckpointOnTwoRanks() throws {
+        let rounds = 4
+        let args = ["--set", "model.width=16", "--set", "checkpoint.every=1", "--set", "checkpoint.keep=3",
+                    "--set", "train.steps=100000", "--resume", "auto"]
+        var inWrite = 0
+        var last = 0
+        for round in 0..<rounds {
+            var killedAt: Date? = nil
+            let r = try train(2, run: "kill2", args, timeout: 90) { mpirun in
+                let deadline = Date().addingTimeInterval(60)
+                let before = (try? String(contentsOfFile: self.dir + "/kill2/train.log", encoding: .utf8))?
+                    .components(separatedBy: " checkpoint /").count ?? 1
+                while Date() < deadline {   // this round's first checkpoint is out: the ranks are in the loop
+                    let now = (try? String(contentsOfFile: self.dir + "/kill2/train.log", encoding: .utf8))?
+                        .components(separatedBy: " checkpoint /").count ?? 1
+                    if now > before { break }
+                    usleep(5_000)
+                }
+                func writing() -> Bool {
+                    (try? FileManager.default.contentsOfDirectory(atPath: self.dir + "/kill2/checkpoints"))?
+                        .contains { $0.hasSuffix(".tmp") } ?? false
+                }
+                while !writing() && Date() < deadline { usleep(500) }
+                usleep(UInt32.random(in: 0...10_000))
+                guard let rank0 = Dist.rankPid(parent: mpirun.processIdentifier, rank: 0) else { return }
+                if writing() { inWrite += 1 }
+                kill(rank0, SIGKILL)
+                killedAt = Date()
+            }
+            XCTAssertNotNil(killedAt, "round \(round): never killed")
+            XCTAssertNotEqual(r.status, 0)
+            if let k = killedAt { XCTAssertLessThan(Date().timeIntervalSince(k), 30) }
+            assertNoProcessLeft(within: 30)
+            guard let step = assertCheckpointsComplete("kill2", allowTmp: true) else { return }
+            XCTAssertGreaterThanOrEqual(step, last)
+            last = step
+        }
+        let r = try train(2, run: "kill2", Array(args.dropLast(2)) + ["--set", "train.steps=\(last + 1)", "--resume", "auto"])
+        XCTAssertEqual(r.status, 0, r.err)
+        XCTAssertEqual(assertCheckpointsComplete("kill2"), last + 1)
+        print("kill -9 of rank 0 on 2 ranks: \(rounds)/\(rounds) resumed from a complete checkpoint (\(inWrite) inside a write)")
+    }
+
     /// The newest checkpoint truncated, or one byte flipped anywhere in it: `--resume auto` warns
     /// naming the skipped file and resumes from the newest one that reads; a flip is always caught
     /// (HDF5 1.8+ metadata checksums, Fletcher-32 on every dataset) or lands where it changes nothing.
