@@ -23,14 +23,15 @@ final class FaultTests: XCTestCase {
             .write(toFile: config, atomically: true, encoding: .utf8)
     }
 
+    /// A tmpfs a test mounted, unmounted in tearDown even when the test fails half-way.
+    var tmpfsMount: String? = nil
+
     override func tearDownWithError() throws {
         if let mounted = tmpfsMount { _ = try? Dist.run(["umount", "-l", mounted], timeout: 30) }
         try? FileManager.default.removeItem(atPath: dir)
     }
 
-    var tmpfsMount: String? = nil
-
-    /// The small, fast model every case trains (the head of the tiny config with a bench head).
+    /// The small, fast model every case trains: the tiny config's encoder at width 8 with bench heads.
     let quick = ["--set", "model.head=bench", "--set", "model.width=8"]
 
     /// `mtl ARGS` as one process (n = 1) or under `mpirun -n N`, with extra environment variables.
