@@ -37,7 +37,7 @@ let package = Package(
         .target(name: "MTLData", dependencies: ["MTLCore"]),
         .target(name: "MTLDist", dependencies: ["MTLCore", "CMPI"]),
         .target(name: "MTLMethods", dependencies: ["MTLCore"]),
-        .target(name: "MTLTrain", dependencies: ["MTLCore", .product(name: "Yams", package: "Yams")]),
+        .target(name: "MTLTrain", dependencies: ["MTLCore", "MTLMethods", .product(name: "Yams", package: "Yams")]),
         .target(name: "MTLReport", dependencies: ["MTLCore"]),
         .target(name: "MTLEngine", dependencies: ["MTLCore", "MTLNN", "MTLModels", "MTLData",
                                                   "MTLDist", "MTLMethods", "MTLTrain", "MTLConvert", "MTLReport"]),

@@ -32,3 +32,45 @@ static inline size_t mtl_h5t_variable(void) { return H5T_VARIABLE; }
 
 /* Silence HDF5's automatic error stack printing: errors are reported by the caller. */
 static inline void mtl_h5_silence(void) { H5Eset_auto2(H5E_DEFAULT, NULL, NULL); }
+
+/* The OS reason behind the HDF5 call that just failed: HDF5's file drivers record the errno text
+   ("errno = 28, error message = 'No space left on device'") in the error stack, which is otherwise
+   only printed. Copies it into buf and returns 1, or returns 0 when the stack names none. */
+#include <string.h>
+typedef struct { char *buf; size_t size; } mtl_h5_reason_ctx;
+static inline herr_t mtl_h5_reason_walk(unsigned n, const H5E_error2_t *err, void *data) {
+    mtl_h5_reason_ctx *ctx = (mtl_h5_reason_ctx *)data;
+    (void)n;
+    if (err->desc) {
+        const char *m = strstr(err->desc, "error message = '");
+        if (m) {
+            m += strlen("error message = '");
+            size_t len = strcspn(m, "'");
+            if (len >= ctx->size) len = ctx->size - 1;
+            memcpy(ctx->buf, m, len);
+            ctx->buf[len] = 0;
+        }
+    }
+    return 0;
+}
+static inline int mtl_h5_os_reason(char *buf, size_t size) {
+    if (size == 0) return 0;
+    buf[0] = 0;
+    mtl_h5_reason_ctx ctx = { buf, size };
+    H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, mtl_h5_reason_walk, &ctx);
+    return buf[0] != 0;
+}
+/* File creation with the 1.10 format (checksummed
+   superblock and object headers), so that a flipped byte in a checkpoint fails the read. */
+/* The root group keeps its links in its (checksummed) object header instead of an unchecksummed
+   fractal heap, however many datasets it holds. */
+static inline hid_t mtl_h5f_compact_links_fcpl(void) {
+    hid_t fcpl = H5Pcreate(H5P_FILE_CREATE);
+    H5Pset_link_phase_change(fcpl, 65535, 65534);
+    return fcpl;
+}
+static inline hid_t mtl_h5f_latest_format_fapl(void) {
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    H5Pset_libver_bounds(fapl, H5F_LIBVER_V110, H5F_LIBVER_LATEST);
+    return fapl;
+}

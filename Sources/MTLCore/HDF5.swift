@@ -56,10 +56,21 @@ public final class H5File: @unchecked Sendable {
     public let path: String
     let id: hid_t
     private var openDatasets: [String: hid_t] = [:]
+    /// Datasets created in this file get Fletcher-32 checksums (see `create(_:checksummed:)`).
+    let checksummed: Bool
+    private var closed = false
 
-    private init(path: String, id: hid_t) {
+    private init(path: String, id: hid_t, checksummed: Bool = false) {
         self.path = path
         self.id = id
+        self.checksummed = checksummed
+    }
+
+    /// " (reason)" for the HDF5 call that just failed when HDF5 recorded an OS error (e.g.
+    /// " (No space left on device)"), else "". Must be called right after the failing call.
+    public static func failureReason() -> String {
+        var buf = [CChar](repeating: 0, count: 256)
+        return mtl_h5_os_reason(&buf, buf.count) != 0 ? " (\(String(cString: buf)))" : ""
     }
 
     static let silenced: Void = { mtl_h5_silence() }()
@@ -78,18 +89,42 @@ public final class H5File: @unchecked Sendable {
         return H5File(path: path, id: fid)
     }
 
-    /// Creates (truncates) a file.
-    public static func create(_ path: String) throws -> H5File {
+    /// Creates (truncates) a file. `checksummed`: the HDF5 1.10 file format (h5py reads it), whose
+    /// superblock and object headers carry checksums, the root group's links in its object header,
+    /// string attributes stored inline (not in the unchecksummed global heap) and Fletcher-32 on
+    /// every non-empty dataset, so that a flipped byte makes reading fail instead of returning wrong
+    /// numbers or names (checkpoints).
+    public static func create(_ path: String, checksummed: Bool = false) throws -> H5File {
         _ = silenced
-        let fid = H5Fcreate(path, mtl_h5f_acc_trunc(), mtl_h5p_default(), mtl_h5p_default())
-        if fid < 0 { throw MTLError("\(path): cannot create HDF5 file") }
-        return H5File(path: path, id: fid)
+        let fapl = checksummed ? mtl_h5f_latest_format_fapl() : mtl_h5p_default()
+        let fcpl = checksummed ? mtl_h5f_compact_links_fcpl() : mtl_h5p_default()
+        defer { if checksummed { H5Pclose(fapl); H5Pclose(fcpl) } }
+        let fid = H5Fcreate(path, mtl_h5f_acc_trunc(), fcpl, fapl)
+        if fid < 0 { throw MTLError("\(path): cannot create HDF5 file\(H5File.failureReason())") }
+        return H5File(path: path, id: fid, checksummed: checksummed)
     }
 
     public func close() {
+        guard !closed else { return }
+        closed = true
         for (_, d) in openDatasets { H5Dclose(d) }
         openDatasets.removeAll()
         if id >= 0 { H5Fclose(id) }
+    }
+
+    /// Flushes and closes, reporting a failure (HDF5 writes metadata and buffered data only here,
+    /// so a full disk often shows up at this point and nowhere earlier).
+    public func closeChecked() throws {
+        guard !closed else { return }
+        closed = true
+        var failure: String? = nil
+        for (name, d) in openDatasets where H5Dclose(d) < 0 && failure == nil {
+            failure = "cannot close dataset \(name)\(H5File.failureReason())"
+        }
+        openDatasets.removeAll()
+        if H5Fflush(id, H5F_SCOPE_GLOBAL) < 0, failure == nil { failure = "cannot write\(H5File.failureReason())" }
+        if H5Fclose(id) < 0, failure == nil { failure = "cannot write\(H5File.failureReason())" }
+        if let failure { throw MTLError("\(path): \(failure)") }
     }
 
     /// Flushes HDF5's buffers to the OS (use before fsync + rename).
@@ -204,7 +239,7 @@ public final class H5File: @unchecked Sendable {
         let d = try dataset(name)
         if values.count > 0,
            H5Dwrite(d, T.h5MemoryType, mtl_h5s_all(), mtl_h5s_all(), mtl_h5p_default(), values.baseAddress) < 0 {
-            throw MTLError("\(path): cannot write dataset \(name)")
+            throw MTLError("\(path): cannot write dataset \(name)\(H5File.failureReason())")
         }
     }
 
@@ -241,11 +276,20 @@ public final class H5File: @unchecked Sendable {
                 H5Pset_shuffle(dcpl)
                 H5Pset_deflate(dcpl, UInt32(level))
             }
+            if checksummed { H5Pset_fletcher32(dcpl) }
+        } else if checksummed, !shape.isEmpty, shape.allSatisfy({ $0 > 0 }) {
+            // One chunk (the filter needs a chunked layout); chunks are limited to 4 GB and 2^32 - 1 elements.
+            let total = shape.reduce(1, *)
+            if total * 8 < Int(UInt32.max) {
+                var c = shape.map { hsize_t($0) }
+                H5Pset_chunk(dcpl, Int32(c.count), &c)
+                H5Pset_fletcher32(dcpl)
+            }
         }
         H5Pset_obj_track_times(dcpl, false)  // byte-reproducible files
         let ftype = T.h5FileType
         let d = H5Dcreate2(id, name, ftype, space, mtl_h5p_default(), dcpl, mtl_h5p_default())
-        if d < 0 { throw MTLError("\(path): cannot create dataset \(name) \(shape)") }
+        if d < 0 { throw MTLError("\(path): cannot create dataset \(name) \(shape)\(H5File.failureReason())") }
         openDatasets[name] = d
     }
 
@@ -394,8 +438,11 @@ public final class H5File: @unchecked Sendable {
     public func setAttribute(_ objectPath: String, _ name: String, _ value: String) throws {
         try withObject(objectPath) { o in
             if H5Aexists(o, name) > 0 { H5Adelete(o, name) }
+            // Fixed-length strings live in the object header; an attribute there is limited to 64 KB.
+            let bytes = Array(value.utf8)
+            let inline = checksummed && bytes.count < 60_000
             let t = H5Tcopy(mtl_c_s1())
-            H5Tset_size(t, mtl_h5t_variable())
+            H5Tset_size(t, inline ? max(1, bytes.count) : mtl_h5t_variable())
             H5Tset_cset(t, H5T_CSET_UTF8)
             defer { H5Tclose(t) }
             let space = H5Screate(H5S_SCALAR)
@@ -406,7 +453,12 @@ public final class H5File: @unchecked Sendable {
             let c = strdup(value)
             defer { free(c) }
             var p: UnsafePointer<CChar>? = UnsafePointer(c)
-            H5Awrite(a, t, &p)
+            let written = inline
+                ? (bytes.isEmpty ? [UInt8(0)] : bytes).withUnsafeBytes { H5Awrite(a, t, $0.baseAddress) }
+                : H5Awrite(a, t, &p)
+            if written < 0 {
+                throw MTLError("\(path): cannot write attribute \(objectPath)@\(name)\(H5File.failureReason())")
+            }
         }
     }
 
@@ -419,7 +471,9 @@ public final class H5File: @unchecked Sendable {
             let a = H5Acreate2(o, name, T.h5FileType, space, mtl_h5p_default(), mtl_h5p_default())
             if a < 0 { throw MTLError("\(path): cannot create attribute \(objectPath)@\(name)") }
             defer { H5Aclose(a) }
-            _ = values.withUnsafeBytes { H5Awrite(a, T.h5MemoryType, $0.baseAddress) }
+            if values.withUnsafeBytes({ H5Awrite(a, T.h5MemoryType, $0.baseAddress) }) < 0 {
+                throw MTLError("\(path): cannot write attribute \(objectPath)@\(name)\(H5File.failureReason())")
+            }
         }
     }
 

@@ -161,6 +161,15 @@ public final class StepEngine {
             gram = (0..<(T * T)).map { k in reduction[2 * T + k] * inv[k / T] * inv[k % T] }
         }
 
+        // Non-finite losses are decided here, on reduced values (the same on every rank), before the
+        // method sees them: the methods reject them, which made nan_policy=skip unreachable.
+        if globalLosses.contains(where: { !$0.isFinite }) || gram?.contains(where: { !$0.isFinite }) == true {
+            if !skipNonFinite { throw nonFiniteError(stepIndex: stepIndex, globalLosses: globalLosses) }
+            return StepStats(losses: globalLosses, counts: counts, methodLogs: [],
+                             coefficients: [Double](repeating: 0, count: T), gradNorm: .nan, skipped: true,
+                             computeSeconds: Date().timeIntervalSince(t0) - commTime, commSeconds: commTime)
+        }
+
         var ctx = MethodContext(step: stepIndex, epoch: epoch, seed: seed, roles: roles, losses: globalLosses,
                                 gram: gram, grads: nil, epochEnded: epochEnded,
                                 level: level == .parameters ? .parameters : .representation)
@@ -215,6 +224,11 @@ public final class StepEngine {
                               computeTime: computeTime, commTime: commTime)
     }
 
+    private func nonFiniteError(stepIndex: Int, globalLosses: [Double]) -> MTLError {
+        let bad = zip(taskNames, globalLosses).filter { !$0.1.isFinite }.map { $0.0 }
+        return MTLError("step \(stepIndex): non-finite \(bad.isEmpty ? "gradient" : "loss for " + bad.joined(separator: ", ")) (train.nan_policy=stop; use skip to drop such steps)")
+    }
+
     /// The non-finite check on the reduced values (the same decision on every rank) and the stats.
     private func finishStep(globalLosses: [Double], counts: [Double], result: MethodResult, stepIndex: Int,
                             computeTime: Double, commTime: Double) throws -> StepStats {
@@ -223,10 +237,7 @@ public final class StepEngine {
 
         // Every rank holds the same reduced values, so every rank takes the same decision here.
         let finite = sq.isFinite && globalLosses.allSatisfy { $0.isFinite }
-        if !finite && !skipNonFinite {
-            let bad = zip(taskNames, globalLosses).filter { !$0.1.isFinite }.map { $0.0 }
-            throw MTLError("step \(stepIndex): non-finite \(bad.isEmpty ? "gradient" : "loss for " + bad.joined(separator: ", ")) (train.nan_policy=stop; use skip to drop such steps)")
-        }
+        if !finite && !skipNonFinite { throw nonFiniteError(stepIndex: stepIndex, globalLosses: globalLosses) }
         return StepStats(losses: globalLosses, counts: counts, methodLogs: result.logs,
                          coefficients: result.encoderCoefficients, gradNorm: sq.squareRoot(), skipped: !finite,
                          computeSeconds: computeTime, commSeconds: commTime)

@@ -96,7 +96,9 @@ public final class Trainer {
     var startStep = 0
 
     let options: TrainerOptions
-    let rankLog: FileHandle?
+    let rankLog: AppendOnlyFile?
+    /// Rank 0's exclusive hold on the run directory (nil on other ranks or with MTL_RUN_LOCK=off).
+    let runLock: RunDirectoryLock?
 
     public init(config: Config, runDir: String, comm: Communicator, resume: String?,
                 options: TrainerOptions = TrainerOptions()) throws {
@@ -104,6 +106,8 @@ public final class Trainer {
         self.options = options
         self.comm = comm
         self.runDir = runDir
+        // Before anything is written: a second job on this directory stops here (all ranks, via abort).
+        runLock = comm.isRoot ? try RunDirectoryLock.acquire(directory: runDir) : nil
         Threads.set(Trainer.threadCount(configured: config.train.threads, comm: comm))
         try Runtime.selectConvBackend(config.model.convBackend)
 
@@ -116,7 +120,7 @@ public final class Trainer {
         if config.model.syncBN && comm.size > 1 { model.setStatsReducer(comm) }
 
         let method = try makeMethod(name: config.method.name, taskNames: names, roles: setup.roles,
-                                    params: config.method.params[config.method.name] ?? [:])
+                                    params: try methodParameters(name: config.method.name, groups: config.method.params))
         guard let level = MethodLevel(rawValue: config.method.level) else {
             throw MTLError("method.level: expected representation|parameters, found '\(config.method.level)'")
         }
@@ -131,21 +135,28 @@ public final class Trainer {
         schedule = LRSchedule(config.schedule, baseLR: config.optim.lr, totalSteps: config.train.steps)
         store = CheckpointStore(directory: runDir + "/checkpoints")
         log = comm.isRoot ? try RunLog(directory: runDir, echo: true) : nil
+
+        // The same initial parameters everywhere (rank 0's), whatever each rank computed. Being a
+        // collective, it also keeps the other ranks from writing before rank 0 holds the lock.
+        for (_, t) in model.stateTensors() { comm.broadcast(t.buffer, root: 0) }
+
         if options.logAllRanks && !comm.isRoot {
             try FileManager.default.createDirectory(atPath: runDir, withIntermediateDirectories: true)
-            let path = runDir + "/rank-\(comm.rank).log"
-            FileManager.default.createFile(atPath: path, contents: nil)
-            rankLog = FileHandle(forWritingAtPath: path)
+            rankLog = try AppendOnlyFile(path: runDir + "/rank-\(comm.rank).log")
         } else {
             rankLog = nil
         }
 
-        // The same initial parameters everywhere (rank 0's), whatever each rank computed.
-        for (_, t) in model.stateTensors() { comm.broadcast(t.buffer, root: 0) }
-
         if let resume {
-            let path = resume == "auto" ? store.latest() : resume
-            if let path { try restore(path) } else { log?.line("resume auto: no checkpoint in \(runDir)/checkpoints, starting at step 0") }
+            if resume == "auto" {
+                if let (path, contents) = try newestReadableCheckpoint() {
+                    try restore(path, contents: contents)
+                } else {
+                    log?.line("resume auto: no checkpoint in \(runDir)/checkpoints, starting at step 0")
+                }
+            } else {
+                try restore(resume)
+            }
         }
         try log?.writeConfig(config.yaml())
     }
@@ -192,14 +203,18 @@ public final class Trainer {
         return path
     }
 
-    func restore(_ path: String) throws {
-        let (tensors, meta) = try CheckpointStore.load(path)
-        var modelTensors: [String: Tensor] = [:]
-        for (k, v) in tensors where k.hasPrefix("model.") { modelTensors[String(k.dropFirst(6))] = v }
-        try setup.model.load(modelTensors, source: path)
-        try engine.optimizer.loadState(tensors)
-        if let js = meta["method_state"], let obj = try JSONSerialization.jsonObject(with: Data(js.utf8)) as? [String: [String]] {
-            try engine.method.loadState(obj.mapValues { $0.compactMap { Double($0) } })
+    func restore(_ path: String, contents: (tensors: [String: Tensor], meta: [String: String])? = nil) throws {
+        let (tensors, meta) = try contents ?? CheckpointStore.load(path)
+        do {
+            var modelTensors: [String: Tensor] = [:]
+            for (k, v) in tensors where k.hasPrefix("model.") { modelTensors[String(k.dropFirst(6))] = v }
+            try setup.model.load(modelTensors, source: path)
+            try engine.optimizer.loadState(tensors)
+            if let js = meta["method_state"], let obj = try JSONSerialization.jsonObject(with: Data(js.utf8)) as? [String: [String]] {
+                try engine.method.loadState(obj.mapValues { $0.compactMap { Double($0) } })
+            }
+        } catch let e as MTLError {
+            throw mismatchError(e, checkpoint: path, storedConfig: meta["config"])
         }
         guard let s = meta["step"].flatMap({ Int($0) }) else { throw MTLError("\(path): checkpoint has no step") }
         startStep = s
@@ -266,7 +281,7 @@ public final class Trainer {
                 let line = String(format: "step %d | %@ | %.1f ms (compute %.1f, comm %.1f)\n", step,
                                   zip(names, stats.losses).map { "\($0.0) \(String(format: "%.4f", $0.1))" }.joined(separator: " "),
                                   stepTime * 1000, stats.computeSeconds * 1000, stats.commSeconds * 1000)
-                rankLog.write(Data(line.utf8))
+                rankLog.append(line)
             }
             if options.checkConsistency > 0 && step % options.checkConsistency == 0 { try checkConsistency(step: step) }
 

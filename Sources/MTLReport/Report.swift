@@ -71,9 +71,9 @@ public enum Report {
         for (name, svg) in figures(runs: runs, baseline: baseRuns) {
             let path = (out as NSString).appendingPathComponent(name)
             do {
-                try svg.write(toFile: path, atomically: true, encoding: .utf8)
-            } catch {
-                throw MTLError("report: cannot write \(path): \(error.localizedDescription)")
+                try writeAtomically(path, svg)   // the file and the OS reason on failure, no temporary left
+            } catch let e as MTLError {
+                throw MTLError("report: \(e.message)")
             }
             written.append(name)
         }

@@ -20,6 +20,11 @@ import Glibc
 /// Saving is atomic: write `step-N.h5.tmp`, flush and close, fsync the file, rename, fsync
 /// the directory, then replace `latest` the same way, and only then delete old files, so a
 /// crash at any point leaves the previous checkpoint and a `latest` that names a complete file.
+/// A failure at any step (disk full, EIO) removes the `.tmp` and throws one line naming the file,
+/// the OS reason and the checkpoint `latest` still names.
+///
+/// Files are checksummed (`H5File.create(_:checksummed:)`: HDF5 1.10 format, Fletcher-32 per
+/// dataset; h5py built on HDF5 ≥ 1.10 reads them), so a truncated or bit-flipped file fails `load`.
 public struct CheckpointStore {
     public let directory: String
 
@@ -53,29 +58,42 @@ public struct CheckpointStore {
 
         // Leftovers of saves that crashed half-way (only rank 0 ever writes here).
         for n in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
-        where n.hasPrefix("step-") && n.hasSuffix(".h5.tmp") {
+        where n.hasSuffix(".tmp") && (n.hasPrefix("step-") || n == "latest.tmp") {
             unlink(directory + "/" + n)
         }
+        var installed = false   // step-N.h5 complete and in place
         do {
-            let f = try H5File.create(tmp)
             do {
-                for (n, t) in tensors { try f.write(n, t) }
-                try f.setAttribute("/", "format", "mtl-checkpoint")
-                try f.setAttribute("/", "meta", metaJSON)
-                f.flush()
+                let f = try H5File.create(tmp, checksummed: true)
+                do {
+                    for (n, t) in tensors { try f.write(n, t) }
+                    try f.setAttribute("/", "format", "mtl-checkpoint")
+                    try f.setAttribute("/", "meta", metaJSON)
+                    try f.closeChecked()
+                } catch {
+                    f.close()
+                    throw error
+                }
+                if let code = WriteFaultInjection.error(forWriteTo: tmp) {
+                    throw MTLError("\(tmp): cannot write (\(osReason(code)))")
+                }
+                try fsyncPath(tmp)
+                if let code = WriteFaultInjection.error(forWriteTo: path + "#rename") {
+                    throw MTLError("\(path): cannot rename \(tmp) into place (\(osReason(code)))")
+                }
+                if rename(tmp, path) != 0 { throw MTLError("\(path): cannot rename \(tmp) into place (\(osReason(errno)))") }
+                installed = true
+                try fsyncPath(directory)
             } catch {
-                f.close()
+                unlink(tmp)
                 throw error
             }
-            f.close()
-            try fsyncPath(tmp)
-            if rename(tmp, path) != 0 { throw MTLError("\(path): cannot rename \(tmp) into place (errno \(errno))") }
-            try fsyncPath(directory)
-        } catch {
-            unlink(tmp)
-            throw error
+            try writeAtomically(directory + "/latest", name + "\n")
+        } catch let e as MTLError {
+            let newest = latest().map { "'latest' still names \($0)" } ?? "no earlier complete checkpoint"
+            throw MTLError("\(e.message); checkpoint of step \(step) "
+                           + (installed ? "written to \(path) but not made durable/latest, " : "not saved, ") + newest)
         }
-        try writeAtomically(directory + "/latest", name + "\n")
         if keep > 0 {
             let all = list()
             var excess = all.count - keep
@@ -136,41 +154,4 @@ public struct CheckpointStore {
         }
         return (tensors, meta)
     }
-}
-
-// MARK: - durable file operations
-
-/// fsync a file or directory by path (a directory fsync makes a rename inside it durable).
-func fsyncPath(_ path: String) throws {
-    let fd = open(path, O_RDONLY)
-    if fd < 0 { throw MTLError("\(path): cannot open for fsync (errno \(errno))") }
-    defer { close(fd) }
-    if fsync(fd) != 0 { throw MTLError("\(path): fsync failed (errno \(errno))") }
-}
-
-/// Writes `path` via `path.tmp` + fsync + rename + fsync(dir): readers see the old or the new
-/// contents, never a partial file.
-func writeAtomically(_ path: String, _ contents: String) throws {
-    let tmp = path + ".tmp"
-    let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-    if fd < 0 { throw MTLError("\(tmp): cannot create (errno \(errno))") }
-    let bytes = Array(contents.utf8)
-    var written = 0
-    while written < bytes.count {
-        let n = bytes[written...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        if n <= 0 {
-            close(fd)
-            unlink(tmp)
-            throw MTLError("\(tmp): write failed (errno \(errno))")
-        }
-        written += n
-    }
-    let synced = fsync(fd) == 0
-    close(fd)
-    if !synced || rename(tmp, path) != 0 {
-        unlink(tmp)
-        throw MTLError("\(path): cannot replace atomically (errno \(errno))")
-    }
-    let dir = (path as NSString).deletingLastPathComponent
-    try fsyncPath(dir.isEmpty ? "." : dir)
 }

@@ -1,5 +1,6 @@
 import Foundation
 import MTLCore
+import MTLMethods
 import Yams
 
 /// A YAML document reduced to what a config needs: null, scalar text, ordered mappings,
@@ -304,6 +305,30 @@ struct Reader {
                 }
             }
         }
+        try checkMethod(c)
         return c
+    }
+
+    /// Every `method.<group>` belongs to the chosen method, and the method accepts every key in them:
+    /// built once here for the config's tasks, as the trainer will, so that the mistake shows before
+    /// any data is read or rank is started.
+    func checkMethod(_ c: Config) throws {
+        for group in c.method.params.keys.sorted() {
+            do {
+                try checkMethodGroup(group, method: c.method.name)
+            } catch let e as MTLError {
+                // An override names a key inside the group (method.iall.lr=5): find it by prefix.
+                let set = origins.keys.sorted().first { $0.hasPrefix("method.\(group).") }
+                throw MTLError("\(set.flatMap { origins[$0] } ?? origin("method.\(group)")): \(e.message)")
+            }
+        }
+        do {
+            let params = try methodParameters(name: c.method.name, groups: c.method.params)
+            _ = try makeMethod(name: c.method.name, taskNames: c.tasks.map { $0.name }, roles: c.tasks.map { $0.role },
+                               params: params)
+        } catch let e as MTLError {
+            // The messages start with the key ("method.ial.lrr: unknown key ..."): name where it came from.
+            throw MTLError("\(origin(String(e.message.prefix { $0 != ":" && $0 != " " }))): \(e.message)")
+        }
     }
 }

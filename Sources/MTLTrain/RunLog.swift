@@ -7,12 +7,16 @@ import Glibc
 /// The run directory's text outputs (rank 0 only; the caller decides who creates one):
 /// `config.yaml` (the resolved config), `train.log` (timestamped human lines) and
 /// `metrics.jsonl` (one JSON object per line, keys sorted). Both logs are opened for
-/// appending, so a resumed run continues them; every line is flushed as it is written.
+/// appending, so a resumed run continues them; every line is written as it comes.
+///
+/// A log line that cannot be written (disk full, I/O error) is lost with a warning on stderr and
+/// training continues: the checkpoints are what a run cannot do without, and their writer stops the
+/// run when they fail. A line is never left half-written (see `AppendOnlyFile`).
 public final class RunLog {
     public let directory: String
     public let echo: Bool
-    private let logFile: UnsafeMutablePointer<FILE>
-    private let metricsFile: UnsafeMutablePointer<FILE>
+    private let logFile: AppendOnlyFile
+    private let metricsFile: AppendOnlyFile
     private let timestamp: DateFormatter
 
     public init(directory: String, echo: Bool) throws {
@@ -23,23 +27,11 @@ public final class RunLog {
         } catch {
             throw MTLError("\(directory): cannot create the run directory (\(error.localizedDescription))")
         }
-        guard let log = fopen(directory + "/train.log", "a") else {
-            throw MTLError("\(directory)/train.log: cannot open for writing (errno \(errno))")
-        }
-        guard let metrics = fopen(directory + "/metrics.jsonl", "a") else {
-            fclose(log)
-            throw MTLError("\(directory)/metrics.jsonl: cannot open for writing (errno \(errno))")
-        }
-        logFile = log
-        metricsFile = metrics
+        logFile = try AppendOnlyFile(path: directory + "/train.log")
+        metricsFile = try AppendOnlyFile(path: directory + "/metrics.jsonl")
         timestamp = DateFormatter()
         timestamp.locale = Locale(identifier: "en_US_POSIX")
         timestamp.dateFormat = "yyyy-MM-dd HH:mm:ss"
-    }
-
-    deinit {
-        fclose(logFile)
-        fclose(metricsFile)
     }
 
     /// Writes `config.yaml` (atomically: a reader never sees half a file).
@@ -47,11 +39,11 @@ public final class RunLog {
         try writeAtomically(directory + "/config.yaml", yaml.hasSuffix("\n") ? yaml : yaml + "\n")
     }
 
-    /// Appends "yyyy-MM-dd HH:mm:ss <s>" to train.log; echoes `s` to stdout when `echo`.
-    public func line(_ s: String) {
-        fputs("\(timestamp.string(from: Date())) \(s)\n", logFile)
-        fflush(logFile)
-        if echo {
+    /// Appends "yyyy-MM-dd HH:mm:ss <s>" to train.log; echoes `s` to stdout when `echo` (the
+    /// log's and the call's: a warning already printed on stderr is not repeated).
+    public func line(_ s: String, echo echoThis: Bool = true) {
+        logFile.append("\(timestamp.string(from: Date())) \(s)\n")
+        if echo && echoThis {
             print(s)
             fflush(stdout)
         }
@@ -61,8 +53,55 @@ public final class RunLog {
     /// (non-finite ones become null, which JSON has no other way to say), arrays, nested
     /// dictionaries, nil/NSNull.
     public func record(_ json: [String: Any]) {
-        fputs(jsonText(json) + "\n", metricsFile)
-        fflush(metricsFile)
+        metricsFile.append(jsonText(json) + "\n")
+    }
+}
+
+/// A log file that only grows by whole lines. Each line is one write(2) at the end (O_APPEND); a
+/// write that fails part-way is cut back off, so readers (mtl report, `tail -f`) never see a torn
+/// line. Failures warn once on stderr, count the lost lines, and say so when writing works again.
+public final class AppendOnlyFile {
+    public let path: String
+    private let fd: Int32
+    private var lostLines = 0
+    private let lock = NSLock()
+
+    public init(path: String) throws {
+        self.path = path
+        fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
+        if fd < 0 { throw MTLError("\(path): cannot open for writing (\(osReason(errno)))") }
+    }
+
+    deinit { close(fd) }
+
+    /// Appends `text` (normally one line ending in "\n"); returns false if it was lost.
+    @discardableResult
+    public func append(_ text: String) -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        if lostLines > 0 {
+            let note = "(\(lostLines) line(s) could not be written here and are missing)\n"
+            guard write(note) else {
+                lostLines += 1
+                return false
+            }
+            FileHandle.standardError.write(Data("warning: \(path): writing works again; \(lostLines) line(s) were lost\n".utf8))
+            lostLines = 0
+        }
+        if write(text) { return true }
+        lostLines += 1
+        return false
+    }
+
+    private func write(_ text: String) -> Bool {
+        let end = lseek(fd, 0, SEEK_END)
+        let code = Array(text.utf8).withUnsafeBytes { writeAll(fd, $0, path: path) }
+        if code == 0 { return true }
+        if end >= 0 { _ = ftruncate(fd, end) }   // drop a partly written line
+        if lostLines == 0 {
+            FileHandle.standardError.write(Data("warning: \(path): cannot write (\(osReason(code))); log lines are lost until it works again, training continues (checkpoint failures stop the run)\n".utf8))
+        }
+        return false
     }
 }
 

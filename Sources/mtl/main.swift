@@ -15,7 +15,10 @@ func fail(_ error: Error, comm: Communicator? = nil) -> Never {
     let message = (error as? MTLError)?.message ?? "\(error)"
     if let comm, comm.size > 1 { comm.abort(code: 1, reason: message) }
     FileHandle.standardError.write(Data("error: \(message)\n".utf8))
-    exit(1)
+    // _exit, not exit: after a failed write HDF5's exit handler can crash on the half-closed file
+    // (a full disk ended in SIGSEGV that way); nothing of ours is buffered except stdout.
+    fflush(stdout)
+    _exit(1)
 }
 
 struct MTL: ParsableCommand {

@@ -78,7 +78,7 @@ final class SlurmTests: XCTestCase {
         XCTAssertTrue(finished, "job \(job) still running after 180 s:\n\(log)")
         XCTAssertTrue(log.contains("on 2 rank(s)"), log)
         let files = (try? FileManager.default.contentsOfDirectory(atPath: runDir.path).sorted()) ?? []
-        XCTAssertEqual(files, ["checkpoints", "config.yaml", "metrics.jsonl", "train.log"], log)
+        XCTAssertEqual(files, [".lock", "checkpoints", "config.yaml", "metrics.jsonl", "train.log"], log)
         let metrics = (try? String(contentsOf: runDir.appendingPathComponent("metrics.jsonl"), encoding: .utf8)) ?? ""
         XCTAssertEqual(metrics.split(separator: "\n").filter { $0.contains("\"kind\":\"train\"") }.count, 6, log)
         XCTAssertTrue(metrics.contains("\"kind\":\"eval\""), log)

@@ -260,7 +260,7 @@ final class DistributedTrainingTests: XCTestCase {
         XCTAssertEqual(head.contains("oneDNN convolution kernels"), convBackend == "auto", head)
         // Only rank 0 wrote into the run directory.
         let files = try FileManager.default.contentsOfDirectory(atPath: dir + "/n2").sorted()
-        XCTAssertEqual(files, ["checkpoints", "config.yaml", "metrics.jsonl", "train.log"])
+        XCTAssertEqual(files, [".lock", "checkpoints", "config.yaml", "metrics.jsonl", "train.log"])   // .lock: rank 0 owns the directory
     }
 
     /// The bucketed all-reduce overlapped with the encoder backward gives bit-identical parameters to

@@ -95,8 +95,7 @@ final class ConfigTests: XCTestCase {
         method:
           name: ial
           level: parameters
-          ial: {lr: 0.01, warmup: 5, mode: "a b", flag: true}
-          pcgrad: {reduction: mean}
+          ial: {lr: 0.01, init: 5, f: "tanh", source: none}
         """
         let c = try parse(text)
         XCTAssertEqual(c.data.path, "dir with space/it's \"q\".h5")
@@ -105,8 +104,7 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(c.optim.lr, 0.003)
         XCTAssertEqual(c.optim.weightDecay, 1e-5)
         XCTAssertEqual(c.schedule.minLR, 1e-7)
-        XCTAssertEqual(c.method.params, ["ial": ["lr": "0.01", "warmup": "5", "mode": "a b", "flag": "true"],
-                                         "pcgrad": ["reduction": "mean"]])
+        XCTAssertEqual(c.method.params, ["ial": ["lr": "0.01", "init": "5", "f": "tanh", "source": "none"]])
         let out = c.yaml()
         let again = try parse(out)
         XCTAssertEqual(again, c)
@@ -119,7 +117,7 @@ final class ConfigTests: XCTestCase {
     func testOverrides() throws {
         let base = "tasks:\n  seg: {role: primary}\n  depth: {}\nmethod: {name: ew}\n"
         let c = try parse(base, ["train.steps=50", "tasks.depth.role=primary", "tasks.seg.role=auxiliary",
-                                 "method.name=ial", "method.ial.lr=0.01", "method.ial.mode=fast",
+                                 "method.name=ial", "method.ial.lr=0.01", "method.ial.f=exp",
                                  "tasks.edges.pos_weight=2", "data.path=\"a b.h5\"", "model.pretrained=",
                                  "optim.lr = 5e-4", "model.sync_bn=true"])
         XCTAssertEqual(c.train.steps, 50)
@@ -128,7 +126,7 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(c.tasks[2].loss, "bce")
         XCTAssertEqual(c.tasks[2].posWeight, 2)
         XCTAssertEqual(c.method.name, "ial")
-        XCTAssertEqual(c.method.params, ["ial": ["lr": "0.01", "mode": "fast"]])
+        XCTAssertEqual(c.method.params, ["ial": ["lr": "0.01", "f": "exp"]])
         XCTAssertEqual(c.data.path, "a b.h5")
         XCTAssertEqual(c.model.pretrained, "")
         XCTAssertEqual(c.optim.lr, 5e-4)
@@ -225,5 +223,51 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(message { try self.parse("train: {steps: 1, steps: 2}") }, "config.yaml: duplicate key 'train.steps'")
         XCTAssertEqual(message { try self.parse("- a\n- b\n") },
                        "config.yaml: expected a mapping of sections (data, model, tasks, ...), found a list")
+    }
+
+    /// A `method.<group>` of another method, or a misspelt group, was silently ignored (issue 11):
+    /// now an error naming the group, the chosen method and the nearest valid group.
+    func testMethodGroupsMustBelongToTheChosenMethod() throws {
+        XCTAssertEqual(message { try self.parse("", ["method.name=ial", "method.iall.lr=5"]) },
+                       "override 'method.iall.lr=5': method.iall: no method is called 'iall' (did you mean 'method.ial'?); "
+                       + "method.name is ial, whose hyperparameters go under method.ial")
+        XCTAssertEqual(message { try self.parse("method: {name: imtl-l, pcgrad: {foo: 1}}") },
+                       "config.yaml: method.pcgrad: hyperparameters of method pcgrad, but method.name is imtl-l "
+                       + "(its hyperparameters go under method.imtl-l or method.imtl; did you mean method.name=pcgrad?)")
+        // the default method (ew) too
+        XCTAssertTrue(message { try self.parse("method: {ial: {lr: 0.1}}") }
+            .hasPrefix("config.yaml: method.ial: hyperparameters of method ial, but method.name is ew"))
+        // an alias group is the method's own: imtl for the IMTL variants, auto-lambda for autol
+        let imtl = try parse("method: {name: imtl-l, imtl: {lr: 0.5}}")
+        XCTAssertEqual(imtl.method.params, ["imtl": ["lr": "0.5"]])
+        XCTAssertNoThrow(try parse("", ["method.name=imtl-l", "method.imtl-l.lr=0.5"]))
+        XCTAssertNoThrow(try parse("", ["method.name=autol", "method.auto-lambda.lr=0.001"]))
+        XCTAssertNoThrow(try parse("", ["method.name=auto-lambda", "method.autol.lr=0.001"]))
+        XCTAssertEqual(message { try self.parse("method: {name: imtl-l, imtl: {lr: 0.5}, imtl-l: {lr: 0.1}}") },
+                       "config.yaml: method.imtl.lr: also set as method.imtl-l.lr; set it once")
+    }
+
+    /// The keys inside the chosen method's group and the method name are checked when the config is
+    /// read (before, only when the trainer built the method, after loading the data).
+    func testMethodKeysAndNameAreCheckedAtTheConfigLevel() {
+        XCTAssertEqual(message { try self.parse("", ["method.name=ial", "method.ial.lrr=5"]) },
+                       "override 'method.ial.lrr=5': method.ial.lrr: unknown key (did you mean 'lr'?); valid keys: alpha, eps, f, init, lr, source")
+        XCTAssertEqual(message { try self.parse("method: {name: ial, ial: {lr: fast}}") },
+                       "config.yaml: method.ial.lr: expected a number, found 'fast'")
+        XCTAssertTrue(message { try self.parse("method: {name: pcgard}") }
+            .hasPrefix("config.yaml: method.name: unknown method 'pcgard' (did you mean 'pcgrad'?)"))
+        XCTAssertTrue(message { try self.parse("method: {name: imtl-l, imtl: {foo: 1}}") }
+            .hasPrefix("config.yaml: method.imtl.foo: unknown key"))
+        // a method that needs one primary task, and the config has none
+        XCTAssertTrue(message { try self.parse("tasks: {depth: {}, normals: {}}\nmethod: {name: gcs}") }
+            .contains("needs exactly one primary task"))
+    }
+
+    /// `tasks` is the other keyed group: a task name must be one of the known tasks.
+    func testTaskGroupNamesAreChecked() {
+        XCTAssertEqual(message { try self.parse("tasks: {seg: {role: primary}, dpeth: {}}") },
+                       "config.yaml: unknown key 'tasks.dpeth' (did you mean 'tasks.depth'?)")
+        XCTAssertEqual(message { try self.parse("", ["tasks.normal.weight=2"]) },
+                       "override 'tasks.normal.weight=2': unknown key 'tasks.normal.weight' (did you mean 'tasks.normals.weight'?)")
     }
 }
