@@ -106,6 +106,17 @@ final class HRNetTorchTests: XCTestCase {
         try compare(reference: "timm", fuse: .nearest, training: false, input: [2, 3, 64, 64])
     }
 
+    /// With batch statistics (the training path), on the oneDNN convolutions: within torch's own float32
+    /// error (measured dx 8e-6, parameter gradients ≤ 2.3e-5; torch float32 7e-6 / 9e-6). On the BLAS
+    /// convolution path the same check is off by 1.5e-2 at this input (the forward by 5e-6 only; at
+    /// 64×64 both backends agree to 1.5e-5): open, see docs/ARCHITECTURE.md.
+    func testBilinearFuseWithBatchStatisticsMatchesSpecReferenceOnOneDNN() throws {
+        let saved = Conv2d.backend
+        Conv2d.backend = .onednn
+        defer { Conv2d.backend = saved }
+        try compare(reference: "spec", fuse: .bilinear, training: true, input: [2, 3, 72, 88])
+    }
+
     /// The mmseg-style reference (bilinear fuse) with running statistics, at a size not divisible by 32,
     /// so the fuse's second resize (to the finer branch's size) is exercised.
     func testBilinearFuseMatchesSpecReference() throws {
