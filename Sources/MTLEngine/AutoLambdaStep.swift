@@ -193,8 +193,9 @@ final class ModelLookahead: LookaheadNetwork {
     let comm: Communicator
     let lookaheadParameters: [Parameter]
     let lookaheadBuffers: [Tensor]
-    let taskGrads: [Tensor]
-    let combined = Tensor([0])
+    /// Per task and feature scale.
+    let taskGrads: [[Tensor]]
+    let combined: [Tensor]
     let flat: Tensor
     var reduction: [Double]
 
@@ -206,7 +207,9 @@ final class ModelLookahead: LookaheadNetwork {
         comm = engine.comm
         lookaheadParameters = engine.trainable
         lookaheadBuffers = engine.model.buffers.map { $0.value }
-        taskGrads = engine.taskNames.map { _ in Tensor([0]) }
+        let scales = engine.model.encoder.featureChannels.count
+        taskGrads = engine.taskNames.map { _ in (0..<scales).map { _ in Tensor([0]) } }
+        combined = (0..<scales).map { _ in Tensor([0]) }
         flat = Tensor([engine.trainable.reduce(0) { $0 + $1.value.count }])
         reduction = [Double](repeating: 0, count: 2 * engine.taskNames.count)
     }
@@ -227,17 +230,20 @@ final class ModelLookahead: LookaheadNetwork {
             let ls = losses[t].forward(pred, try target(batch, t))
             reduction[t] = ls.sum * lossWeights[t]
             reduction[T + t] = Double(ls.count)
-            taskGrads[t].copy(from: model.heads[t].backward(losses[t].backward(scale: Float(lossWeights[t]))))
+            let dz = model.heads[t].backward(losses[t].backward(scale: Float(lossWeights[t])))
+            for (kept, g) in zip(taskGrads[t], dz) { kept.copy(from: g) }
         }
         reduction.withUnsafeMutableBufferPointer { comm.allReduceSum($0) }
         var global = [Double](repeating: 0, count: T)
-        combined.resize(z.shape)
-        combined.zero()
+        for (c, zs) in zip(combined, z) {
+            c.resize(zs.shape)
+            c.zero()
+        }
         for t in 0..<T where weights[t] != 0 {
             let n = reduction[T + t]
             let s = n > 0 ? weights[t] / n : 0
             for p in model.heads[t].parameters { p.grad.scale(Float(s)) }
-            combined.add(taskGrads[t], alpha: Float(s))
+            for (c, g) in zip(combined, taskGrads[t]) { c.add(g, alpha: Float(s)) }
             global[t] = n > 0 ? reduction[t] / n : 0
         }
         model.encoder.backward(combined)

@@ -11,14 +11,15 @@ import MTLTrain
 public struct BenchOptions {
     public var width = 32, batch = 4, height = 128, wide = 256, threads = 2, steps = 8, warmup = 2
     public var method = "ew"
-    /// bench (ResNet-18-style encoder + bench heads) | resnet50-deeplab (dilated ResNet-50 + DeepLabV3 heads).
+    /// bench (ResNet-18-style encoder + bench heads) | resnet50-deeplab (dilated ResNet-50 + DeepLabV3 heads)
+    /// | hrnet18s-baseline (HRNetV2-W18-Small-v2 + multiscale heads, hidden width 270; tools/bench_hrnet_torch.py).
     public var model = "bench"
     public var headChannels = 256
     public var convBackend = "auto"
     /// Time every convolution pass of the timed steps (ConvProfile) and report them.
     public var profile = false
     public init() {}
-    public static let models = ["bench", "resnet50-deeplab"]
+    public static let models = ["bench", "resnet50-deeplab", "hrnet18s-baseline"]
 }
 
 public struct BenchResult {
@@ -106,10 +107,18 @@ public enum Bench {
         }
         Threads.set(o.threads)
         try Runtime.selectConvBackend(o.convBackend)
-        let deeplab = o.model == "resnet50-deeplab"
-        let spec = ModelSpec(encoder: deeplab ? "resnet50" : "bench", width: o.width, outputStride: 8,
-                             head: deeplab ? "deeplab" : "bench", headChannels: deeplab ? o.headChannels : 64,
-                             tasks: [("seg", 13), ("depth", 1), ("normals", 3)])
+        let tasks: [(name: String, channels: Int)] = [("seg", 13), ("depth", 1), ("normals", 3)]
+        let spec: ModelSpec
+        switch o.model {
+        case "resnet50-deeplab":
+            spec = ModelSpec(encoder: "resnet50", width: o.width, outputStride: 8, head: "deeplab",
+                             headChannels: o.headChannels, tasks: tasks)
+        case "hrnet18s-baseline":
+            spec = ModelSpec(encoder: "hrnet18s", width: o.width, outputStride: 8, head: "multiscale", headChannels: 270,
+                             tasks: tasks)
+        default:
+            spec = ModelSpec(encoder: "bench", width: o.width, outputStride: 8, head: "bench", headChannels: 64, tasks: tasks)
+        }
         let model = try MultiTaskModel(spec, seed: 0)
         let names = ["seg", "depth", "normals"]
         let roles: [TaskRole] = [.primary, .auxiliary, .auxiliary]

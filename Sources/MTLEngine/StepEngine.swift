@@ -28,7 +28,8 @@ public struct StepStats {
 }
 
 /// One training step, as data flows in ARCHITECTURE.md:
-/// encoder forward → per task: head forward, loss, head backward (∂L_t/∂z kept) → ONE all-reduce of
+/// encoder forward → per task: head forward, loss, head backward (∂L_t/∂z kept; z = the encoder's
+/// Features, one tensor per scale, and ⟨·,·⟩ on them the sum over scales) → ONE all-reduce of
 /// (loss sums, valid counts, local Gram) → method → decoder grads scaled, encoder backward with Σ α_t ∂L_t/∂z
 /// → gradient all-reduce → NaN check (same decision everywhere) → optimizer step.
 /// Losses are normalised by GLOBAL valid counts, so N ranks × b equal 1 rank × N·b.
@@ -48,9 +49,11 @@ public final class StepEngine {
     /// Parameters that are updated and all-reduced (frozen heads excluded), in a fixed order.
     let trainable: [Parameter]
     let encoderParams: [Parameter]
-    /// ∂L_t/∂z per task (unscaled: computed with loss scale 1, scaled once the global counts are known).
-    let taskGrads: [Tensor]
-    let combined = Tensor([0])
+    /// ∂L_t/∂z per task and scale (unscaled: computed with loss scale 1, scaled once the global
+    /// counts are known).
+    let taskGrads: [[Tensor]]
+    /// Σ_t α_t ∂L_t/∂z per scale (parameter level: this rank's slice of the combined gradient in [0]).
+    let combined: [Tensor]
     /// Trainable parameters whose gradients the step all-reduces (at parameter level the encoder's
     /// are already global after the method, so only the heads' are reduced).
     let reduced: [Parameter]
@@ -82,7 +85,9 @@ public final class StepEngine {
         self.skipNonFinite = skipNonFinite
         trainable = model.parameters.filter { $0.trainable }
         encoderParams = model.encoder.parameters
-        taskGrads = model.taskNames.map { _ in Tensor([0]) }
+        let scales = model.encoder.featureChannels.count
+        taskGrads = model.taskNames.map { _ in (0..<scales).map { _ in Tensor([0]) } }
+        combined = (0..<scales).map { _ in Tensor([0]) }
         let encoderNames = Set(encoderParams.map { $0.name })
         reduced = self.level == .parameters ? trainable.filter { !encoderNames.contains($0.name) } : trainable
         let t = model.taskNames.count
@@ -134,7 +139,7 @@ public final class StepEngine {
             localSums[t] = ls.sum * lossWeights[t]
             localCounts[t] = Double(ls.count)
             let dz = model.heads[t].backward(losses[t].backward(scale: Float(lossWeights[t])))
-            taskGrads[t].copy(from: dz)
+            for (kept, g) in zip(taskGrads[t], dz) { kept.copy(from: g) }
         }
 
         // One small all-reduce: loss sums, valid counts, and (representation level) the local Gram.
@@ -145,8 +150,11 @@ public final class StepEngine {
         }
         for i in 0..<(T * T) { reduction[2 * T + i] = 0 }
         if repGram {
-            let local = gramMatrix(taskGrads.map { UnsafePointer($0.data) }, count: taskGrads[0].count)
-            for k in 0..<(T * T) { reduction[2 * T + k] = local[k] }
+            // G_ij = Σ_scales ⟨g_i, g_j⟩ (one scale: exactly the single-tensor Gram).
+            for s in 0..<combined.count {
+                let local = gramMatrix(taskGrads.map { UnsafePointer($0[s].data) }, count: taskGrads[0][s].count)
+                for k in 0..<(T * T) { reduction[2 * T + k] += local[k] }
+            }
         }
         let tc = Date()
         reduction.withUnsafeMutableBufferPointer { comm.allReduceSum($0) }
@@ -188,11 +196,13 @@ public final class StepEngine {
                 buckets.beginStep()
                 for t in 0..<T { buckets.groupDone(t) }
             }
-            // Encoder: one backward with Σ α_t/N_t ∂L_t/∂z.
-            combined.resize(taskGrads[0].shape)
-            combined.zero()
-            for t in 0..<T where inv[t] > 0 {
-                combined.add(taskGrads[t], alpha: Float(result.encoderCoefficients[t] * inv[t]))
+            // Encoder: one backward with Σ α_t/N_t ∂L_t/∂z on every scale.
+            for s in 0..<combined.count {
+                combined[s].resize(taskGrads[0][s].shape)
+                combined[s].zero()
+                for t in 0..<T where inv[t] > 0 {
+                    combined[s].add(taskGrads[t][s], alpha: Float(result.encoderCoefficients[t] * inv[t]))
+                }
             }
             if let buckets {
                 model.encoder.backward(combined) { k in buckets.groupDone(T + k) }
@@ -244,34 +254,41 @@ public final class StepEngine {
     }
 
     /// Representation level, non-linear methods (GradDrop): the per-position sign-corrected sums
-    /// q_t[j] = Σ_b sign(z[b,j]) ∂L_t/∂z[b,j] are all-reduced (T × C·h·w floats), the method turns them
-    /// into per-position multipliers m_t (same on every rank), and each rank backpropagates
-    /// Σ_t m_t ⊙ ∂L_t/∂z of its own samples.
-    private func representationVectors(_ ctx: inout MethodContext, z: Tensor, inv: [Double],
+    /// q_t[j] = Σ_b sign(z[b,j]) ∂L_t/∂z[b,j] are all-reduced (T × C·h·w floats; several scales are
+    /// concatenated, finest first), the method turns them into per-position multipliers m_t (same on
+    /// every rank), and each rank backpropagates Σ_t m_t ⊙ ∂L_t/∂z of its own samples.
+    private func representationVectors(_ ctx: inout MethodContext, z: Features, inv: [Double],
                                        commTime: inout Double) throws -> MethodResult {
         let T = taskNames.count
-        let batch = z.n, perSample = z.count / max(1, z.n)
+        let batch = z[0].n
+        let perScale = z.map { $0.count / max(1, batch) }
+        let offsets = perScale.indices.map { perScale[..<$0].reduce(0, +) }
+        let perSample = perScale.reduce(0, +)
         if taskParamGrads.count != T || taskParamGrads[0].count != perSample {
             taskParamGrads = (0..<T).map { _ in Tensor([perSample]) }
         }
         for t in 0..<T {
-            taskGrads[t].scale(Float(inv[t]))
-            GradDrop.signCorrectedSum(z: z.data, h: taskGrads[t].data, batch: batch, perSample: perSample,
-                                      into: taskParamGrads[t].data)
+            for s in z.indices {
+                taskGrads[t][s].scale(Float(inv[t]))
+                GradDrop.signCorrectedSum(z: z[s].data, h: taskGrads[t][s].data, batch: batch, perSample: perScale[s],
+                                          into: taskParamGrads[t].data + offsets[s])
+            }
         }
         let tc = Date()
         if comm.size > 1 { for t in 0..<T { comm.allReduceSum(taskParamGrads[t].buffer) } }
         commTime += Date().timeIntervalSince(tc)
         ctx.grads = taskParamGrads.map { $0.buffer }
         let result = try method.apply(ctx)
-        combined.resize(taskGrads[0].shape)
-        if result.multipliersWritten {
-            GradDrop.combine(multipliers: taskParamGrads.map { UnsafeBufferPointer($0.buffer) },
-                             h: taskGrads.map { UnsafePointer($0.data) }, batch: batch, perSample: perSample,
-                             into: combined.data)
-        } else {
-            combined.zero()
-            for t in 0..<T { combined.add(taskGrads[t], alpha: Float(result.encoderCoefficients[t])) }
+        for s in z.indices {
+            combined[s].resize(taskGrads[0][s].shape)
+            if result.multipliersWritten {
+                GradDrop.combine(multipliers: taskParamGrads.map { UnsafeBufferPointer(start: $0.data + offsets[s], count: perScale[s]) },
+                                 h: taskGrads.map { UnsafePointer($0[s].data) }, batch: batch, perSample: perScale[s],
+                                 into: combined[s].data)
+            } else {
+                combined[s].zero()
+                for t in 0..<T { combined[s].add(taskGrads[t][s], alpha: Float(result.encoderCoefficients[t])) }
+            }
         }
         model.encoder.backward(combined)
         return result
@@ -296,7 +313,7 @@ public final class StepEngine {
         }
         for t in 0..<T {
             for p in encoderParams { p.grad.zero() }
-            taskGrads[t].scale(Float(inv[t]))
+            for g in taskGrads[t] { g.scale(Float(inv[t])) }
             model.encoder.backward(taskGrads[t])
             let flat = taskParamGrads[t].data
             packGradients(encoderParams, into: flat)
@@ -319,9 +336,9 @@ public final class StepEngine {
         ctx.gradsOffset = offset
         let result = try method.apply(ctx)
 
-        // This rank's slice of the combined gradient (in `combined`), then all-gathered.
-        combined.resize([block])
-        let out = combined.data
+        // This rank's slice of the combined gradient (in `combined[0]`), then all-gathered.
+        combined[0].resize([block])
+        let out = combined[0].data
         if result.combinedGradientWritten {
             out.update(from: taskSlices[0].data, count: valid)
         } else {

@@ -52,7 +52,8 @@ public struct RunSetup {
         }
         let spec = ModelSpec(encoder: config.model.encoder, width: config.model.width,
                              outputStride: config.model.outputStride, head: config.model.head,
-                             headChannels: config.model.headChannels, tasks: specTasks)
+                             headChannels: config.model.headChannels,
+                             fuseUpsample: FuseUpsample(rawValue: config.model.fuseUpsample) ?? .bilinear, tasks: specTasks)
         model = try MultiTaskModel(spec, seed: UInt64(config.train.seed))
         taskNames = config.tasks.map { $0.name }
         lossKinds = config.tasks.map { $0.loss }

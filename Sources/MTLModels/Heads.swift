@@ -1,13 +1,20 @@
 import MTLCore
 import MTLNN
 
-/// A task head: shared features z [B, C, h, w] → prediction [B, outChannels, H, W] at input resolution.
-/// backward returns ∂L/∂z for this task only (a tensor the head owns; copy it if you keep it).
+/// A task head: the shared Features → prediction [B, outChannels, H, W] at input resolution.
+/// backward returns ∂L/∂Features for this task only, one tensor per scale (tensors the head owns;
+/// copy them if you keep them).
 public protocol TaskHead: HasParameters {
     var outChannels: Int { get }
     var batchNorms: [BatchNorm2d] { get }
-    func forward(_ z: Tensor, height: Int, width: Int) -> Tensor
-    func backward(_ dPred: Tensor) -> Tensor
+    func forward(_ features: Features, height: Int, width: Int) -> Tensor
+    func backward(_ dPred: Tensor) -> Features
+}
+
+/// The one tensor of a single-scale encoder's Features (the heads built for the dilated ResNet).
+func singleScale(_ features: Features, _ head: String) -> Tensor {
+    precondition(features.count == 1, "\(head) reads one feature scale, the encoder gives \(features.count)")
+    return features[0]
 }
 
 /// conv → BN → ReLU, the unit ASPP is built from (torchvision names `<p>.0`, `<p>.1`).
@@ -67,7 +74,8 @@ public final class DeepLabHead: TaskHead {
     public var batchNorms: [BatchNorm2d] { branches.map { $0.bn } + [poolBranch.bn, project.bn, conv3.bn] }
     public var buffers: [Buffer] { batchNorms.flatMap { $0.buffers } }
 
-    public func forward(_ z: Tensor, height: Int, width: Int) -> Tensor {
+    public func forward(_ features: Features, height: Int, width: Int) -> Tensor {
+        let z = singleScale(features, "DeepLabHead")
         var outs = branches.map { $0.forward(z) }
         let pooled = poolBranch.forward(poolGAP.forward(z))
         outs.append(poolUp.forward(pooled, height: z.h, width: z.w))
@@ -75,14 +83,14 @@ public final class DeepLabHead: TaskHead {
         return upsample.forward(conv(classifier, y), height: height, width: width)
     }
 
-    public func backward(_ dPred: Tensor) -> Tensor {
+    public func backward(_ dPred: Tensor) -> Features {
         let dy = conv3.backward(classifier.backward(upsample.backward(dPred)))
         let parts = concat.backward(project.backward(dy))
         dz.copy(from: branches[0].backward(parts[0]))
         for i in 1..<branches.count { dz.add(branches[i].backward(parts[i])) }
         let dPooled = poolBranch.backward(poolUp.backward(parts[branches.count]))
         dz.add(poolGAP.backward(dPooled))
-        return dz
+        return [dz]
     }
 }
 
@@ -110,16 +118,65 @@ public final class BenchHead: TaskHead {
     public var parameters: [Parameter] { branches.flatMap { $0.parameters } + out.parameters }
     public var batchNorms: [BatchNorm2d] { [] }
 
-    public func forward(_ z: Tensor, height: Int, width: Int) -> Tensor {
+    public func forward(_ features: Features, height: Int, width: Int) -> Tensor {
+        let z = singleScale(features, "BenchHead")
         sum.copy(from: relus[0].forward(conv(branches[0], z)))
         for i in 1..<3 { sum.add(relus[i].forward(conv(branches[i], z))) }
         return upsample.forward(conv(out, sum), height: height, width: width)
     }
 
-    public func backward(_ dPred: Tensor) -> Tensor {
+    public func backward(_ dPred: Tensor) -> Features {
         let dsum = out.backward(upsample.backward(dPred))
         dz.copy(from: branches[0].backward(relus[0].backward(dsum)))
         for i in 1..<3 { dz.add(branches[i].backward(relus[i].backward(dsum))) }
-        return dz
+        return [dz]
+    }
+}
+
+/// The multi-scale baseline head of MTI-Net / ATRC ("HRNet baseline", MTI-Net's HighResolutionHead):
+/// every coarser scale resized bilinearly (align_corners=False) to the finest scale's size, all
+/// scales concatenated, 1×1 conv (bias) → BN → ReLU → 1×1 classifier (bias), then bilinear
+/// upsampling to the input size. MTI-Net's hidden width is the concatenation's (270 for HRNet-W18);
+/// here it is `channels`. Names as MTI-Net: `last_layer.0` (conv), `last_layer.1` (BN),
+/// `last_layer.3` (classifier) under `prefix`.
+public final class MultiScaleHead: TaskHead {
+    let resizes: [Upsample]               // scales 1..<S to the size of scale 0
+    let concat = Concat()
+    let conv: Conv2d, bn: BatchNorm2d, relu = ReLU()
+    let classifier: Conv2d
+    let upsample = Upsample()
+    public let outChannels: Int
+
+    public init(_ prefix: String, inChannels: [Int], outChannels: Int, channels: Int, rng: inout Philox) {
+        precondition(!inChannels.isEmpty, "MultiScaleHead: no input scales")
+        resizes = inChannels.dropFirst().map { _ in Upsample() }
+        conv = Conv2d("\(prefix).last_layer.0", inChannels: inChannels.reduce(0, +), outChannels: channels, kernel: 1,
+                      bias: true, rng: &rng)
+        bn = BatchNorm2d("\(prefix).last_layer.1", channels: channels)
+        classifier = Conv2d("\(prefix).last_layer.3", inChannels: channels, outChannels: outChannels, kernel: 1,
+                            bias: true, rng: &rng)
+        self.outChannels = outChannels
+    }
+
+    public var parameters: [Parameter] { conv.parameters + bn.parameters + classifier.parameters }
+    public var batchNorms: [BatchNorm2d] { [bn] }
+    public var buffers: [Buffer] { bn.buffers }
+
+    public func forward(_ features: Features, height: Int, width: Int) -> Tensor {
+        precondition(features.count == resizes.count + 1,
+                     "MultiScaleHead: built for \(resizes.count + 1) scales, got \(features.count)")
+        let finest = features[0]
+        var parts = [finest]
+        for s in 1..<features.count {
+            parts.append(resizes[s - 1].forward(features[s], height: finest.h, width: finest.w))
+        }
+        let y = relu.forward(bn.forward(MTLModels.conv(conv, concat.forward(parts))))
+        return upsample.forward(MTLModels.conv(classifier, y), height: height, width: width)
+    }
+
+    public func backward(_ dPred: Tensor) -> Features {
+        let dy = classifier.backward(upsample.backward(dPred))
+        let parts = concat.backward(conv.backward(bn.backward(relu.backward(dy))))
+        return [parts[0]] + (1..<parts.count).map { resizes[$0 - 1].backward(parts[$0]) }
     }
 }

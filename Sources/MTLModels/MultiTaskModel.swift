@@ -3,26 +3,33 @@ import MTLNN
 
 /// What to build: a shared encoder and one head per task.
 public struct ModelSpec: Sendable, Equatable {
-    public var encoder: String            // resnet18 | resnet34 | resnet50 | resnet101 | bench
-    public var width: Int                 // base width (64 = torchvision)
-    public var outputStride: Int          // 8 | 16
-    public var head: String               // deeplab | bench
-    public var headChannels: Int          // ASPP channels (deeplab) or branch channels (bench)
+    public var encoder: String            // resnet18 | resnet34 | resnet50 | resnet101 | bench | hrnet18s | hrnet18 | swin_t | swin_s | swin_b
+    public var width: Int                 // ResNet base width (64 = torchvision); HRNets have their official widths
+    public var outputStride: Int          // 8 | 16 (ResNet)
+    public var head: String               // deeplab | bench (one scale) | multiscale (several)
+    public var headChannels: Int          // ASPP channels (deeplab), branch channels (bench), hidden width (multiscale)
+    public var fuseUpsample: FuseUpsample // HRNet fuse: bilinear (mmseg) | nearest (timm)
     public var tasks: [(name: String, channels: Int)]
 
+    public static let encoders = ["resnet18", "resnet34", "resnet50", "resnet101", "bench", "hrnet18s", "hrnet18",
+                                  "swin_t", "swin_s", "swin_b"]
+    public static let heads = ["deeplab", "bench", "multiscale"]
+
     public init(encoder: String, width: Int, outputStride: Int, head: String, headChannels: Int,
-                tasks: [(name: String, channels: Int)]) {
+                fuseUpsample: FuseUpsample = .bilinear, tasks: [(name: String, channels: Int)]) {
         self.encoder = encoder
         self.width = width
         self.outputStride = outputStride
         self.head = head
         self.headChannels = headChannels
+        self.fuseUpsample = fuseUpsample
         self.tasks = tasks
     }
 
     public static func == (a: ModelSpec, b: ModelSpec) -> Bool {
         a.encoder == b.encoder && a.width == b.width && a.outputStride == b.outputStride && a.head == b.head
-            && a.headChannels == b.headChannels && a.tasks.map { $0.name } == b.tasks.map { $0.name }
+            && a.headChannels == b.headChannels && a.fuseUpsample == b.fuseUpsample
+            && a.tasks.map { $0.name } == b.tasks.map { $0.name }
             && a.tasks.map { $0.channels } == b.tasks.map { $0.channels }
     }
 }
@@ -32,41 +39,59 @@ public struct ModelSpec: Sendable, Equatable {
 /// one encoder backward with the combined ∂L/∂z), which is where multi-task methods plug in.
 public final class MultiTaskModel: HasParameters {
     public let spec: ModelSpec
-    public let encoder: ResNetEncoder
+    public let encoder: any FeatureEncoder
     public let heads: [TaskHead]
     public let taskNames: [String]
 
     public init(_ spec: ModelSpec, seed: UInt64) throws {
         self.spec = spec
         var rng = Philox(seed: seed, stream: RNGStream.initialization.rawValue)
-        let depth: ResNetEncoder.Depth
+        var depth = ResNetEncoder.Depth.r18
         var style = DilationStyle.resnetDilated
+        var hrnet: HRNetEncoder.Architecture? = nil
+        let swin = SwinVariant.named(spec.encoder)
         switch spec.encoder {
         case "resnet18": depth = .r18
         case "resnet34": depth = .r34
         case "resnet50": depth = .r50
         case "resnet101": depth = .r101
         case "bench": depth = .r18; style = .bench
-        default: throw MTLError("model.encoder: expected resnet18|resnet34|resnet50|resnet101|bench, found '\(spec.encoder)'")
+        case "hrnet18s": hrnet = .w18Small
+        case "hrnet18": hrnet = .w18
+        case _ where swin != nil: break
+        default: throw MTLError("model.encoder: expected \(ModelSpec.encoders.joined(separator: "|")), found '\(spec.encoder)'")
         }
-        guard spec.outputStride == 8 || spec.outputStride == 16 else {
-            throw MTLError("model.output_stride: expected 8 or 16, found \(spec.outputStride)")
+        if let hrnet {
+            encoder = HRNetEncoder(hrnet, fuse: spec.fuseUpsample, prefix: "encoder", rng: &rng)
+        } else if let swin {
+            encoder = SwinEncoder(swin, prefix: "encoder", rng: &rng)
+        } else {
+            guard spec.outputStride == 8 || spec.outputStride == 16 else {
+                throw MTLError("model.output_stride: expected 8 or 16, found \(spec.outputStride)")
+            }
+            guard spec.width >= 1 else { throw MTLError("model.width: expected >= 1, found \(spec.width)") }
+            encoder = ResNetEncoder(depth: depth, width: spec.width, outputStride: spec.outputStride, style: style,
+                                    prefix: "encoder", rng: &rng)
         }
-        guard spec.width >= 1 else { throw MTLError("model.width: expected >= 1, found \(spec.width)") }
-        encoder = ResNetEncoder(depth: depth, width: spec.width, outputStride: spec.outputStride, style: style,
-                                prefix: "encoder", rng: &rng)
+        let channels = encoder.featureChannels
+        if spec.head != "multiscale" && channels.count != 1 {
+            throw MTLError("model.head: \(spec.head) reads one feature scale, model.encoder \(spec.encoder) gives \(channels.count) (use model.head: multiscale)")
+        }
         var heads: [TaskHead] = []
         for t in spec.tasks {
             let prefix = "heads.\(t.name)"
             switch spec.head {
             case "deeplab":
                 let rates = spec.outputStride == 8 ? [12, 24, 36] : [6, 12, 18]
-                heads.append(DeepLabHead(prefix, inChannels: encoder.outChannels, outChannels: t.channels,
+                heads.append(DeepLabHead(prefix, inChannels: channels[0], outChannels: t.channels,
                                          channels: spec.headChannels, rates: rates, rng: &rng))
             case "bench":
-                heads.append(BenchHead(prefix, inChannels: encoder.outChannels, outChannels: t.channels,
+                heads.append(BenchHead(prefix, inChannels: channels[0], outChannels: t.channels,
                                        channels: spec.headChannels, rng: &rng))
-            default: throw MTLError("model.head: expected deeplab|bench, found '\(spec.head)'")
+            case "multiscale":
+                heads.append(MultiScaleHead(prefix, inChannels: channels, outChannels: t.channels,
+                                            channels: spec.headChannels, rng: &rng))
+            default: throw MTLError("model.head: expected \(ModelSpec.heads.joined(separator: "|")), found '\(spec.head)'")
             }
         }
         self.heads = heads

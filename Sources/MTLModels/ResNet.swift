@@ -150,7 +150,7 @@ public enum DilationStyle: Sendable {
 /// A dilated ResNet encoder: stem (7×7/2 conv, BN, ReLU, 3×3/2 max-pool) and four layers.
 /// Output stride 8 (layer3 dilation 2, layer4 dilation 4) or 16 (layer4 dilation 2).
 /// Parameter names are torchvision's (`conv1.weight`, `layer1.0.bn1.running_mean`, ...) under `prefix`.
-public final class ResNetEncoder: HasParameters {
+public final class ResNetEncoder: FeatureEncoder {
     public enum Depth: Int, Sendable { case r18 = 18, r34 = 34, r50 = 50, r101 = 101 }
     let stem: Conv2d, stemBN: BatchNorm2d, stemReLU = ReLU()
     let pool = MaxPool2d(kernel: 3, stride: 2, padding: 1)
@@ -203,11 +203,14 @@ public final class ResNetEncoder: HasParameters {
     public var parameters: [Parameter] { stem.parameters + stemBN.parameters + blocks.flatMap { $0.parameters } }
     public var buffers: [Buffer] { stemBN.buffers + blocks.flatMap { $0.buffers } }
     public var batchNorms: [BatchNorm2d] { [stemBN] + blocks.flatMap { $0.bns } }
+    /// One scale: the last layer's output.
+    public var featureChannels: [Int] { [outChannels] }
+    public var featureStrides: [Int] { [outputStride] }
 
-    public func forward(_ x: Tensor) -> Tensor {
+    public func forward(_ x: Tensor) -> Features {
         var y = pool.forward(stemReLU.forward(stemBN.forward(conv(stem, x))))
         for b in blocks { y = b.forward(y) }
-        return y
+        return [y]
     }
 
     /// The parameters in the order their gradients become final during `backward`: one group per
@@ -216,10 +219,11 @@ public final class ResNetEncoder: HasParameters {
         blocks.reversed().map { $0.parameters } + [stem.parameters + stemBN.parameters]
     }
 
-    /// Backpropagates dz to every encoder parameter; the image gradient is not computed.
+    /// Backpropagates dz (the one scale) to every encoder parameter; the image gradient is not computed.
     /// `groupDone(k)` is called when group k of `parameterGroupsInBackwardOrder` has its final gradient.
-    public func backward(_ dz: Tensor, groupDone: ((Int) -> Void)? = nil) {
-        var d = dz
+    public func backward(_ dFeatures: Features, groupDone: ((Int) -> Void)?) {
+        precondition(dFeatures.count == 1, "ResNetEncoder: expected one gradient, got \(dFeatures.count)")
+        var d = dFeatures[0]
         for (k, b) in blocks.reversed().enumerated() {
             d = b.backward(d)
             groupDone?(k)

@@ -116,7 +116,7 @@ public final class PatchMerging: HasParameters {
 /// The Swin backbone: PatchEmbed, four stages of Swin blocks (shift ⌊ws/2⌋ in every second block),
 /// PatchMerging after stages 0–2, and LayerNorm `norm{i}` on each stage's output, returned as NCHW
 /// maps at strides 4, 8, 16, 32 (channels C, 2C, 4C, 8C).
-public final class SwinEncoder: HasParameters {
+public final class SwinEncoder: FeatureEncoder {
     public let variant: SwinVariant
     public let patchEmbed: PatchEmbed
     public let blocks: [[SwinBlock]]
@@ -135,23 +135,29 @@ public final class SwinEncoder: HasParameters {
     }
 
     /// `order`: how maps that the window does not divide are padded and shifted (.padThenRoll is the
-    /// dense-prediction code's; .rollThenPad timm's).
-    public init(_ variant: SwinVariant, order: WindowPartition.Order = .padThenRoll, seed: UInt64 = 0) {
-        self.variant = variant
+    /// dense-prediction code's; .rollThenPad timm's). `prefix` ("encoder" in a MultiTaskModel) goes
+    /// before every parameter name.
+    public convenience init(_ variant: SwinVariant, order: WindowPartition.Order = .padThenRoll, prefix: String = "", seed: UInt64 = 0) {
         var rng = Philox(seed: seed, stream: RNGStream.initialization.rawValue)
-        patchEmbed = PatchEmbed("patch_embed", channels: variant.embedDim, rng: &rng)
+        self.init(variant, order: order, prefix: prefix, rng: &rng)
+    }
+
+    public init(_ variant: SwinVariant, order: WindowPartition.Order = .padThenRoll, prefix: String, rng: inout Philox) {
+        self.variant = variant
+        let p = prefix.isEmpty ? "" : prefix + "."
+        patchEmbed = PatchEmbed("\(p)patch_embed", channels: variant.embedDim, rng: &rng)
         var stages: [[SwinBlock]] = [], merges: [PatchMerging] = []
         for i in 0..<4 {
             let dim = variant.embedDim << i
             stages.append((0..<variant.depths[i]).map { j in
-                SwinBlock("layers.\(i).blocks.\(j)", dim: dim, heads: variant.heads[i], window: variant.window,
+                SwinBlock("\(p)layers.\(i).blocks.\(j)", dim: dim, heads: variant.heads[i], window: variant.window,
                           shift: j % 2 == 1 ? variant.window / 2 : 0, order: order, rng: &rng)
             })
-            if i < 3 { merges.append(PatchMerging("layers.\(i).downsample", channels: dim, rng: &rng)) }
+            if i < 3 { merges.append(PatchMerging("\(p)layers.\(i).downsample", channels: dim, rng: &rng)) }
         }
         blocks = stages
         downsample = merges
-        outputNorms = (0..<4).map { LayerNorm("norm\($0)", features: variant.embedDim << $0) }
+        outputNorms = (0..<4).map { LayerNorm("\(p)norm\($0)", features: variant.embedDim << $0) }
         toMaps = (0..<4).map { _ in FromTokensResizable() }
     }
 
@@ -172,8 +178,21 @@ public final class SwinEncoder: HasParameters {
         return features
     }
 
-    /// Parameter gradients from one gradient per output map.
-    public func backward(_ dFeatures: [Tensor]) {
+    public var batchNorms: [BatchNorm2d] { [] }
+
+    /// Stage 3 (with norm3) first, then each lower stage with its norm and PatchMerging, then
+    /// stage 0 with the patch embedding: the order in which `backward` finishes them.
+    public var parameterGroupsInBackwardOrder: [[Parameter]] {
+        (0..<4).reversed().map { i in
+            var g = outputNorms[i].parameters + blocks[i].flatMap { $0.parameters }
+            if i < 3 { g += downsample[i].parameters }
+            if i == 0 { g += patchEmbed.parameters }
+            return g
+        }
+    }
+
+    /// Parameter gradients from one gradient per output map (the image gradient is not computed).
+    public func backward(_ dFeatures: Features, groupDone: ((Int) -> Void)?) {
         precondition(dFeatures.count == 4, "Swin: expected 4 feature gradients, got \(dFeatures.count)")
         var dt: Tensor? = nil
         for i in stride(from: 3, through: 0, by: -1) {
@@ -189,8 +208,10 @@ public final class SwinEncoder: HasParameters {
             }
             for block in blocks[i].reversed() { g = block.backward(g) }
             dt = g
+            if i > 0 { groupDone?(3 - i) }
         }
         patchEmbed.backward(dt!)
+        groupDone?(3)
     }
 }
 

@@ -20,11 +20,12 @@ public struct DataConfig: Equatable {
 }
 
 public struct ModelConfig: Equatable {
-    public var encoder = "resnet18"        // resnet18|resnet34|resnet50|resnet101|bench
-    public var width = 64                  // base width (64 = torchvision)
-    public var outputStride = 8            // 8|16
-    public var head = "deeplab"            // deeplab|bench
+    public var encoder = "resnet18"        // resnet18|resnet34|resnet50|resnet101|bench|hrnet18s|hrnet18
+    public var width = 64                  // ResNet base width (64 = torchvision); the HRNets have their official widths
+    public var outputStride = 8            // 8|16 (ResNet; the HRNets give strides 4, 8, 16, 32)
+    public var head = "deeplab"            // deeplab|bench (one feature scale) | multiscale (MTI-Net's HRNet baseline head)
     public var headChannels = 256
+    public var fuseUpsample = "bilinear"   // HRNet fuse: bilinear (mmseg/ATRC) | nearest (timm)
     public var pretrained = ""             // HDF5 file of torchvision-named tensors, "" = random init
     public var syncBN = false
     public var convBackend = "auto"         // auto|onednn|blas (auto: oneDNN where it has a CPU engine)
@@ -133,7 +134,8 @@ public struct Config: Equatable {
 
     static let sections: [(String, [String])] = [
         ("data", ["path", "train_split", "val_split", "cache", "augment", "prefetch"]),
-        ("model", ["encoder", "width", "output_stride", "head", "head_channels", "pretrained", "sync_bn", "conv_backend"]),
+        ("model", ["encoder", "width", "output_stride", "head", "head_channels", "fuse_upsample", "pretrained", "sync_bn",
+                   "conv_backend"]),
         ("tasks", []),
         ("train", ["steps", "batch_size", "seed", "eval_every", "threads", "nan_policy"]),
         ("optim", ["name", "lr", "momentum", "nesterov", "weight_decay", "beta1", "beta2", "eps"]),
@@ -143,8 +145,10 @@ public struct Config: Equatable {
         ("method", ["name", "level"]),
     ]
     static let taskKeys = ["role", "loss", "classes", "weight", "frozen", "pos_weight"]
-    static let encoders = ["resnet18", "resnet34", "resnet50", "resnet101", "bench"]
-    static let heads = ["deeplab", "bench"]
+    static let encoders = ["resnet18", "resnet34", "resnet50", "resnet101", "bench", "hrnet18s", "hrnet18",
+                           "swin_t", "swin_s", "swin_b"]
+    static let heads = ["deeplab", "bench", "multiscale"]
+    static let fuseUpsamples = ["bilinear", "nearest"]
     public static let convBackends = ["auto", "onednn", "blas"]
     static let losses = ["ce", "l1", "cosine", "bce"]
     static let optimizers = ["adam", "adamw", "sgd"]
@@ -279,7 +283,8 @@ public struct Config: Equatable {
                          ("augment", "\(data.augment)"), ("prefetch", "\(data.prefetch)")])
         section("model", [("encoder", yamlString(model.encoder)), ("width", "\(model.width)"),
                           ("output_stride", "\(model.outputStride)"), ("head", yamlString(model.head)),
-                          ("head_channels", "\(model.headChannels)"), ("pretrained", yamlString(model.pretrained)),
+                          ("head_channels", "\(model.headChannels)"), ("fuse_upsample", yamlString(model.fuseUpsample)),
+                          ("pretrained", yamlString(model.pretrained)),
                           ("sync_bn", "\(model.syncBN)"), ("conv_backend", yamlString(model.convBackend))])
         out += tasks.isEmpty ? "tasks: {}\n" : "tasks:\n"
         for t in tasks {

@@ -213,6 +213,8 @@ struct Reader {
         c.model.outputStride = try int(lookup(m, "output_stride"), "model.output_stride", c.model.outputStride, allowed: [8, 16])
         c.model.head = try oneOf(lookup(m, "head"), "model.head", c.model.head, Config.heads)
         c.model.headChannels = try int(lookup(m, "head_channels"), "model.head_channels", c.model.headChannels, min: 1)
+        c.model.fuseUpsample = try oneOf(lookup(m, "fuse_upsample"), "model.fuse_upsample", c.model.fuseUpsample,
+                                         Config.fuseUpsamples)
         c.model.pretrained = try string(lookup(m, "pretrained"), "model.pretrained", c.model.pretrained)
         c.model.syncBN = try bool(lookup(m, "sync_bn"), "model.sync_bn", c.model.syncBN)
         c.model.convBackend = try oneOf(lookup(m, "conv_backend"), "model.conv_backend", c.model.convBackend, Config.convBackends)

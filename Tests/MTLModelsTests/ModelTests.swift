@@ -30,7 +30,7 @@ final class ModelTests: XCTestCase {
         XCTAssertEqual(shapes["heads.seg.4.weight"], [13, 256, 1, 1])
         XCTAssertEqual(shapes["heads.seg.4.bias"], [13])
         // torchvision's dilations: layer3.0.conv2 1, layer3.1 2, layer4.0 2, layer4.1 4 (output stride 8).
-        let blocks = m.encoder.blocks.compactMap { $0 as? Bottleneck }
+        let blocks = (m.encoder as! ResNetEncoder).blocks.compactMap { $0 as? Bottleneck }
         XCTAssertEqual(blocks.map { $0.conv2.dilation }, [1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 4, 4])
     }
 
@@ -47,7 +47,7 @@ final class ModelTests: XCTestCase {
                                                          headChannels: 4, tasks: [("seg", 5), ("normals", 3)]), seed: 0)
                 let x = Tensor([2, 3, 64, 96])
                 let z = small.encoder.forward(x)
-                XCTAssertEqual(z.shape, [2, 32, 8, 12])
+                XCTAssertEqual(z.map { $0.shape }, [[2, 32, 8, 12]])
                 let y = small.heads[0].forward(z, height: 64, width: 96)
                 XCTAssertEqual(y.shape, [2, 5, 64, 96])
             }
@@ -57,7 +57,7 @@ final class ModelTests: XCTestCase {
     func testBenchEncoderDilatesEveryConvOfLayers3And4() throws {
         let m = try MultiTaskModel(ModelSpec(encoder: "bench", width: 8, outputStride: 8, head: "bench", headChannels: 64,
                                              tasks: [("seg", 13)]), seed: 0)
-        let blocks = m.encoder.blocks.compactMap { $0 as? BasicBlock }
+        let blocks = (m.encoder as! ResNetEncoder).blocks.compactMap { $0 as? BasicBlock }
         XCTAssertEqual(blocks.map { $0.conv1.dilation }, [1, 1, 1, 1, 2, 2, 4, 4])
         XCTAssertEqual(blocks.map { $0.conv2.dilation }, [1, 1, 1, 1, 2, 2, 4, 4])
         let names = m.heads[0].parameters.map { $0.name }

@@ -130,7 +130,7 @@ for k, p in P.items():
         guard status == 0 else { return }
         for (k, f) in feats.enumerated() { assertRelative(f.array, try ex.get("f\(k)"), 1e-4, "feature \(k)") }
         swin.zeroGrad()
-        swin.backward(dys)
+        swin.backward(dys, groupDone: nil)
         for p in swin.parameters { assertRelative(p.grad.array, try ex.get("g." + p.name), 1e-4, "d\(p.name)") }
     }
 

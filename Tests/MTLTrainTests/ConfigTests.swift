@@ -176,7 +176,9 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(message { try self.parse("optim: {name: adagrad}") },
                        "config.yaml: optim.name: expected one of adam|adamw|sgd, found 'adagrad'")
         XCTAssertEqual(message { try self.parse("model: {encoder: vgg16}") },
-                       "config.yaml: model.encoder: expected one of resnet18|resnet34|resnet50|resnet101|bench, found 'vgg16'")
+                       "config.yaml: model.encoder: expected one of resnet18|resnet34|resnet50|resnet101|bench|hrnet18s|hrnet18|swin_t|swin_s|swin_b, found 'vgg16'")
+        XCTAssertEqual(message { try self.parse("model: {fuse_upsample: bicubic}") },
+                       "config.yaml: model.fuse_upsample: expected one of bilinear|nearest, found 'bicubic'")
         XCTAssertEqual(message { try self.parse("model: {output_stride: 32}") },
                        "config.yaml: model.output_stride: expected one of 8|16, found 32")
         XCTAssertEqual(message { try self.parse("tasks: {seg: {role: main}}") },
