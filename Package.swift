@@ -46,8 +46,10 @@ let package = Package(
         ]),
         .executableTarget(name: "mtl-commcheck", dependencies: ["MTLDist"]),
         .testTarget(name: "MTLCoreTests", dependencies: ["MTLCore"]),
-        .testTarget(name: "MTLNNTests", dependencies: ["MTLNN"]),
-        .testTarget(name: "MTLModelsTests", dependencies: ["MTLModels"]),
+        // What the tests share: the tensor exchange with the PyTorch reference scripts.
+        .target(name: "MTLTestSupport", dependencies: ["MTLCore"], path: "Tests/MTLTestSupport"),
+        .testTarget(name: "MTLNNTests", dependencies: ["MTLNN", "MTLTestSupport"]),
+        .testTarget(name: "MTLModelsTests", dependencies: ["MTLModels", "MTLTestSupport"]),
         .testTarget(name: "MTLDataTests", dependencies: ["MTLData"]),
         .testTarget(name: "MTLTrainTests", dependencies: ["MTLTrain"]),
         .testTarget(name: "MTLEngineTests", dependencies: ["MTLEngine"]),

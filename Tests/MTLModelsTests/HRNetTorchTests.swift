@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 import MTLCore
+import MTLTestSupport
 import MTLNN
 @testable import MTLModels
 
@@ -11,22 +12,6 @@ import MTLNN
 final class HRNetTorchTests: XCTestCase {
     static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
         .deletingLastPathComponent().deletingLastPathComponent().path
-
-    func python(_ args: [String]) -> (Int32, String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["python3"] + args
-        var env = ProcessInfo.processInfo.environment
-        env["OMP_NUM_THREADS"] = "1"
-        p.environment = env
-        let pipe = Pipe()
-        p.standardOutput = pipe
-        p.standardError = pipe
-        do { try p.run() } catch { return (-1, "\(error)") }
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: data, as: UTF8.self))
-    }
 
     /// max |a − b| and that divided by max |b| (the reference's scale).
     func errors(_ a: [Float], _ b: [Float]) -> (abs: Double, rel: Double) {
@@ -72,7 +57,7 @@ final class HRNetTorchTests: XCTestCase {
         try f.write("x", x)
         for (s, dy) in dys.enumerated() { try f.write("dy\(s)", dy) }
         f.close()
-        let (status, log) = python([Self.root + "/tools/hrnet_reference.py", path, reference])
+        let (status, log) = TorchExchange.python([Self.root + "/tools/hrnet_reference.py", path, reference])
         try XCTSkipIf(status == 77, "torch, timm or h5py not importable by python3 (\(log.trimmingCharacters(in: .whitespacesAndNewlines))): HRNet PyTorch cross-check skipped")
         XCTAssertEqual(status, 0, "hrnet_reference.py failed:\n\(log)")
         guard status == 0 else { return }

@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 import MTLCore
+import MTLTestSupport
 import MTLNN
 @testable import MTLModels
 
@@ -30,20 +31,8 @@ final class SwinTests: XCTestCase {
         XCTAssertEqual(names.count, swin.parameters.count, "parameter names are unique")
     }
 
+    static let imports = "from timm.models.swin_transformer import WindowAttention, window_partition, window_reverse"
     static let script = #"""
-import sys, os
-try:
-    import numpy as np, torch, torch.nn.functional as F
-    from timm.models.swin_transformer import WindowAttention, window_partition, window_reverse
-except ImportError as e:
-    print(e); sys.exit(77)
-torch.set_num_threads(1)
-d = sys.argv[1]
-T = {}
-for line in open(os.path.join(d, "shapes.txt")):
-    parts = line.split()
-    if parts: T[parts[0]] = torch.from_numpy(np.fromfile(os.path.join(d, parts[0] + ".bin"), dtype="<f4").reshape([int(s) for s in parts[1:]])).double()
-def out(name, t): t.detach().double().numpy().astype("<f4").tofile(os.path.join(d, name + ".out"))
 P = {k[2:]: T[k].clone().requires_grad_(True) for k in T if k.startswith("p.")}
 C0, depths, heads, ws = 8, [1, 2, 1, 1], [1, 2, 2, 4], 3
 def ln(x, name): return F.layer_norm(x, (x.shape[-1],), P[name + ".weight"], P[name + ".bias"], eps=1e-5)
@@ -106,8 +95,7 @@ for k, p in P.items():
     /// The whole backbone (dense-prediction order, a size that neither 4 nor the window divides) in
     /// float64 against the equations in PyTorch, with timm's WindowAttention for the attention.
     func testAgainstPyTorchReference() throws {
-        let ex = try TorchComparisonTestsExchange()
-        defer { try? FileManager.default.removeItem(at: ex.dir) }
+        let ex = try TorchExchange()
         let v = SwinVariant(embedDim: 8, depths: [1, 2, 1, 1], heads: [1, 2, 2, 4], window: 3)
         let swin = SwinEncoder(v, seed: 3)
         var rng = Philox(seed: 4, stream: 1)
@@ -121,10 +109,7 @@ for k, p in P.items():
         try ex.put("x", x)
         for (k, t) in dys.enumerated() { try ex.put("dy\(k)", t) }
         for p in swin.parameters { try ex.put("p." + p.name, p.value) }
-        try ex.writeManifest()
-        let scriptURL = ex.dir.appendingPathComponent("ref.py")
-        try Self.script.write(to: scriptURL, atomically: true, encoding: .utf8)
-        let (status, log) = ex.python([scriptURL.path, ex.dir.path])
+        let (status, log) = try ex.run(imports: Self.imports, Self.script)
         try XCTSkipIf(status == 77, "torch/timm not importable by python3 (\(log.trimmingCharacters(in: .whitespacesAndNewlines))): comparison skipped")
         XCTAssertEqual(status, 0, "reference script failed:\n\(log)")
         guard status == 0 else { return }
@@ -139,39 +124,5 @@ for k, p in P.items():
         var diff = 0.0, norm = 0.0
         for (x, y) in zip(a, b) { diff += Double(x - y) * Double(x - y); norm += Double(y) * Double(y) }
         XCTAssertLessThanOrEqual((diff / max(norm, 1e-30)).squareRoot(), tol, "\(label): relative L2 error", file: file, line: line)
-    }
-}
-
-/// Tensors exchanged with a python3 script: raw float32 files plus a shape list.
-final class TorchComparisonTestsExchange {
-    let dir: URL
-    var shapes: [String: [Int]] = [:]
-    init() throws {
-        dir = FileManager.default.temporaryDirectory.appendingPathComponent("mtl-swin-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-    }
-    func put(_ name: String, _ t: Tensor) throws {
-        shapes[name] = t.shape
-        try Data(buffer: UnsafeBufferPointer(t.buffer)).write(to: dir.appendingPathComponent(name + ".bin"))
-    }
-    func get(_ name: String) throws -> [Float] {
-        let data = try Data(contentsOf: dir.appendingPathComponent(name + ".out"))
-        return data.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
-    }
-    func writeManifest() throws {
-        try shapes.map { ([$0.key] + $0.value.map(String.init)).joined(separator: " ") }.joined(separator: "\n")
-            .write(to: dir.appendingPathComponent("shapes.txt"), atomically: true, encoding: .utf8)
-    }
-    func python(_ args: [String]) -> (Int32, String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["python3"] + args
-        let pipe = Pipe()
-        p.standardOutput = pipe
-        p.standardError = pipe
-        do { try p.run() } catch { return (-1, "\(error)") }
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: data, as: UTF8.self))
     }
 }

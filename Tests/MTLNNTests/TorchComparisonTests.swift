@@ -1,50 +1,14 @@
 import Foundation
 import XCTest
 import MTLCore
+import MTLTestSupport
 @testable import MTLNN
 
 /// Compares layer outputs and gradients with PyTorch run in a python3 subprocess.
 /// Skipped (exit code 77 from the script) when torch is not importable; the finite-difference tests do not depend on it.
 final class TorchComparisonTests: XCTestCase {
-    /// Tensors exchanged with the script: raw little-endian float32 files plus a shape list.
-    final class Exchange {
-        let dir: URL
-        var shapes: [String: [Int]] = [:]
-        init() throws {
-            dir = FileManager.default.temporaryDirectory.appendingPathComponent("mtlnn-torch-\(UUID().uuidString)")
-            try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        }
-        func put(_ name: String, _ t: Tensor) throws {
-            shapes[name] = t.shape
-            try Data(buffer: UnsafeBufferPointer(t.buffer)).write(to: dir.appendingPathComponent(name + ".bin"))
-        }
-        func get(_ name: String) throws -> [Float] {
-            let data = try Data(contentsOf: dir.appendingPathComponent(name + ".out"))
-            return data.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
-        }
-        func writeManifest() throws {
-            let lines = shapes.map { ([$0.key] + $0.value.map(String.init)).joined(separator: " ") }
-            try lines.joined(separator: "\n").write(to: dir.appendingPathComponent("shapes.txt"), atomically: true, encoding: .utf8)
-        }
-    }
-
+    static let imports = ""
     static let script = #"""
-import sys, os
-try:
-    import numpy as np, torch, torch.nn.functional as F
-except ImportError as e:
-    print(e); sys.exit(77)
-torch.set_num_threads(1)
-d = sys.argv[1]
-T = {}
-for line in open(os.path.join(d, "shapes.txt")):
-    parts = line.split()
-    if not parts: continue
-    shape = [int(s) for s in parts[1:]]
-    T[parts[0]] = torch.from_numpy(np.fromfile(os.path.join(d, parts[0] + ".bin"), dtype="<f4").reshape(shape)).double()
-def out(name, t): t.detach().double().numpy().astype("<f4").tofile(os.path.join(d, name + ".out"))
-def leaf(name): return T[name].clone().requires_grad_(True)
-
 # Conv2d, two configurations
 for tag, stride, pad, dil in (("c1", 2, 1, 1), ("c2", 1, 2, 2)):
     x, w, b = leaf(tag + "_x"), leaf(tag + "_w"), leaf(tag + "_b")
@@ -86,22 +50,8 @@ l = F.binary_cross_entropy_with_logits(z[valid], t[valid], pos_weight=torch.tens
 out("bce_l", l.reshape(1)); out("bce_g", z.grad)
 """#
 
-    static func python(_ args: [String]) -> (Int32, String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["python3"] + args
-        let pipe = Pipe()
-        p.standardOutput = pipe
-        p.standardError = pipe
-        do { try p.run() } catch { return (-1, "\(error)") }
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: data, as: UTF8.self))
-    }
-
     func testAgainstPyTorch() throws {
-        let ex = try Exchange()
-        defer { try? FileManager.default.removeItem(at: ex.dir) }
+        let ex = try TorchExchange()
         var rng = Philox(seed: 42, stream: 1)
 
         var convs: [(String, Conv2d, Tensor, Tensor)] = []
@@ -137,10 +87,7 @@ out("bce_l", l.reshape(1)); out("bce_g", z.grad)
         let bceZ = randomTensor([2, 1, 3, 4], &rng, scale: 4)
         let bceT = Tensor([2, 1, 3, 4], (0..<24).map { _ in Float([0, 1, 1, 0, -1, 255][rng.int(below: 6)]) })
         try ex.put("bce_z", bceZ); try ex.put("bce_t", bceT)
-        try ex.writeManifest()
-        let scriptURL = ex.dir.appendingPathComponent("ref.py")
-        try TorchComparisonTests.script.write(to: scriptURL, atomically: true, encoding: .utf8)
-        let (status, log) = Self.python([scriptURL.path, ex.dir.path])
+        let (status, log) = try ex.run(imports: Self.imports, Self.script)
         try XCTSkipIf(status == 77, "torch (or numpy) is not importable by python3 (\(log.trimmingCharacters(in: .whitespacesAndNewlines))): PyTorch comparison skipped")
         XCTAssertEqual(status, 0, "reference script failed:\n\(log)")
         guard status == 0 else { return }

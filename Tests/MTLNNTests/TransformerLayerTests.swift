@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 import MTLCore
+import MTLTestSupport
 @testable import MTLNN
 
 /// The token-layout layers of the transformer issue: finite differences, and PyTorch in float64.
@@ -92,20 +93,8 @@ final class TransformerLayerTests: XCTestCase {
         checkGradient("Linear tokens db", x: linear.bias!.value, analytic: linear.bias!.grad.array, f)
     }
 
+    static let imports = ""
     static let script = #"""
-import sys, os
-try:
-    import numpy as np, torch, torch.nn.functional as F
-except ImportError as e:
-    print(e); sys.exit(77)
-torch.set_num_threads(1)
-d = sys.argv[1]
-T = {}
-for line in open(os.path.join(d, "shapes.txt")):
-    parts = line.split()
-    if parts: T[parts[0]] = torch.from_numpy(np.fromfile(os.path.join(d, parts[0] + ".bin"), dtype="<f4").reshape([int(s) for s in parts[1:]])).double()
-def out(name, t): t.detach().double().numpy().astype("<f4").tofile(os.path.join(d, name + ".out"))
-def leaf(name): return T[name].clone().requires_grad_(True)
 x, g, b = leaf("ln_x"), leaf("ln_g"), leaf("ln_b")
 y = F.layer_norm(x, (x.shape[-1],), g, b, eps=1e-5); y.backward(T["ln_dy"])
 out("ln_y", y); out("ln_dx", x.grad); out("ln_dg", g.grad); out("ln_db", b.grad)
@@ -116,8 +105,7 @@ s = leaf("sm_s"); p = torch.softmax(s, -1); p.backward(T["sm_dy"]); out("sm_p", 
 """#
 
     func testAgainstPyTorch() throws {
-        let ex = try TorchComparisonTests.Exchange()
-        defer { try? FileManager.default.removeItem(at: ex.dir) }
+        let ex = try TorchExchange()
         var rng = Philox(seed: 9, stream: 1)
         let ln = LayerNorm("ln", features: 24)
         for i in 0..<24 { ln.weight.value[i] = 0.5 + rng.uniform(); ln.bias.value[i] = rng.uniform() - 0.5 }
@@ -128,10 +116,7 @@ s = leaf("sm_s"); p = torch.softmax(s, -1); p.backward(T["sm_dy"]); out("sm_p", 
         try ex.put("gelu_x", geluX); try ex.put("gelu_dy", geluDy)
         let smS = randomTensor([6, 49], &rng, scale: 5), smDy = randomTensor([6, 49], &rng)
         try ex.put("sm_s", smS); try ex.put("sm_dy", smDy)
-        try ex.writeManifest()
-        let scriptURL = ex.dir.appendingPathComponent("ref.py")
-        try Self.script.write(to: scriptURL, atomically: true, encoding: .utf8)
-        let (status, log) = TorchComparisonTests.python([scriptURL.path, ex.dir.path])
+        let (status, log) = try ex.run(imports: Self.imports, Self.script)
         try XCTSkipIf(status == 77, "torch (or numpy) is not importable by python3 (\(log.trimmingCharacters(in: .whitespacesAndNewlines))): PyTorch comparison skipped")
         XCTAssertEqual(status, 0, "reference script failed:\n\(log)")
         guard status == 0 else { return }
@@ -197,20 +182,8 @@ final class WindowAttentionTests: XCTestCase {
         XCTAssertEqual(results[0], results[1])
     }
 
+    static let imports = "from timm.models.swin_transformer import WindowAttention"
     static let script = #"""
-import sys, os
-try:
-    import numpy as np, torch
-    from timm.models.swin_transformer import WindowAttention
-except ImportError as e:
-    print(e); sys.exit(77)
-torch.set_num_threads(1)
-d = sys.argv[1]
-T = {}
-for line in open(os.path.join(d, "shapes.txt")):
-    parts = line.split()
-    if parts: T[parts[0]] = torch.from_numpy(np.fromfile(os.path.join(d, parts[0] + ".bin"), dtype="<f4").reshape([int(s) for s in parts[1:]])).double()
-def out(name, t): t.detach().double().numpy().astype("<f4").tofile(os.path.join(d, name + ".out"))
 m = WindowAttention(16, num_heads=4, window_size=7).double()
 m.fused_attn = False
 sd = m.state_dict()
@@ -225,8 +198,7 @@ for k, p in m.named_parameters(): out("g." + k, p.grad)
 """#
 
     func testAgainstTimm() throws {
-        let ex = try TorchComparisonTests.Exchange()
-        defer { try? FileManager.default.removeItem(at: ex.dir) }
+        let ex = try TorchExchange()
         var rng = Philox(seed: 15, stream: 1), initRng = Philox(seed: 16, stream: 1)
         let attn = WindowAttention("attn", dim: 16, heads: 4, window: 7, rng: &initRng)
         for i in 0..<attn.biasTable.value.count { attn.biasTable.value[i] = rng.uniform() - 0.5 }
@@ -236,10 +208,7 @@ for k, p in m.named_parameters(): out("g." + k, p.grad)
         try ex.put("qkv.weight", attn.qkv.weight.value); try ex.put("qkv.bias", attn.qkv.bias!.value)
         try ex.put("proj.weight", attn.proj.weight.value); try ex.put("proj.bias", attn.proj.bias!.value)
         try ex.put("relative_position_bias_table", attn.biasTable.value)
-        try ex.writeManifest()
-        let scriptURL = ex.dir.appendingPathComponent("ref.py")
-        try Self.script.write(to: scriptURL, atomically: true, encoding: .utf8)
-        let (status, log) = TorchComparisonTests.python([scriptURL.path, ex.dir.path])
+        let (status, log) = try ex.run(imports: Self.imports, Self.script)
         try XCTSkipIf(status == 77, "torch/timm not importable by python3 (\(log.trimmingCharacters(in: .whitespacesAndNewlines))): timm comparison skipped")
         XCTAssertEqual(status, 0, "reference script failed:\n\(log)")
         guard status == 0 else { return }
@@ -298,20 +267,8 @@ final class SwinBlockTests: XCTestCase {
         }
     }
 
+    static let imports = "from timm.models.swin_transformer import SwinTransformerBlock, window_partition, window_reverse"
     static let script = #"""
-import sys, os
-try:
-    import numpy as np, torch, torch.nn.functional as F
-    from timm.models.swin_transformer import SwinTransformerBlock, window_partition, window_reverse
-except ImportError as e:
-    print(e); sys.exit(77)
-torch.set_num_threads(1)
-d = sys.argv[1]
-T = {}
-for line in open(os.path.join(d, "shapes.txt")):
-    parts = line.split()
-    if parts: T[parts[0]] = torch.from_numpy(np.fromfile(os.path.join(d, parts[0] + ".bin"), dtype="<f4").reshape([int(s) for s in parts[1:]])).double()
-def out(name, t): t.detach().double().numpy().astype("<f4").tofile(os.path.join(d, name + ".out"))
 H, W, C, ws, s = 10, 13, 32, 7, 3
 blk = SwinTransformerBlock(C, (H, W), num_heads=4, window_size=ws, shift_size=s, always_partition=True, dynamic_mask=True).double()
 blk.attn.fused_attn = False
@@ -352,8 +309,7 @@ for k, p in blk.named_parameters(): out("dense_g." + k, p.grad)
 """#
 
     func testAgainstTimmAndTheDenseOrder() throws {
-        let ex = try TorchComparisonTests.Exchange()
-        defer { try? FileManager.default.removeItem(at: ex.dir) }
+        let ex = try TorchExchange()
         var rng = Philox(seed: 24, stream: 1)
         var blocks: [SwinBlock] = []
         for order in [WindowPartition.Order.rollThenPad, .padThenRoll] {
@@ -367,10 +323,7 @@ for k, p in blk.named_parameters(): out("dense_g." + k, p.grad)
         let x = randomTensor([2, 130, 32], &rng), dy = randomTensor([2, 130, 32], &rng)
         try ex.put("x", x); try ex.put("dy", dy)
         for p in ref.parameters { try ex.put(String(p.name.dropFirst(2)), p.value) }   // "b.attn.qkv.weight" → "attn.qkv.weight"
-        try ex.writeManifest()
-        let scriptURL = ex.dir.appendingPathComponent("ref.py")
-        try Self.script.write(to: scriptURL, atomically: true, encoding: .utf8)
-        let (status, log) = TorchComparisonTests.python([scriptURL.path, ex.dir.path])
+        let (status, log) = try ex.run(imports: Self.imports, Self.script)
         try XCTSkipIf(status == 77, "torch/timm not importable by python3 (\(log.trimmingCharacters(in: .whitespacesAndNewlines))): timm comparison skipped")
         XCTAssertEqual(status, 0, "reference script failed:\n\(log)")
         guard status == 0 else { return }
