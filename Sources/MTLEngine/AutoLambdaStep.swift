@@ -182,90 +182,52 @@ public final class AutoLambdaStep {
     }
 }
 
-/// The trainer's model as a `LookaheadNetwork`: the same pieces and normalisation as StepEngine
-/// (encoder forward once, each head's loss with scale 1, sums and valid counts all-reduced, losses
-/// divided by the GLOBAL counts, one encoder backward with the combined ∂L/∂z, gradients all-reduced).
+/// The trainer's model as a `LookaheadNetwork`: the step's TaskPass with the same normalisation as
+/// StepEngine (sums and valid counts all-reduced, losses divided by the GLOBAL counts, one decoder
+/// backward of Σ_t w_t/N_t L_t, one encoder backward, gradients all-reduced).
 final class ModelLookahead: LookaheadNetwork {
-    let model: MultiTaskModel
-    let taskNames: [String]
-    let losses: [TaskLoss]
-    let lossWeights: [Double]
+    let pass: TaskPass
     let comm: Communicator
     let lookaheadParameters: [Parameter]
     let lookaheadBuffers: [Tensor]
-    /// Per task and feature scale.
-    let taskGrads: [[Tensor]]
-    let combined: [Tensor]
     let flat: Tensor
     var reduction: [Double]
 
     init(engine: StepEngine) {
-        model = engine.model
-        taskNames = engine.taskNames
-        losses = engine.losses
-        lossWeights = engine.lossWeights
+        pass = TaskPass(model: engine.model, losses: engine.losses, lossWeights: engine.lossWeights)
         comm = engine.comm
         lookaheadParameters = engine.trainable
         lookaheadBuffers = engine.model.buffers.map { $0.value }
-        let scales = engine.model.encoder.featureChannels.count
-        taskGrads = engine.taskNames.map { _ in (0..<scales).map { _ in Tensor([0]) } }
-        combined = (0..<scales).map { _ in Tensor([0]) }
         flat = Tensor([engine.trainable.reduce(0) { $0 + $1.value.count }])
         reduction = [Double](repeating: 0, count: 2 * engine.taskNames.count)
     }
 
-    private func target(_ batch: Batch, _ t: Int) throws -> Tensor {
-        guard let target = batch.targets[taskNames[t]] else { throw MTLError("autol: batch has no target for task \(taskNames[t])") }
-        return target
-    }
-
     func weightedGradient(batch: Batch, weights: [Double]) throws -> [Double] {
-        let T = taskNames.count
-        model.zeroGrad()
-        let H = batch.images.h, W = batch.images.w
-        let z = model.encoder.forward(batch.images)
-        for i in reduction.indices { reduction[i] = 0 }
-        for t in 0..<T where weights[t] != 0 {
-            let pred = model.heads[t].forward(z, height: H, width: W)
-            let ls = losses[t].forward(pred, try target(batch, t))
-            reduction[t] = ls.sum * lossWeights[t]
-            reduction[T + t] = Double(ls.count)
-            let dz = model.heads[t].backward(losses[t].backward(scale: Float(lossWeights[t])))
-            for (kept, g) in zip(taskGrads[t], dz) { kept.copy(from: g) }
+        let T = pass.taskCount
+        pass.model.zeroGrad()
+        pass.forward(batch.images, active: weights.map { $0 != 0 })
+        try pass.evaluateLosses(batch)
+        for t in 0..<T {
+            reduction[t] = weights[t] != 0 ? pass.localSums[t] : 0
+            reduction[T + t] = weights[t] != 0 ? pass.localCounts[t] : 0
         }
         reduction.withUnsafeMutableBufferPointer { comm.allReduceSum($0) }
-        var global = [Double](repeating: 0, count: T)
-        for (c, zs) in zip(combined, z) {
-            c.resize(zs.shape)
-            c.zero()
+        let scaled = (0..<T).map { t in reduction[T + t] > 0 ? weights[t] / reduction[T + t] : 0 }
+        if scaled.contains(where: { $0 != 0 }) {
+            pass.model.encoder.backward(pass.backwardWeighted(scaled))
         }
-        for t in 0..<T where weights[t] != 0 {
-            let n = reduction[T + t]
-            let s = n > 0 ? weights[t] / n : 0
-            for p in model.heads[t].parameters { p.grad.scale(Float(s)) }
-            for (c, g) in zip(combined, taskGrads[t]) { c.add(g, alpha: Float(s)) }
-            global[t] = n > 0 ? reduction[t] / n : 0
-        }
-        model.encoder.backward(combined)
         if comm.size > 1 {
             packGradients(lookaheadParameters, into: flat.data)
             comm.allReduceSum(flat.buffer)
             unpackGradients(lookaheadParameters, from: flat.data)
         }
-        return global
+        return (0..<T).map { t in reduction[T + t] > 0 && weights[t] != 0 ? reduction[t] / reduction[T + t] : 0 }
     }
 
     func localLossSums(batch: Batch) throws -> (sums: [Double], counts: [Double]) {
-        let T = taskNames.count
-        let H = batch.images.h, W = batch.images.w
-        let z = model.encoder.forward(batch.images)
-        var sums = [Double](repeating: 0, count: T), counts = [Double](repeating: 0, count: T)
-        for t in 0..<T {
-            let ls = losses[t].forward(model.heads[t].forward(z, height: H, width: W), try target(batch, t))
-            sums[t] = ls.sum * lossWeights[t]
-            counts[t] = Double(ls.count)
-        }
-        return (sums, counts)
+        pass.forward(batch.images)
+        try pass.evaluateLosses(batch)
+        return (pass.localSums, pass.localCounts)
     }
 }
 

@@ -124,7 +124,7 @@ public enum Bench {
         let roles: [TaskRole] = [.primary, .auxiliary, .auxiliary]
         let method = try makeMethod(name: o.method, taskNames: names, roles: roles, params: [:])
         // torch_ref runs PCGrad on the shared parameters and IAL on the representation.
-        let level: MethodLevel = o.method == "pcgrad" ? .parameters : .representation
+        let level: GradientLevel = o.method == "pcgrad" ? .parameters : .representation
         let adam = Adam(model.parameters, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0, decoupled: false)
         let engine = StepEngine(model: model, losses: [try TaskLoss(kind: "ce"), try TaskLoss(kind: "l1"),
                                                        try TaskLoss(kind: "cosine")],

@@ -36,10 +36,11 @@ public enum Evaluator {
             let idx = Array(mine[start..<min(start + max(1, batchSize), mine.count)])
             start += idx.count
             try dataset.load(idx, into: batch)
+            let active = model.taskNames.map { batch.targets[$0] != nil }
             let z = model.encoder.forward(batch.images)
+            let preds = model.decoder.forward(z, height: batch.images.h, width: batch.images.w, active: active)
             for (t, name) in model.taskNames.enumerated() {
-                guard let target = batch.targets[name] else { continue }
-                let pred = model.heads[t].forward(z, height: batch.images.h, width: batch.images.w)
+                guard let target = batch.targets[name], let pred = preds[t] else { continue }
                 switch metrics[t] {
                 case let m as SegmentationMetric: m.update(logits: pred, target: target)
                 case let m as DepthMetric: m.update(pred: pred, target: target)

@@ -7,14 +7,6 @@ import MTLDist
 import MTLMethods
 import MTLTrain
 
-/// Where a multi-task method looks at per-task gradients.
-public enum MethodLevel: String, Sendable {
-    /// ∂L_t/∂z at the shared encoder output: one encoder backward, a T×T Gram all-reduce.
-    case representation
-    /// ∂L_t/∂θ_shared: T encoder backwards and the per-task shared gradients all-reduced.
-    case parameters
-}
-
 /// What one step measured (global values: identical on every rank).
 public struct StepStats {
     public var losses: [Double]           // global mean loss per task
@@ -28,10 +20,12 @@ public struct StepStats {
 }
 
 /// One training step, as data flows in ARCHITECTURE.md:
-/// encoder forward → per task: head forward, loss, head backward (∂L_t/∂z kept; z = the encoder's
-/// Features, one tensor per scale, and ⟨·,·⟩ on them the sum over scales) → ONE all-reduce of
-/// (loss sums, valid counts, local Gram) → method → decoder grads scaled, encoder backward with Σ α_t ∂L_t/∂z
-/// → gradient all-reduce → NaN check (same decision everywhere) → optimizer step.
+/// encoder forward → decoder forward → per-task losses → per task a decoder backward (∂L_t/∂z kept;
+/// z = the encoder's Features, one tensor per scale, and ⟨·,·⟩ on them the sum over scales) → ONE
+/// all-reduce of (loss sums, valid counts, local Gram) → method → decoder grads weighted, encoder
+/// backward with Σ α_t ∂L_t/∂z → gradient all-reduce → NaN check (same decision everywhere) →
+/// optimizer step. A joint decoder under a loss-weighting method skips the per-task backwards: one
+/// decoder backward of Σ_t w_t L_t after the method.
 /// Losses are normalised by GLOBAL valid counts, so N ranks × b equal 1 rank × N·b.
 public final class StepEngine {
     public let model: MultiTaskModel
@@ -40,7 +34,7 @@ public final class StepEngine {
     public let lossWeights: [Double]
     public let roles: [TaskRole]
     public let method: MultiTaskMethod
-    public let level: MethodLevel
+    public let level: GradientLevel
     public let optimizer: Optimizer
     public let comm: Communicator
     public let seed: UInt64
@@ -48,29 +42,31 @@ public final class StepEngine {
 
     /// Parameters that are updated and all-reduced (frozen heads excluded), in a fixed order.
     let trainable: [Parameter]
+    /// The parameters every task's loss depends on: the encoder's, then the joint decoder's shared ones.
+    let sharedParams: [Parameter]
     let encoderParams: [Parameter]
-    /// ∂L_t/∂z per task and scale (unscaled: computed with loss scale 1, scaled once the global
-    /// counts are known).
-    let taskGrads: [[Tensor]]
-    /// Σ_t α_t ∂L_t/∂z per scale (parameter level: this rank's slice of the combined gradient in [0]).
-    let combined: [Tensor]
-    /// Trainable parameters whose gradients the step all-reduces (at parameter level the encoder's
-    /// are already global after the method, so only the heads' are reduced).
+    let pass: TaskPass
+    /// Trainable parameters whose gradients the step all-reduces (at parameter level the shared
+    /// ones are already global after the method, so only the decoder's task parameters are reduced).
     let reduced: [Parameter]
     /// The flat buffer of the blocking gradient all-reduce: made on first use, so that one process,
     /// or overlapped buckets (which have their own), do not hold a second copy of every gradient.
     private(set) lazy var flatGrads = Tensor([reduced.reduce(0) { $0 + $1.value.count }])
-    /// Parameter level: the per-task shared gradients of this rank, T × P_encoder (padded to a
+    /// Parameter level: the per-task shared gradients of this rank, T × P_shared (padded to a
     /// multiple of the world size), and this rank's slice of their global sums, T × P/size.
     /// Representation level, GradDrop: the per-task sign-corrected sums.
     var taskParamGrads: [Tensor] = []
     var taskSlices: [Tensor] = []
+    /// Parameter level: this rank's slice of the combined shared gradient.
+    let combinedSlice = Tensor([0])
     var reduction: [Double]
     /// Overlapped bucketed all-reduce (representation level, several ranks); nil = one blocking all-reduce.
     let buckets: GradientBuckets?
+    /// Bucket groups: the decoder's per-task groups, its shared group, then the encoder's groups.
+    let decoderGroups: Int
 
     public init(model: MultiTaskModel, losses: [TaskLoss], lossWeights: [Double], roles: [TaskRole],
-                method: MultiTaskMethod, level: MethodLevel, optimizer: Optimizer, comm: Communicator,
+                method: MultiTaskMethod, level: GradientLevel, optimizer: Optimizer, comm: Communicator,
                 seed: UInt64, skipNonFinite: Bool) {
         self.model = model
         self.taskNames = model.taskNames
@@ -85,28 +81,21 @@ public final class StepEngine {
         self.skipNonFinite = skipNonFinite
         trainable = model.parameters.filter { $0.trainable }
         encoderParams = model.encoder.parameters
-        let scales = model.encoder.featureChannels.count
-        taskGrads = model.taskNames.map { _ in (0..<scales).map { _ in Tensor([0]) } }
-        combined = (0..<scales).map { _ in Tensor([0]) }
-        let encoderNames = Set(encoderParams.map { $0.name })
-        reduced = self.level == .parameters ? trainable.filter { !encoderNames.contains($0.name) } : trainable
+        sharedParams = encoderParams + model.decoder.sharedParameters
+        pass = TaskPass(model: model, losses: losses, lossWeights: lossWeights)
+        let sharedNames = Set(sharedParams.map { $0.name })
+        reduced = self.level == .parameters ? trainable.filter { !sharedNames.contains($0.name) } : trainable
         let t = model.taskNames.count
         reduction = [Double](repeating: 0, count: 2 * t + t * t)
+        let groups = model.decoder.taskParameters + [model.decoder.sharedParameters]
+        decoderGroups = groups.count
         let overlap = ProcessInfo.processInfo.environment["MTL_NO_OVERLAP"] == nil
         if overlap && comm.size > 1 && self.level == .representation && !method.needsGradients {
             let mb = ProcessInfo.processInfo.environment["MTL_BUCKET_MB"].flatMap { Double($0) } ?? 25
-            buckets = GradientBuckets(groups: model.heads.map { $0.parameters } + model.encoder.parameterGroupsInBackwardOrder,
+            buckets = GradientBuckets(groups: groups + model.encoder.parameterGroupsInBackwardOrder,
                                       bucketBytes: Int(mb * 1_048_576), comm: comm)
         } else {
             buckets = nil
-        }
-    }
-
-    /// Each head saw its own loss with scale 1: its gradients become w_t/N_t times that.
-    private func scaleHeads(_ result: MethodResult, _ inv: [Double]) {
-        for t in 0..<taskNames.count {
-            let s = Float(result.decoderWeights[t] * inv[t])
-            for p in model.heads[t].parameters { p.grad.scale(s) }
         }
     }
 
@@ -124,35 +113,26 @@ public final class StepEngine {
         var commTime = 0.0
         let t0 = Date()
         model.zeroGrad()
-        let H = batch.images.h, W = batch.images.w
 
-        // Forward the shared encoder once; each head forward/loss/backward in turn.
-        let z = model.encoder.forward(batch.images)
-        var localSums = [Double](repeating: 0, count: T)
-        var localCounts = [Double](repeating: 0, count: T)
-        for t in 0..<T {
-            guard let target = batch.targets[taskNames[t]] else {
-                throw MTLError("batch has no target for task \(taskNames[t])")
-            }
-            let pred = model.heads[t].forward(z, height: H, width: W)
-            let ls = losses[t].forward(pred, target)
-            localSums[t] = ls.sum * lossWeights[t]
-            localCounts[t] = Double(ls.count)
-            let dz = model.heads[t].backward(losses[t].backward(scale: Float(lossWeights[t])))
-            for (kept, g) in zip(taskGrads[t], dz) { kept.copy(from: g) }
-        }
+        let z = pass.forward(batch.images)
+        try pass.evaluateLosses(batch)
+        // Per-task decoder backwards are needed for the Gram and the per-task gradients, and are how
+        // a separable decoder gets its gradients anyway; a joint decoder under a loss-weighting
+        // method waits for the weights and runs one backward.
+        let eachTask = model.decoder.separable || method.needsGram || method.needsGradients
+        if eachTask { pass.backwardEachTask() }
 
         // One small all-reduce: loss sums, valid counts, and (representation level) the local Gram.
         let repGram = method.needsGram && level == .representation
         for t in 0..<T {
-            reduction[t] = localSums[t]
-            reduction[T + t] = localCounts[t]
+            reduction[t] = pass.localSums[t]
+            reduction[T + t] = pass.localCounts[t]
         }
         for i in 0..<(T * T) { reduction[2 * T + i] = 0 }
         if repGram {
             // G_ij = Σ_scales ⟨g_i, g_j⟩ (one scale: exactly the single-tensor Gram).
-            for s in 0..<combined.count {
-                let local = gramMatrix(taskGrads.map { UnsafePointer($0[s].data) }, count: taskGrads[0][s].count)
+            for s in pass.combined.indices {
+                let local = gramMatrix(pass.taskGrads.map { UnsafeBufferPointer($0[s].buffer) })
                 for k in 0..<(T * T) { reduction[2 * T + k] += local[k] }
             }
         }
@@ -179,46 +159,41 @@ public final class StepEngine {
         }
 
         var ctx = MethodContext(step: stepIndex, epoch: epoch, seed: seed, roles: roles, losses: globalLosses,
-                                gram: gram, grads: nil, epochEnded: epochEnded,
-                                level: level == .parameters ? .parameters : .representation)
-        var result: MethodResult
-        var headsScaled = false
+                                gram: gram, grads: nil, epochEnded: epochEnded, level: level)
+        let result: MethodResult
         if level == .parameters {
             result = try parameterLevel(&ctx, inv: inv, commTime: &commTime)
+            pass.weightDecoder(taskWeights: scaled(result.decoderWeights, inv), sharedWeights: nil)
         } else if method.needsGradients {
             result = try representationVectors(&ctx, z: z, inv: inv, commTime: &commTime)
+            pass.weightDecoder(taskWeights: scaled(result.decoderWeights, inv),
+                               sharedWeights: scaled(result.encoderCoefficients, inv))
         } else {
             result = try method.apply(ctx)
-            scaleHeads(result, inv)
-            headsScaled = true
-            // The heads' gradients are final: their buckets start reducing during the encoder backward.
+            let alpha = scaled(result.encoderCoefficients, inv), w = scaled(result.decoderWeights, inv)
+            var dz: Features
+            if !eachTask && alpha == w && w.contains(where: { $0 != 0 }) {
+                // Joint decoder, one weight per loss: one backward of Σ_t w_t/N_t L_t gives every
+                // decoder parameter and ∂/∂z exactly.
+                dz = pass.backwardWeighted(w)
+            } else {
+                if !eachTask { pass.backwardEachTask() }
+                pass.weightDecoder(taskWeights: w, sharedWeights: alpha)
+                dz = pass.combine(alpha)
+            }
+            // The decoder's gradients are final: their buckets start reducing during the encoder backward.
             if let buckets {
                 buckets.beginStep()
-                for t in 0..<T { buckets.groupDone(t) }
+                for g in 0..<decoderGroups { buckets.groupDone(g) }
+                model.encoder.backward(dz) { k in buckets.groupDone(self.decoderGroups + k) }
+                // Only the reductions still in flight after the backward cost time here.
+                buckets.finish()
+                let computeTime = Date().timeIntervalSince(t0) - commTime - buckets.exposedSeconds
+                commTime += buckets.exposedSeconds
+                return try finishStep(globalLosses: globalLosses, counts: counts, result: result,
+                                      stepIndex: stepIndex, computeTime: computeTime, commTime: commTime)
             }
-            // Encoder: one backward with Σ α_t/N_t ∂L_t/∂z on every scale.
-            for s in 0..<combined.count {
-                combined[s].resize(taskGrads[0][s].shape)
-                combined[s].zero()
-                for t in 0..<T where inv[t] > 0 {
-                    combined[s].add(taskGrads[t][s], alpha: Float(result.encoderCoefficients[t] * inv[t]))
-                }
-            }
-            if let buckets {
-                model.encoder.backward(combined) { k in buckets.groupDone(T + k) }
-            } else {
-                model.encoder.backward(combined)
-            }
-        }
-        if !headsScaled { scaleHeads(result, inv) }
-
-        if let buckets, level == .representation, !method.needsGradients {
-            // Only the reductions still in flight after the backward cost time here.
-            buckets.finish()
-            let computeTime = Date().timeIntervalSince(t0) - commTime - buckets.exposedSeconds
-            commTime += buckets.exposedSeconds
-            return try finishStep(globalLosses: globalLosses, counts: counts, result: result, stepIndex: stepIndex,
-                                  computeTime: computeTime, commTime: commTime)
+            model.encoder.backward(dz)
         }
         let computeTime = Date().timeIntervalSince(t0) - commTime
 
@@ -233,6 +208,9 @@ public final class StepEngine {
         return try finishStep(globalLosses: globalLosses, counts: counts, result: result, stepIndex: stepIndex,
                               computeTime: computeTime, commTime: commTime)
     }
+
+    /// w_t / N_t.
+    private func scaled(_ weights: [Double], _ inv: [Double]) -> [Double] { zip(weights, inv).map { $0 * $1 } }
 
     private func nonFiniteError(stepIndex: Int, globalLosses: [Double]) -> MTLError {
         let bad = zip(taskNames, globalLosses).filter { !$0.1.isFinite }.map { $0.0 }
@@ -269,8 +247,8 @@ public final class StepEngine {
         }
         for t in 0..<T {
             for s in z.indices {
-                taskGrads[t][s].scale(Float(inv[t]))
-                GradDrop.signCorrectedSum(z: z[s].data, h: taskGrads[t][s].data, batch: batch, perSample: perScale[s],
+                pass.taskGrads[t][s].scale(Float(inv[t]))
+                GradDrop.signCorrectedSum(z: z[s].data, h: pass.taskGrads[t][s].data, batch: batch, perSample: perScale[s],
                                           into: taskParamGrads[t].data + offsets[s])
             }
         }
@@ -280,17 +258,17 @@ public final class StepEngine {
         ctx.grads = taskParamGrads.map { $0.buffer }
         let result = try method.apply(ctx)
         for s in z.indices {
-            combined[s].resize(taskGrads[0][s].shape)
+            pass.combined[s].resize(pass.taskGrads[0][s].shape)
             if result.multipliersWritten {
                 GradDrop.combine(multipliers: taskParamGrads.map { UnsafeBufferPointer(start: $0.data + offsets[s], count: perScale[s]) },
-                                 h: taskGrads.map { UnsafePointer($0[s].data) }, batch: batch, perSample: perScale[s],
-                                 into: combined[s].data)
+                                 h: pass.taskGrads.map { UnsafePointer($0[s].data) }, batch: batch, perSample: perScale[s],
+                                 into: pass.combined[s].data)
             } else {
-                combined[s].zero()
-                for t in 0..<T { combined[s].add(taskGrads[t][s], alpha: Float(result.encoderCoefficients[t])) }
+                pass.combined[s].zero()
+                for t in 0..<T { pass.combined[s].add(pass.taskGrads[t][s], alpha: Float(result.encoderCoefficients[t])) }
             }
         }
-        model.encoder.backward(combined)
+        model.encoder.backward(pass.combined)
         return result
     }
 
@@ -305,7 +283,8 @@ public final class StepEngine {
     /// the combination cost 1/size of the full vectors.
     private func parameterLevel(_ ctx: inout MethodContext, inv: [Double], commTime: inout Double) throws -> MethodResult {
         let T = taskNames.count, R = comm.size
-        let P = encoderParams.reduce(0) { $0 + $1.value.count }
+        let encoderP = encoderParams.reduce(0) { $0 + $1.value.count }
+        let P = sharedParams.reduce(0) { $0 + $1.value.count }
         let block = (P + R - 1) / R, padded = block * R
         if taskParamGrads.count != T || taskParamGrads[0].count != padded {
             taskParamGrads = (0..<T).map { _ in Tensor([padded]) }
@@ -313,10 +292,14 @@ public final class StepEngine {
         }
         for t in 0..<T {
             for p in encoderParams { p.grad.zero() }
-            for g in taskGrads[t] { g.scale(Float(inv[t])) }
-            model.encoder.backward(taskGrads[t])
+            for g in pass.taskGrads[t] { g.scale(Float(inv[t])) }
+            model.encoder.backward(pass.taskGrads[t])
             let flat = taskParamGrads[t].data
             packGradients(encoderParams, into: flat)
+            if let decoderShared = pass.sharedDecoderGradient(t) {
+                let src = decoderShared.data, dst = flat + encoderP, scale = Float(inv[t])
+                for i in 0..<decoderShared.count { dst[i] = src[i] * scale }
+            }
             (flat + P).update(repeating: 0, count: padded - P)   // the padding sums to zero
             let tc = Date()
             comm.reduceScatterSum(UnsafeBufferPointer(taskParamGrads[t].buffer), taskSlices[t].buffer)
@@ -324,7 +307,7 @@ public final class StepEngine {
         }
         let offset = comm.rank * block
         let valid = max(0, min(block, P - offset))   // this rank's elements that are not padding
-        var gram = gramMatrix(taskSlices.map { UnsafePointer($0.data) }, count: valid)
+        var gram = gramMatrix(taskSlices.map { UnsafeBufferPointer(start: $0.data, count: valid) })
         let tc = Date()
         if R > 1 {
             gram.withUnsafeMutableBufferPointer { comm.allReduceSum($0) }
@@ -336,66 +319,21 @@ public final class StepEngine {
         ctx.gradsOffset = offset
         let result = try method.apply(ctx)
 
-        // This rank's slice of the combined gradient (in `combined[0]`), then all-gathered.
-        combined[0].resize([block])
-        let out = combined[0].data
+        // This rank's slice of the combined gradient, then all-gathered.
+        combinedSlice.resize([block])
+        let out = combinedSlice.data
         if result.combinedGradientWritten {
             out.update(from: taskSlices[0].data, count: valid)
         } else {
-            let coefficients = result.encoderCoefficients.map { Float($0) }
-            let slices = taskSlices.map { UnsafePointer($0.data) }
-            parallelFor((valid + gramChunk - 1) / gramChunk) { c in
-                let lo = c * gramChunk, hi = min(valid, lo + gramChunk)
-                for i in lo..<hi { out[i] = coefficients[0] * slices[0][i] }
-                for t in 1..<T {
-                    let a = coefficients[t], src = slices[t]
-                    for i in lo..<hi { out[i] += a * src[i] }
-                }
-            }
+            combineGradients(result.encoderCoefficients, taskSlices.map { UnsafeBufferPointer(start: $0.data, count: valid) },
+                             into: UnsafeMutableBufferPointer(start: out, count: valid))
         }
         (out + valid).update(repeating: 0, count: block - valid)
         let full = taskParamGrads[0]
         let tg = Date()
         comm.allGather(UnsafeBufferPointer(start: out, count: block), full.buffer)
         commTime += Date().timeIntervalSince(tg)
-        unpackGradients(encoderParams, from: full.data)
+        unpackGradients(sharedParams, from: full.data)
         return result
     }
-}
-
-/// Elements per chunk of the Gram (both levels) and of the parameter-level combination. Fixed (not
-/// derived from the thread count), so the Gram's rounding is the same whatever the number of threads.
-let gramChunk = 1 << 16
-
-/// K_ij = Σ_k v_i[k]·v_j[k] in Double for T vectors of `count` floats: one pass over memory (each
-/// chunk reads every vector once), chunks in parallel, the chunk sums added in chunk order.
-func gramMatrix(_ v: [UnsafePointer<Float>], count: Int) -> [Double] {
-    let T = v.count, chunks = (count + gramChunk - 1) / gramChunk
-    var partial = [Double](repeating: 0, count: chunks * T * T)
-    partial.withUnsafeMutableBufferPointer { part in
-        parallelFor(chunks) { c in
-            let lo = c * gramChunk, hi = min(count, lo + gramChunk)
-            let k = part.baseAddress! + c * T * T
-            for i in 0..<T {
-                for j in i..<T {
-                    let a = v[i], b = v[j]
-                    var s0 = 0.0, s1 = 0.0
-                    var e = lo
-                    while e + 1 < hi {
-                        s0 += Double(a[e]) * Double(b[e])
-                        s1 += Double(a[e + 1]) * Double(b[e + 1])
-                        e += 2
-                    }
-                    if e < hi { s0 += Double(a[e]) * Double(b[e]) }
-                    k[i * T + j] = s0 + s1
-                }
-            }
-        }
-    }
-    var gram = [Double](repeating: 0, count: T * T)
-    for c in 0..<chunks {
-        for i in 0..<T { for j in i..<T { gram[i * T + j] += partial[c * T * T + i * T + j] } }
-    }
-    for i in 0..<T { for j in 0..<i { gram[i * T + j] = gram[j * T + i] } }
-    return gram
 }

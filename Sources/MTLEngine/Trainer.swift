@@ -60,7 +60,7 @@ public struct RunSetup {
         self.classes = classes
         roles = config.tasks.map { $0.role }
         for (t, tc) in config.tasks.enumerated() where tc.frozen {
-            for p in model.heads[t].parameters { p.trainable = false }
+            for p in model.decoder.taskParameters[t] { p.trainable = false }
         }
         if !config.model.pretrained.isEmpty {
             try Pretrained.loadEncoder(model: model, path: config.model.pretrained)
@@ -122,7 +122,7 @@ public final class Trainer {
 
         let method = try makeMethod(name: config.method.name, taskNames: names, roles: setup.roles,
                                     params: try methodParameters(name: config.method.name, groups: config.method.params))
-        guard let level = MethodLevel(rawValue: config.method.level) else {
+        guard let level = GradientLevel(rawValue: config.method.level) else {
             throw MTLError("method.level: expected representation|parameters, found '\(config.method.level)'")
         }
         let optimizer = makeOptimizer(config.optim, model.parameters.filter { $0.trainable })

@@ -34,14 +34,27 @@ public struct ModelSpec: Sendable, Equatable {
     }
 }
 
-/// Shared encoder + per-task heads. Parameters are named `encoder.*` and `heads.<task>.*`.
-/// The trainer drives the pieces separately (encoder forward, each head forward/backward,
-/// one encoder backward with the combined ∂L/∂z), which is where multi-task methods plug in.
+/// Shared encoder + decoder (per-task heads or a joint decoder). Parameters are named `encoder.*`
+/// and `heads.<task>.*` (per-task heads) or `decoder.*`. The trainer drives the pieces separately
+/// (MTLEngine's TaskPass: encoder forward, decoder forward, per-task losses and backwards, one
+/// encoder backward with the combined ∂L/∂Features), which is where multi-task methods plug in.
 public final class MultiTaskModel: HasParameters {
     public let spec: ModelSpec
     public let encoder: any FeatureEncoder
-    public let heads: [TaskHead]
+    public let decoder: any Decoder
     public let taskNames: [String]
+
+    /// The per-task heads of a separable decoder (empty for a joint decoder).
+    public var heads: [TaskHead] { (decoder as? PerTaskHeads)?.heads ?? [] }
+
+    /// A model from already built components (joint decoders, tests).
+    public init(spec: ModelSpec, encoder: any FeatureEncoder, decoder: any Decoder) {
+        precondition(decoder.taskCount == spec.tasks.count, "MultiTaskModel: decoder has \(decoder.taskCount) tasks, spec \(spec.tasks.count)")
+        self.spec = spec
+        self.encoder = encoder
+        self.decoder = decoder
+        taskNames = spec.tasks.map { $0.name }
+    }
 
     public init(_ spec: ModelSpec, seed: UInt64) throws {
         self.spec = spec
@@ -94,13 +107,13 @@ public final class MultiTaskModel: HasParameters {
             default: throw MTLError("model.head: expected \(ModelSpec.heads.joined(separator: "|")), found '\(spec.head)'")
             }
         }
-        self.heads = heads
+        decoder = PerTaskHeads(heads)
         taskNames = spec.tasks.map { $0.name }
     }
 
-    public var parameters: [Parameter] { encoder.parameters + heads.flatMap { $0.parameters } }
-    public var buffers: [Buffer] { encoder.buffers + heads.flatMap { $0.buffers } }
-    public var batchNorms: [BatchNorm2d] { encoder.batchNorms + heads.flatMap { $0.batchNorms } }
+    public var parameters: [Parameter] { encoder.parameters + decoder.parameters }
+    public var buffers: [Buffer] { encoder.buffers + decoder.buffers }
+    public var batchNorms: [BatchNorm2d] { encoder.batchNorms + decoder.batchNorms }
 
     /// Train mode (batch statistics) or eval mode (running statistics) for every BatchNorm.
     public func setTraining(_ training: Bool) { for bn in batchNorms { bn.training = training } }

@@ -154,7 +154,7 @@ public struct Config: Equatable {
     static let optimizers = ["adam", "adamw", "sgd"]
     static let schedules = ["constant", "step", "poly", "cosine"]
     static let nanPolicies = ["stop", "skip"]
-    static let levels = ["representation", "parameters"]   // MTLMethods.GradientLevel, MTLEngine.MethodLevel
+    static let levels = ["representation", "parameters"]   // MTLMethods.GradientLevel
 
     // MARK: loading
 
