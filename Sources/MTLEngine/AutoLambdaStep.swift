@@ -214,7 +214,8 @@ final class ModelLookahead: LookaheadNetwork {
         reduction.withUnsafeMutableBufferPointer { comm.allReduceSum($0) }
         let scaled = (0..<T).map { t in reduction[T + t] > 0 ? weights[t] / reduction[T + t] : 0 }
         if scaled.contains(where: { $0 != 0 }) {
-            pass.model.encoder.backward(pass.backwardWeighted(scaled))
+            let dz = pass.backwardWeighted(scaled)
+            if !pass.model.encoderFrozen { pass.model.encoder.backward(dz) }
         }
         if comm.size > 1 {
             packGradients(lookaheadParameters, into: flat.data)

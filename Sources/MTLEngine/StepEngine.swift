@@ -80,7 +80,7 @@ public final class StepEngine {
         self.seed = seed
         self.skipNonFinite = skipNonFinite
         trainable = model.parameters.filter { $0.trainable }
-        encoderParams = model.encoder.parameters
+        encoderParams = model.encoderFrozen ? [] : model.encoder.parameters
         sharedParams = encoderParams + model.decoder.sharedParameters
         pass = TaskPass(model: model, losses: losses, lossWeights: lossWeights)
         let sharedNames = Set(sharedParams.map { $0.name })
@@ -92,7 +92,7 @@ public final class StepEngine {
         let overlap = ProcessInfo.processInfo.environment["MTL_NO_OVERLAP"] == nil
         if overlap && comm.size > 1 && self.level == .representation && !method.needsGradients {
             let mb = ProcessInfo.processInfo.environment["MTL_BUCKET_MB"].flatMap { Double($0) } ?? 25
-            buckets = GradientBuckets(groups: groups + model.encoder.parameterGroupsInBackwardOrder,
+            buckets = GradientBuckets(groups: groups + (model.encoderFrozen ? [] : model.encoder.parameterGroupsInBackwardOrder),
                                       bucketBytes: Int(mb * 1_048_576), comm: comm)
         } else {
             buckets = nil
@@ -185,7 +185,9 @@ public final class StepEngine {
             if let buckets {
                 buckets.beginStep()
                 for g in 0..<decoderGroups { buckets.groupDone(g) }
-                model.encoder.backward(dz) { k in buckets.groupDone(self.decoderGroups + k) }
+                if !model.encoderFrozen {
+                    model.encoder.backward(dz) { k in buckets.groupDone(self.decoderGroups + k) }
+                }
                 // Only the reductions still in flight after the backward cost time here.
                 buckets.finish()
                 let computeTime = Date().timeIntervalSince(t0) - commTime - buckets.exposedSeconds
@@ -193,7 +195,7 @@ public final class StepEngine {
                 return try finishStep(globalLosses: globalLosses, counts: counts, result: result,
                                       stepIndex: stepIndex, computeTime: computeTime, commTime: commTime)
             }
-            model.encoder.backward(dz)
+            if !model.encoderFrozen { model.encoder.backward(dz) }
         }
         let computeTime = Date().timeIntervalSince(t0) - commTime
 
@@ -268,7 +270,7 @@ public final class StepEngine {
                 for t in 0..<T { pass.combined[s].add(pass.taskGrads[t][s], alpha: Float(result.encoderCoefficients[t])) }
             }
         }
-        model.encoder.backward(pass.combined)
+        if !model.encoderFrozen { model.encoder.backward(pass.combined) }
         return result
     }
 
@@ -293,7 +295,7 @@ public final class StepEngine {
         for t in 0..<T {
             for p in encoderParams { p.grad.zero() }
             for g in pass.taskGrads[t] { g.scale(Float(inv[t])) }
-            model.encoder.backward(pass.taskGrads[t])
+            if !model.encoderFrozen { model.encoder.backward(pass.taskGrads[t]) }
             let flat = taskParamGrads[t].data
             packGradients(encoderParams, into: flat)
             if let decoderShared = pass.sharedDecoderGradient(t) {

@@ -65,6 +65,7 @@ public struct RunSetup {
         if !config.model.pretrained.isEmpty {
             try Pretrained.loadEncoder(model: model, path: config.model.pretrained)
         }
+        if config.model.freezeEncoder { model.freezeEncoder() }
     }
 }
 
@@ -124,6 +125,10 @@ public final class Trainer {
                                     params: try methodParameters(name: config.method.name, groups: config.method.params))
         guard let level = GradientLevel(rawValue: config.method.level) else {
             throw MTLError("method.level: expected representation|parameters, found '\(config.method.level)'")
+        }
+        if level == .parameters && (method.needsGram || method.needsGradients) && model.encoderFrozen
+            && model.decoder.sharedParameters.isEmpty {
+            throw MTLError("method.level: parameters needs shared parameters, but model.freeze_encoder=true leaves none (the decoder has no shared modules); use method.level=representation")
         }
         let optimizer = makeOptimizer(config.optim, model.parameters.filter { $0.trainable })
         let losses = try config.tasks.map { try TaskLoss(kind: $0.loss, posWeight: Float($0.posWeight)) }

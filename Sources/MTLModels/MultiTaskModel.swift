@@ -115,8 +115,23 @@ public final class MultiTaskModel: HasParameters {
     public var buffers: [Buffer] { encoder.buffers + decoder.buffers }
     public var batchNorms: [BatchNorm2d] { encoder.batchNorms + decoder.batchNorms }
 
-    /// Train mode (batch statistics) or eval mode (running statistics) for every BatchNorm.
-    public func setTraining(_ training: Bool) { for bn in batchNorms { bn.training = training } }
+    /// A frozen encoder runs forward only, in eval mode, and is never updated: its parameters are
+    /// not trainable, the step runs no encoder backward, and methods see only the decoder's
+    /// shared parameters at parameter level.
+    public private(set) var encoderFrozen = false
+
+    public func freezeEncoder() {
+        encoderFrozen = true
+        for p in encoder.parameters { p.trainable = false }
+        for bn in encoder.batchNorms { bn.training = false }
+    }
+
+    /// Train mode (batch statistics) or eval mode (running statistics) for every BatchNorm (a
+    /// frozen encoder's stay in eval mode).
+    public func setTraining(_ training: Bool) {
+        for bn in decoder.batchNorms { bn.training = training }
+        for bn in encoder.batchNorms { bn.training = training && !encoderFrozen }
+    }
 
     /// SyncBN: every BatchNorm sums its statistics across ranks through `reducer` (nil = local BN).
     public func setStatsReducer(_ reducer: SumReducer?) { for bn in batchNorms { bn.reducer = reducer } }

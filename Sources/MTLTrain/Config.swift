@@ -29,6 +29,7 @@ public struct ModelConfig: Equatable {
     public var pretrained = ""             // HDF5 file of torchvision-named tensors, "" = random init
     public var syncBN = false
     public var convBackend = "auto"         // auto|onednn|blas (auto: oneDNN where it has a CPU engine)
+    public var freezeEncoder = false        // encoder forward only, in eval mode, never updated (KEM's frozen Swin)
     public init() {}
 }
 
@@ -135,7 +136,7 @@ public struct Config: Equatable {
     static let sections: [(String, [String])] = [
         ("data", ["path", "train_split", "val_split", "cache", "augment", "prefetch"]),
         ("model", ["encoder", "width", "output_stride", "head", "head_channels", "fuse_upsample", "pretrained", "sync_bn",
-                   "conv_backend"]),
+                   "conv_backend", "freeze_encoder"]),
         ("tasks", []),
         ("train", ["steps", "batch_size", "seed", "eval_every", "threads", "nan_policy"]),
         ("optim", ["name", "lr", "momentum", "nesterov", "weight_decay", "beta1", "beta2", "eps"]),
@@ -285,7 +286,8 @@ public struct Config: Equatable {
                           ("output_stride", "\(model.outputStride)"), ("head", yamlString(model.head)),
                           ("head_channels", "\(model.headChannels)"), ("fuse_upsample", yamlString(model.fuseUpsample)),
                           ("pretrained", yamlString(model.pretrained)),
-                          ("sync_bn", "\(model.syncBN)"), ("conv_backend", yamlString(model.convBackend))])
+                          ("sync_bn", "\(model.syncBN)"), ("conv_backend", yamlString(model.convBackend)),
+                          ("freeze_encoder", "\(model.freezeEncoder)")])
         out += tasks.isEmpty ? "tasks: {}\n" : "tasks:\n"
         for t in tasks {
             out += "  \(t.name):\n"

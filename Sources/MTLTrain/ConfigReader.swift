@@ -218,6 +218,7 @@ struct Reader {
         c.model.pretrained = try string(lookup(m, "pretrained"), "model.pretrained", c.model.pretrained)
         c.model.syncBN = try bool(lookup(m, "sync_bn"), "model.sync_bn", c.model.syncBN)
         c.model.convBackend = try oneOf(lookup(m, "conv_backend"), "model.conv_backend", c.model.convBackend, Config.convBackends)
+        c.model.freezeEncoder = try bool(lookup(m, "freeze_encoder"), "model.freeze_encoder", c.model.freezeEncoder)
 
         if let tv = lookup(top, "tasks") {
             let te = try entries(tv, "tasks")

@@ -261,3 +261,34 @@ final class JointDecoderTests: XCTestCase {
         }
     }
 }
+
+final class FrozenEncoderTests: XCTestCase {
+    /// model.freeze_encoder: the encoder's parameters and BatchNorm statistics are bit-identical after
+    /// training while the heads move and every loss is finite; at parameter level with nothing shared
+    /// left the trainer refuses with a one-line error.
+    func testFrozenEncoderIsUnchangedAfterTraining() throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let data = try makeSynth(dir)
+        let cfg = try Config.parse(yaml: tinyConfigYAML(data: data, steps: 4, method: "pcgrad"), source: "test",
+                                   overrides: ["model.freeze_encoder=true"])
+        XCTAssertTrue(cfg.yaml().contains("freeze_encoder: true"))
+        let trainer = try Trainer(config: cfg, runDir: dir + "/run", comm: SingleProcessCommunicator(), resume: nil)
+        let model = trainer.engine.model
+        let encoderBefore = (model.encoder.parameters.map { $0.value } + model.encoder.buffers.map { $0.value }).map { $0.clone() }
+        let headsBefore = model.decoder.parameters.map { $0.value.clone() }
+        let summary = try trainer.run()
+        XCTAssertTrue(!summary.lastLosses.isEmpty && summary.lastLosses.allSatisfy { $0.1.isFinite }, "\(summary.lastLosses)")
+        let encoderAfter = model.encoder.parameters.map { $0.value } + model.encoder.buffers.map { $0.value }
+        XCTAssertFalse(encoderAfter.isEmpty)
+        for (a, b) in zip(encoderBefore, encoderAfter) { XCTAssertEqual(Array(a.buffer), Array(b.buffer)) }
+        let moved = zip(headsBefore, model.decoder.parameters).contains { Array($0.buffer) != Array($1.value.buffer) }
+        XCTAssertTrue(moved, "the heads must train")
+
+        let bad = try Config.parse(yaml: tinyConfigYAML(data: data, steps: 1, method: "pcgrad"), source: "test",
+                                   overrides: ["model.freeze_encoder=true", "method.level=parameters"])
+        XCTAssertThrowsError(try Trainer(config: bad, runDir: dir + "/bad", comm: SingleProcessCommunicator(), resume: nil)) {
+            XCTAssertTrue("\($0)".contains("model.freeze_encoder"), "\($0)")
+        }
+    }
+}
