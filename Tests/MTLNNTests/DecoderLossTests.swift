@@ -80,7 +80,17 @@ final class DecoderLossTests: XCTestCase {
         let t = Tensor([2, 5, 6], binaryTargets(60, &rng))
         let loss = BalancedCrossEntropyLoss()
         let result = loss.forward(z, t)
-        XCTAssertEqual(result.count, (0..<60).filter { t[$0] != 255 }.count)
+        let valid = (0..<60).filter { t[$0] != 255 }
+        XCTAssertEqual(result.count, valid.count)
+        // Σ w_k·(−log p_k) with w₀ = 1 − w, w₁ = w, w the fraction of background pixels.
+        let w = Double(valid.filter { t[$0] == 0 }.count) / Double(valid.count)
+        let expected = valid.reduce(0.0) { acc, i in
+            let s = i / 30, px = i % 30, k = Int(t[i])
+            let z0 = Double(z[s * 60 + px]), z1 = Double(z[s * 60 + 30 + px])
+            let logP = (k == 1 ? z1 : z0) - log(exp(z0) + exp(z1))
+            return acc - (k == 1 ? w : 1 - w) * logP
+        }
+        XCTAssertEqual(result.sum, expected, accuracy: 1e-4 * expected)
         let dz = loss.backward(scale: 1).array
         checkGradient("balanced CE dz", x: z, analytic: dz, eps: 1e-3, tolerance: 1e-3) { loss.forward(z, t).sum }
         // The two logits' gradients at a pixel sum to zero (softmax), and ignored pixels get none.
