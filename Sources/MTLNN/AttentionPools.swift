@@ -60,7 +60,6 @@ public final class ChannelMaxMeanPool {
             // Channel rows are contiguous: sweep them in order, keeping the running max and sum.
             mx.update(from: xs, count: len)
             idx.update(repeating: 0, count: len)
-            for i in 0..<len { mean[i] = 0 }
             withUnsafeTemporaryAllocation(of: Double.self, capacity: per) { acc in
                 for i in 0..<len { acc[i] = Double(xs[i]) }
                 for ch in 1..<c {

@@ -104,7 +104,7 @@ final class DecoderLossTests: XCTestCase {
         let saved = Threads.count
         defer { Threads.set(saved) }
         var results: [[Double]] = []
-        for threads in [1, 2] {
+        for threads in [1, 2, 4] {
             Threads.set(threads)
             var rng = Philox(seed: 54, stream: 1)
             var out: [Double] = []
@@ -123,7 +123,7 @@ final class DecoderLossTests: XCTestCase {
             out += [r3.sum, Double(r3.count)] + ce.backward(scale: 0.5).array.map(Double.init)
             results.append(out)
         }
-        XCTAssertTrue(results[0] == results[1], "results differ between 1 and 2 threads")
+        XCTAssertTrue(results[0] == results[1] && results[0] == results[2], "results differ between 1, 2 and 4 threads")
     }
 
     /// The ATRC code's formulas (mean over the valid elements/pixels), written in torch.

@@ -184,7 +184,7 @@ final class DecoderPrimitiveTests: XCTestCase {
         let saved = Threads.count
         defer { Threads.set(saved) }
         var results: [[Float]] = []
-        for t in [1, 2] {
+        for t in [1, 2, 4] {
             Threads.set(t)
             var rng = Philox(seed: 30, stream: 1), initRng = Philox(seed: 31, stream: 1)
             let x = randomTensor([3, 16, 23, 29], &rng), dy = randomTensor([3, 16, 23, 29], &rng)
@@ -214,8 +214,7 @@ final class DecoderPrimitiveTests: XCTestCase {
             out += au.forward(a, gridHeight: 4, gridWidth: 5).array + au.backward(randomTensor([2, 80, 80], &rng)).array
             results.append(out)
         }
-        XCTAssertEqual(results[0].count, results[1].count)
-        XCTAssertTrue(results[0] == results[1], "results differ between 1 and 2 threads")
+        XCTAssertTrue(results[0] == results[1] && results[0] == results[2], "results differ between 1, 2 and 4 threads")
     }
 
     static let script = #"""
@@ -230,6 +229,8 @@ for i, (k, s, p, dil) in enumerate(CONVS):
     x, w, b = leaf("dw_x"), leaf("dw_w%d" % i), leaf("dw_b%d" % i)
     y = F.conv2d(x, w, b, stride=s, padding=p, dilation=dil, groups=x.shape[1]); y.backward(T["dw_dy%d" % i])
     out("dw_y%d" % i, y); out("dw_dx%d" % i, x.grad); out("dw_dw%d" % i, w.grad); out("dw_db%d" % i, b.grad)
+x = leaf("tie_x"); y = torch.max(x, dim=1, keepdim=True)[0]; y.backward(T["tie_dmax"]); out("tie_dmax", x.grad)
+x = leaf("tie_x"); y = F.adaptive_max_pool2d(x, 1); y.backward(T["tie_dgmp"]); out("tie_dgmp", x.grad)
 x = leaf("ap_x"); y = F.avg_pool2d(x, 3); y.backward(T["ap_dy"]); out("ap_y", y); out("ap_dx", x.grad)
 x = leaf("l2_x"); y = F.normalize(x, p=2, dim=1, eps=1e-12); y.backward(T["l2_dy"]); out("l2_y", y); out("l2_dx", x.grad)
 def interp_matrix(n_in, n_out, align):
@@ -266,6 +267,11 @@ for align in (False, True):
             dws.append(conv); dwDy.append(randomTensor([2, 5, ho, wo], &rng))
             try ex.put("dw_w\(i)", conv.weight.value); try ex.put("dw_b\(i)", conv.bias!.value); try ex.put("dw_dy\(i)", dwDy[i])
         }
+        // Values from 3 levels: ties in both pools, where the first arg-max must get the gradient.
+        let tieX = Tensor([2, 4, 3, 5])
+        for i in 0..<tieX.count { tieX[i] = Float(rng.int(below: 3)) }
+        let tieDmax = randomTensor([2, 1, 3, 5], &rng), tieDgmp = randomTensor([2, 4, 1, 1], &rng)
+        try ex.put("tie_x", tieX); try ex.put("tie_dmax", tieDmax); try ex.put("tie_dgmp", tieDgmp)
         let apX = randomTensor([2, 3, 10, 8], &rng), apDy = randomTensor([2, 3, 3, 2], &rng)
         try ex.put("ap_x", apX); try ex.put("ap_dy", apDy)
         let l2X = randomTensor([2, 7, 4, 5], &rng), l2Dy = randomTensor(l2X.shape, &rng)
@@ -302,6 +308,13 @@ for align in (False, True):
             assertClose(conv.weight.grad.array, try ex.get("dw_dw\(i)"), tol: 1e-4, "depthwise \(tag) dw")
             assertClose(conv.bias!.grad.array, try ex.get("dw_db\(i)"), tol: 1e-4, "depthwise \(tag) db")
         }
+        let cmm = ChannelMaxMeanPool(), gmp = GlobalMaxPool()
+        _ = cmm.forward(tieX)
+        let dMaxOnly = Tensor([2, 2, 3, 5])
+        for s in 0..<2 { for i in 0..<15 { dMaxOnly[s * 30 + i] = tieDmax[s * 15 + i] } }
+        assertClose(cmm.backward(dMaxOnly).array, try ex.get("tie_dmax"), tol: 0, "channel max with ties dx (torch.max)")
+        _ = gmp.forward(tieX)
+        assertClose(gmp.backward(tieDgmp).array, try ex.get("tie_dgmp"), tol: 0, "global max pool with ties dx (adaptive_max_pool2d)")
         let ap = AvgPool2d(kernel: 3)
         assertClose(ap.forward(apX).array, try ex.get("ap_y"), tol: 1e-5, "avg pool y")
         assertClose(ap.backward(apDy).array, try ex.get("ap_dx"), tol: 1e-4, "avg pool dx")

@@ -189,7 +189,7 @@ final class TopKETFTests: XCTestCase {
         let saved = Threads.count
         defer { Threads.set(saved) }
         var results: [[Float]] = []
-        for t in [1, 2] {
+        for t in [1, 2, 4] {
             Threads.set(t)
             var rng = Philox(seed: 46, stream: 1)
             var out: [Float] = []
@@ -206,7 +206,7 @@ final class TopKETFTests: XCTestCase {
             }
             results.append(out)
         }
-        XCTAssertTrue(results[0] == results[1], "results differ between 1 and 2 threads")
+        XCTAssertTrue(results[0] == results[1] && results[0] == results[2], "results differ between 1, 2 and 4 threads")
     }
 
     static let script = #"""
