@@ -245,6 +245,212 @@ public final class BCEWithLogitsLoss {
     }
 }
 
+/// ATRC's surface-normal loss: L1 between the L2-normalised prediction and the target,
+/// summed over the 3 channels, per valid pixel: ℓ = Σ_c |n̂_c − t_c|, n̂ = p / max(‖p‖, 1e-12)
+/// (F.normalize). `count` is the number of valid PIXELS (ATRC divides by those, not by 3×).
+/// A pixel is invalid when any target channel equals `ignoreValue` (ATRC's 255) or when the
+/// target is the zero vector (how mtl's datasets mark missing normals).
+/// Gradient: g = sign(n̂ − t) (0 where equal, as torch.abs), dp = (g − n̂⟨n̂, g⟩)/‖p‖, or g/ε
+/// where the norm is clamped.
+public final class NormalL1Loss {
+    public let ignoreValue: Float
+    private let gradient = Tensor([0])
+    private let inputGrad = Tensor([0])
+    private let partials = DoubleBuffer()
+    public init(ignoreValue: Float = 255) { self.ignoreValue = ignoreValue }
+
+    public func forward(_ pred: Tensor, _ target: Tensor) -> LossSum {
+        precondition(pred.rank == 4 && pred.c == 3 && target.shape == pred.shape,
+                     "NormalL1Loss: expected pred and target [N, 3, H, W], got \(shapeString(pred.shape)) and \(shapeString(target.shape))")
+        let n = pred.n, hw = pred.h * pred.w
+        gradient.resize(pred.shape)
+        let blocksPerSample = (hw + elementBlock - 1) / elementBlock
+        partials.resize(2 * n * blocksPerSample)
+        let p = pred.data, t = target.data, gr = gradient.data, part = partials.data, ignore = ignoreValue
+        parallelFor(n * blocksPerSample) { task in
+            let s = task / blocksPerSample, lo = (task % blocksPerSample) * elementBlock
+            let hi = min(hw, lo + elementBlock)
+            let p0 = p + s * 3 * hw, p1 = p0 + hw, p2 = p1 + hw
+            let t0 = t + s * 3 * hw, t1 = t0 + hw, t2 = t1 + hw
+            let g0 = gr + s * 3 * hw, g1 = g0 + hw, g2 = g1 + hw
+            var loss = 0.0, valid = 0
+            for i in lo..<hi {
+                let a = t0[i], b = t1[i], c = t2[i]
+                if (a == 0 && b == 0 && c == 0) || a == ignore || b == ignore || c == ignore {
+                    g0[i] = 0; g1[i] = 0; g2[i] = 0; continue
+                }
+                let x = p0[i], y = p1[i], z = p2[i]
+                let norm = (x * x + y * y + z * z).squareRoot()
+                let clamped = !(norm > L2Normalize.eps)
+                let inv = 1 / (clamped ? L2Normalize.eps : norm)
+                let ux = x * inv, uy = y * inv, uz = z * inv
+                loss += Double(abs(ux - a)) + Double(abs(uy - b)) + Double(abs(uz - c))
+                let sx: Float = ux > a ? 1 : (ux < a ? -1 : 0)
+                let sy: Float = uy > b ? 1 : (uy < b ? -1 : 0)
+                let sz: Float = uz > c ? 1 : (uz < c ? -1 : 0)
+                let dot = clamped ? 0 : ux * sx + uy * sy + uz * sz
+                g0[i] = (sx - ux * dot) * inv
+                g1[i] = (sy - uy * dot) * inv
+                g2[i] = (sz - uz * dot) * inv
+                valid += 1
+            }
+            part[2 * task] = loss
+            part[2 * task + 1] = Double(valid)
+        }
+        return sumPartials(part, n * blocksPerSample)
+    }
+
+    public func backward(scale: Float) -> Tensor {
+        scaledCopy(gradient, scale, into: inputGrad)
+    }
+}
+
+/// Class-balanced binary cross-entropy on logits (ATRC/MTFormer edges and saliency):
+///   ℓ = −w·y·log σ(x) − (1 − w)(1 − y)·log(1 − σ(x))   per valid element,
+///   dℓ/dx = (1 − w)(1 − y)·σ(x) − w·y·(1 − σ(x)).
+/// Targets in [0, 1] are valid (soft targets are used as given); anything else (255) is ignored.
+/// `positiveWeight` w fixed (ATRC edges: 0.8 NYUD, 0.95 PASCAL; = PyTorch's
+/// BCEWithLogits(pos_weight = w/(1−w)) × (1−w)), or nil for HED balancing:
+/// w = Σ_valid(1 − y) / N_valid, the fraction of negatives.
+/// World size: the HED weight is computed from the LOCAL batch (this rank's targets), so with
+/// several ranks each rank weights its pixels by its own w before the global-count division;
+/// the single-process loss over the same global batch would use one global w. Making it exact
+/// needs an all-reduce of (Σ(1 − y), N_valid) before the loss, which the loss interface does not
+/// have; with a fixed w the loss is world-size invariant.
+public final class BalancedBCEWithLogitsLoss {
+    public let positiveWeight: Float?
+    /// The w of the last forward.
+    public private(set) var weight: Float = 0
+    private let gradient = Tensor([0])
+    private let inputGrad = Tensor([0])
+    private let partials = DoubleBuffer()
+    public init(positiveWeight: Float? = nil) {
+        precondition(positiveWeight.map { $0 >= 0 && $0 < 1 } ?? true, "BalancedBCEWithLogitsLoss: the positive weight must be in [0, 1)")
+        self.positiveWeight = positiveWeight
+    }
+
+    public func forward(_ logits: Tensor, _ target: Tensor) -> LossSum {
+        precondition(logits.count == target.count, "BalancedBCEWithLogitsLoss: logits \(shapeString(logits.shape)) and target \(shapeString(target.shape)) differ")
+        gradient.resize(logits.shape)
+        let count = logits.count, blocks = (count + elementBlock - 1) / elementBlock
+        partials.resize(2 * blocks)
+        let x = logits.data, t = target.data, gr = gradient.data, part = partials.data
+        if let w = positiveWeight {
+            weight = w
+        } else {
+            parallelFor(blocks) { b in
+                var negatives = 0.0, valid = 0
+                for i in (b * elementBlock)..<min(count, (b + 1) * elementBlock) {
+                    let y = t[i]
+                    if y >= 0 && y <= 1 { negatives += Double(1 - y); valid += 1 }
+                }
+                part[2 * b] = negatives
+                part[2 * b + 1] = Double(valid)
+            }
+            let totals = sumPartials(part, blocks)
+            weight = totals.count > 0 ? Float(totals.sum / Double(totals.count)) : 0
+        }
+        let w = weight
+        parallelFor(blocks) { b in
+            let lo = b * elementBlock, hi = min(count, lo + elementBlock)
+            var loss = 0.0, valid = 0
+            for i in lo..<hi {
+                let y = t[i]
+                if !(y >= 0 && y <= 1) { gr[i] = 0; continue }
+                let v = x[i], e = expf(-abs(v))
+                let softplusNeg = log1pf(e) + max(-v, 0)        // −log σ(v)
+                let softplusPos = softplusNeg + v               // −log(1 − σ(v))
+                loss += Double(w * y * softplusNeg + (1 - w) * (1 - y) * softplusPos)
+                let sigma = v >= 0 ? 1 / (1 + e) : e / (1 + e)
+                gr[i] = (1 - w) * (1 - y) * sigma - w * y * (1 - sigma)
+                valid += 1
+            }
+            part[2 * b] = loss
+            part[2 * b + 1] = Double(valid)
+        }
+        return sumPartials(part, blocks)
+    }
+
+    public func backward(scale: Float) -> Tensor {
+        scaledCopy(gradient, scale, into: inputGrad)
+    }
+}
+
+/// ATRC's saliency loss: 2-channel softmax cross-entropy with batch-computed class weights
+/// (1 − w, w), w = N₀/N_valid (fraction of background pixels), summed as w_k·(−log p_k) over
+/// valid pixels; `count` is the number of valid pixels (ATRC divides by that, not by the weight
+/// sum as PyTorch's weighted mean would). logits [N, 2, H, W]; target [N, H, W] (or [N, 1, H, W])
+/// with 0/1, `ignoreIndex` elsewhere (ATRC: 255).
+/// World size: as for BalancedBCEWithLogitsLoss, w comes from the LOCAL batch; with several
+/// ranks the result is not the single-process loss of the global batch (that needs an
+/// all-reduce of (N₀, N_valid) first).
+public final class BalancedCrossEntropyLoss {
+    public let ignoreIndex: Int
+    /// The w of the last forward.
+    public private(set) var weight: Float = 0
+    private let gradient = Tensor([0])
+    private let inputGrad = Tensor([0])
+    private let classIndex = Int32Buffer()
+    private let partials = DoubleBuffer()
+    public init(ignoreIndex: Int = 255) { self.ignoreIndex = ignoreIndex }
+
+    public func forward(_ logits: Tensor, _ target: Tensor) -> LossSum {
+        precondition(logits.rank == 4 && logits.c == 2, "BalancedCrossEntropyLoss: logits must be [N, 2, H, W], got \(shapeString(logits.shape))")
+        let n = logits.n, hw = logits.h * logits.w
+        precondition(target.count == n * hw && (target.rank == 3 || (target.rank == 4 && target.c == 1)),
+                     "BalancedCrossEntropyLoss: target \(shapeString(target.shape)) does not match logits \(shapeString(logits.shape)) (expected [N, H, W])")
+        gradient.resize(logits.shape)
+        classIndex.resize(n * hw)
+        let blocksPerSample = (hw + elementBlock - 1) / elementBlock, tasks = n * blocksPerSample
+        partials.resize(2 * tasks)
+        let z = logits.data, t = target.data, gr = gradient.data, cls = classIndex.data, part = partials.data
+        let ignoreValue = Float(ignoreIndex)
+        // Pass 1: class per pixel, and the background count.
+        parallelFor(tasks) { task in
+            let s = task / blocksPerSample, lo = (task % blocksPerSample) * elementBlock, hi = min(hw, lo + elementBlock)
+            var background = 0, valid = 0
+            for i in lo..<hi {
+                let label = t[s * hw + i]
+                if label == ignoreValue { cls[s * hw + i] = -1; continue }
+                precondition(label == 0 || label == 1, "BalancedCrossEntropyLoss: target \(label) at sample \(s), pixel \(i) is neither 0, 1 nor ignoreIndex \(ignoreIndex)")
+                cls[s * hw + i] = Int32(label)
+                if label == 0 { background += 1 }
+                valid += 1
+            }
+            part[2 * task] = Double(background)
+            part[2 * task + 1] = Double(valid)
+        }
+        let totals = sumPartials(part, tasks)
+        weight = totals.count > 0 ? Float(totals.sum / Double(totals.count)) : 0
+        let classWeight = (1 - weight, weight)
+        parallelFor(tasks) { task in
+            let s = task / blocksPerSample, lo = (task % blocksPerSample) * elementBlock, hi = min(hw, lo + elementBlock)
+            let z0 = z + s * 2 * hw, z1 = z0 + hw, g0 = gr + s * 2 * hw, g1 = g0 + hw
+            var loss = 0.0, valid = 0
+            for i in lo..<hi {
+                let k = cls[s * hw + i]
+                if k < 0 { g0[i] = 0; g1[i] = 0; continue }
+                // p₁ = σ(z₁ − z₀); −log p_k = softplus(±(z₀ − z₁)).
+                let d = z1[i] - z0[i], e = expf(-abs(d))
+                let p1 = d >= 0 ? 1 / (1 + e) : e / (1 + e), p0 = 1 - p1
+                let wk = k == 1 ? classWeight.1 : classWeight.0
+                let margin = k == 1 ? -d : d
+                loss += Double(wk * (log1pf(e) + max(margin, 0)))
+                g0[i] = wk * (k == 0 ? p0 - 1 : p0)
+                g1[i] = wk * (k == 1 ? p1 - 1 : p1)
+                valid += 1
+            }
+            part[2 * task] = loss
+            part[2 * task + 1] = Double(valid)
+        }
+        return sumPartials(part, tasks)
+    }
+
+    public func backward(scale: Float) -> Tensor {
+        scaledCopy(gradient, scale, into: inputGrad)
+    }
+}
+
 /// Adds (loss, count) pairs of the blocks in order.
 func sumPartials(_ part: UnsafeMutablePointer<Double>, _ blocks: Int) -> LossSum {
     var total = 0.0, count = 0

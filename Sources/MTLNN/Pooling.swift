@@ -102,3 +102,63 @@ public final class GlobalAvgPool {
         return inputGrad
     }
 }
+
+/// Average pooling k×k with stride k and no padding (PyTorch's F.avg_pool2d(x, k) defaults:
+/// floor output size; without padding count_include_pad does not matter, every window holds k²
+/// real pixels). Rows and columns beyond the last full window are dropped; their gradient is 0.
+public final class AvgPool2d {
+    public let kernel: Int
+    private let output = Tensor([0])
+    private let inputGrad = Tensor([0])
+    private var inputShape: [Int] = []
+
+    public init(kernel: Int) {
+        precondition(kernel > 0, "AvgPool2d: kernel must be positive")
+        self.kernel = kernel
+    }
+
+    public func forward(_ x: Tensor) -> Tensor {
+        precondition(x.rank == 4, "AvgPool2d: expected [N, C, H, W], got \(shapeString(x.shape))")
+        let k = kernel, (h, w) = (x.h, x.w), (ho, wo) = (h / k, w / k)
+        precondition(ho > 0 && wo > 0, "AvgPool2d: input \(h)x\(w) smaller than the kernel \(k)")
+        inputShape = x.shape
+        output.resize([x.n, x.c, ho, wo])
+        let src = x.data, dst = output.data, inv = 1 / Double(k * k)
+        parallelFor(x.n * x.c) { q in
+            let plane = src + q * h * w, out = dst + q * ho * wo
+            for oh in 0..<ho {
+                for ow in 0..<wo {
+                    var s = 0.0
+                    for i in 0..<k {
+                        let row = plane + (oh * k + i) * w + ow * k
+                        for j in 0..<k { s += Double(row[j]) }
+                    }
+                    out[oh * wo + ow] = Float(s * inv)
+                }
+            }
+        }
+        return output
+    }
+
+    /// dx = dy/k² over each window.
+    public func backward(_ dy: Tensor) -> Tensor {
+        precondition(dy.shape == output.shape, "AvgPool2d: dy \(shapeString(dy.shape)) does not match the output \(shapeString(output.shape))")
+        inputGrad.resize(inputShape)
+        inputGrad.zero()
+        let k = kernel, (h, w) = (inputShape[2], inputShape[3]), (ho, wo) = (dy.h, dy.w)
+        let g = dy.data, dx = inputGrad.data, inv = 1 / Float(k * k)
+        parallelFor(dy.n * dy.c) { q in
+            let plane = dx + q * h * w, src = g + q * ho * wo
+            for oh in 0..<ho {
+                for ow in 0..<wo {
+                    let v = src[oh * wo + ow] * inv
+                    for i in 0..<k {
+                        let row = plane + (oh * k + i) * w + ow * k
+                        for j in 0..<k { row[j] = v }
+                    }
+                }
+            }
+        }
+        return inputGrad
+    }
+}

@@ -1,9 +1,16 @@
 import MTLCore
 
-/// Bilinear resize to a given size, align_corners=False, exactly PyTorch's
-/// F.interpolate(x, size=(H, W), mode="bilinear", align_corners=False):
-/// scale = in/out, src = max(scale·(dst + 0.5) − 0.5, 0), i0 = floor(src),
-/// i1 = min(i0 + 1, in − 1), λ1 = src − i0, λ0 = 1 − λ1 (computed in Float, as PyTorch does).
+/// Bilinear resize to a given size, exactly PyTorch's
+/// F.interpolate(x, size=(H, W), mode="bilinear", align_corners=...), per axis:
+///   align_corners=False (default): scale = in/out, src = max(scale·(dst + 0.5) − 0.5, 0);
+///   align_corners=True:  scale = (in − 1)/(out − 1) for out > 1 and 0 for out = 1 (the output
+///                        is then the first row/column), src = scale·dst;
+/// then i0 = floor(src), i1 = min(i0 + 1, in − 1), λ1 = src − i0, λ0 = 1 − λ1 (in Float, as
+/// PyTorch does for float32). With a scale_factor s instead of a size, PyTorch's size is
+/// ⌊in·s⌋ (`outputSize(input:scaleFactor:)`). With align_corners=True the coordinates depend on
+/// the sizes only, so size = ⌊in·s⌋ reproduces scale_factor=s exactly; with align_corners=False
+/// PyTorch uses 1/s rather than in/out as the scale (unless recompute_scale_factor=True), which
+/// is the same only when in·s is an integer (e.g. s = 2).
 public final class Upsample {
     private let output = Tensor([0])
     private let inputGrad = Tensor([0])
@@ -16,14 +23,21 @@ public final class Upsample {
     /// horizontally spread gradients (backward).
     private let rowScratch = Tensor([0])
 
-    public init() {}
+    public let alignCorners: Bool
 
-    static func table(input: Int, output: Int) -> ([Int], [Int], [Float], [Float]) {
-        let scale = Float(input) / Float(output)
+    public init(alignCorners: Bool = false) { self.alignCorners = alignCorners }
+
+    /// PyTorch's output size for a scale factor: ⌊in·s⌋ (computed in Double).
+    public static func outputSize(input: Int, scaleFactor: Double) -> Int {
+        Int((Double(input) * scaleFactor).rounded(.down))
+    }
+
+    static func table(input: Int, output: Int, alignCorners: Bool = false) -> ([Int], [Int], [Float], [Float]) {
+        let scale = alignCorners ? (output > 1 ? Float(input - 1) / Float(output - 1) : 0) : Float(input) / Float(output)
         var i0 = [Int](repeating: 0, count: output), i1 = i0
         var w0 = [Float](repeating: 0, count: output), w1 = w0
         for d in 0..<output {
-            let src = max(scale * (Float(d) + 0.5) - 0.5, 0)
+            let src = alignCorners ? scale * Float(d) : max(scale * (Float(d) + 0.5) - 0.5, 0)
             let a = min(Int(src), input - 1)
             i0[d] = a
             i1[d] = a < input - 1 ? a + 1 : a
@@ -39,8 +53,8 @@ public final class Upsample {
         inputShape = x.shape
         let (hi, wi) = (x.h, x.w)
         if tableKey != (hi, wi, height, width) {
-            (rowIndex0, rowIndex1, rowWeight0, rowWeight1) = Upsample.table(input: hi, output: height)
-            (colIndex0, colIndex1, colWeight0, colWeight1) = Upsample.table(input: wi, output: width)
+            (rowIndex0, rowIndex1, rowWeight0, rowWeight1) = Upsample.table(input: hi, output: height, alignCorners: alignCorners)
+            (colIndex0, colIndex1, colWeight0, colWeight1) = Upsample.table(input: wi, output: width, alignCorners: alignCorners)
             tableKey = (hi, wi, height, width)
         }
         output.resize([x.n, x.c, height, width])

@@ -1,3 +1,4 @@
+import Foundation
 import XCTest
 import MTLCore
 @testable import MTLNN
@@ -49,6 +50,7 @@ func checkGradient(_ label: String, x: Tensor, analytic: [Float], eps: Float = 1
         i += step
     }
     let rel = diff2.squareRoot() / max(a2.squareRoot(), n2.squareRoot(), 1e-30)
+    if ProcessInfo.processInfo.environment["MTL_GRADCHECK_VERBOSE"] != nil { print("gradcheck \(label): relative error \(rel)") }
     XCTAssertGreaterThan(a2, 1e-12, "\(label): analytic gradient is zero, the check would be vacuous", file: file, line: line)
     XCTAssertLessThan(rel, tolerance,
                       "\(label): relative error \(rel); worst element \(worst.0): analytic \(worst.1), numeric \(worst.2)",
@@ -64,5 +66,6 @@ func assertClose(_ a: [Float], _ b: [Float], tol: Float = 1e-5, _ label: String,
         let d = abs(a[i] - b[i]) / max(1, abs(b[i]))
         if !(d <= worst) { worst = d; at = i }
     }
+    if ProcessInfo.processInfo.environment["MTL_GRADCHECK_VERBOSE"] != nil { print("close \(label): max error \(worst)") }
     XCTAssertLessThanOrEqual(worst, tol, "\(label): element \(at): \(a[at]) vs \(b[at])", file: file, line: line)
 }
