@@ -65,16 +65,16 @@ private func sgemmCall(_ transA: Bool, _ transB: Bool, _ m: Int, _ n: Int, _ k: 
 public enum Threads {
     nonisolated(unsafe) public private(set) static var count = 1
     /// True: OpenBLAS runs single-threaded and `sgemm` splits large GEMMs over mtl's pool (the
-    /// default). False (MTL_BLAS_THREADS=openblas): OpenBLAS gets `count` threads of its own
+    /// default). False (`train.blas_threads: openblas`): OpenBLAS gets `count` threads of its own
     /// and every GEMM is one call — kept to compare the two.
     nonisolated(unsafe) public private(set) static var splitGemms = true
     /// A GEMM below this many multiply-adds runs on one thread: a slab's fixed cost (packing,
     /// thread hand-off, ~10 µs) would eat the gain.
     public static let minParallelMACs = 1 << 19
 
-    public static func set(_ n: Int) {
+    public static func set(_ n: Int, splitGemms split: Bool = true) {
         count = max(1, n)
-        splitGemms = ProcessInfo.processInfo.environment["MTL_BLAS_THREADS"] != "openblas"
+        splitGemms = split
         openblas_set_num_threads(Int32(splitGemms ? 1 : count))
     }
 

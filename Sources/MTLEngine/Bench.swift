@@ -105,7 +105,8 @@ public enum Bench {
         guard BenchOptions.models.contains(o.model) else {
             throw MTLError("--model: expected \(BenchOptions.models.joined(separator: " | ")), found \(o.model)")
         }
-        Threads.set(o.threads)
+        // The config's defaults, with the environment's debugging overrides (MTL_BLAS_THREADS, ...).
+        let (syncOptions, _) = try Runtime.applyPerformanceSwitches(Config(), threads: o.threads)
         try Runtime.selectConvBackend(o.convBackend)
         let tasks: [(name: String, channels: Int)] = [("seg", 13), ("depth", 1), ("normals", 3)]
         let spec: ModelSpec
@@ -129,7 +130,8 @@ public enum Bench {
         let engine = StepEngine(model: model, losses: [try TaskLoss(kind: "ce"), try TaskLoss(kind: "l1"),
                                                        try TaskLoss(kind: "cosine")],
                                 lossWeights: [1, 1, 1], roles: roles, method: method, level: level,
-                                optimizer: adam, comm: SingleProcessCommunicator(), seed: 0, skipNonFinite: true)
+                                optimizer: adam, comm: SingleProcessCommunicator(), seed: 0, skipNonFinite: true,
+                                sync: syncOptions)
         let batch = randomBatch(o)
         // Auto-λ: the look-ahead (virtual step, primary gradient on a second batch, two forwards) before each step.
         let autol = (method as? AutoLambda).map {

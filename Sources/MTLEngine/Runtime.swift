@@ -2,6 +2,7 @@ import Foundation
 import MTLCore
 import MTLDist
 import MTLNN
+import MTLTrain
 
 /// What the process runs on and with: the environment the numerical libraries need (set before
 /// they start their threads), the convolution backend, and the one report that `mtl doctor`,
@@ -80,6 +81,44 @@ public enum Runtime {
         }
         Conv2d.backend = backend
         return backend
+    }
+
+    /// The performance switches of a run: from the config (`dist.overlap`, `dist.bucket_mb`,
+    /// `model.conv_dx`, `train.blas_threads`), each of which an environment variable may override
+    /// for debugging (MTL_NO_OVERLAP=1, MTL_BUCKET_MB, MTL_CONV_DX, MTL_BLAS_THREADS). Applies the
+    /// process-wide ones (threads, convolution input gradient) and returns the gradient plan's
+    /// options with one line per override, for train.log. A malformed override is an error.
+    public static func applyPerformanceSwitches(_ config: Config, threads: Int,
+                                                environment env: [String: String] = ProcessInfo.processInfo.environment)
+        throws -> (sync: SyncOptions, overrides: [String]) {
+        var sync = SyncOptions(overlap: config.dist.overlap, bucketMB: config.dist.bucketMB)
+        var convDx = config.model.convDx, blasThreads = config.train.blasThreads
+        var overrides: [String] = []
+        func note(_ variable: String, _ key: String, _ from: String) {
+            overrides.append("environment \(variable)=\(env[variable]!) overrides \(key): \(from)")
+        }
+        if env["MTL_NO_OVERLAP"] != nil {
+            note("MTL_NO_OVERLAP", "dist.overlap", "\(sync.overlap)")
+            sync.overlap = false
+        }
+        if let v = env["MTL_BUCKET_MB"] {
+            guard let mb = Double(v), mb > 0 else { throw MTLError("environment MTL_BUCKET_MB: expected a number > 0 (MiB), found '\(v)'") }
+            note("MTL_BUCKET_MB", "dist.bucket_mb", "\(sync.bucketMB)")
+            sync.bucketMB = mb
+        }
+        if let v = env["MTL_CONV_DX"] {
+            guard Config.convDxs.contains(v) else { throw MTLError("environment MTL_CONV_DX: expected \(Config.convDxs.joined(separator: "|")), found '\(v)'") }
+            note("MTL_CONV_DX", "model.conv_dx", convDx)
+            convDx = v
+        }
+        if let v = env["MTL_BLAS_THREADS"] {
+            guard Config.blasThreadOwners.contains(v) else { throw MTLError("environment MTL_BLAS_THREADS: expected \(Config.blasThreadOwners.joined(separator: "|")), found '\(v)'") }
+            note("MTL_BLAS_THREADS", "train.blas_threads", blasThreads)
+            blasThreads = v
+        }
+        Conv2d.transposedInputGrad = convDx == "transposed"
+        Threads.set(threads, splitGemms: blasThreads == "mtl")
+        return (sync, overrides)
     }
 
     /// One line per library: CPU and ISA, BLAS core, oneDNN version/ISA/kernels, threads, MPI, HDF5.

@@ -46,12 +46,9 @@ public final class StepEngine {
     let sharedParams: [Parameter]
     let encoderParams: [Parameter]
     let pass: TaskPass
-    /// Trainable parameters whose gradients the step all-reduces (at parameter level the shared
-    /// ones are already global after the method, so only the decoder's task parameters are reduced).
-    let reduced: [Parameter]
-    /// The flat buffer of the blocking gradient all-reduce: made on first use, so that one process,
-    /// or overlapped buckets (which have their own), do not hold a second copy of every gradient.
-    private(set) lazy var flatGrads = Tensor([reduced.reduce(0) { $0 + $1.value.count }])
+    /// The step's collectives: trainable gradients all-reduced (at parameter level the shared ones
+    /// are already global after the method, so only the decoder's task parameters).
+    let sync: GradientSync
     /// Parameter level: the per-task shared gradients of this rank, T × P_shared (padded to a
     /// multiple of the world size), and this rank's slice of their global sums, T × P/size.
     /// Representation level, GradDrop: the per-task sign-corrected sums.
@@ -60,14 +57,12 @@ public final class StepEngine {
     /// Parameter level: this rank's slice of the combined shared gradient.
     let combinedSlice = Tensor([0])
     var reduction: [Double]
-    /// Overlapped bucketed all-reduce (representation level, several ranks); nil = one blocking all-reduce.
-    let buckets: GradientBuckets?
     /// Bucket groups: the decoder's per-task groups, its shared group, then the encoder's groups.
     let decoderGroups: Int
 
     public init(model: MultiTaskModel, losses: [TaskLoss], lossWeights: [Double], roles: [TaskRole],
                 method: MultiTaskMethod, level: GradientLevel, optimizer: Optimizer, comm: Communicator,
-                seed: UInt64, skipNonFinite: Bool) {
+                seed: UInt64, skipNonFinite: Bool, sync options: SyncOptions = SyncOptions()) {
         self.model = model
         self.taskNames = model.taskNames
         self.losses = losses
@@ -84,19 +79,17 @@ public final class StepEngine {
         sharedParams = encoderParams + model.decoder.sharedParameters
         pass = TaskPass(model: model, losses: losses, lossWeights: lossWeights)
         let sharedNames = Set(sharedParams.map { $0.name })
-        reduced = self.level == .parameters ? trainable.filter { !sharedNames.contains($0.name) } : trainable
+        let reduced = self.level == .parameters ? trainable.filter { !sharedNames.contains($0.name) } : trainable
         let t = model.taskNames.count
         reduction = [Double](repeating: 0, count: 2 * t + t * t)
         let groups = model.decoder.taskParameters + [model.decoder.sharedParameters]
         decoderGroups = groups.count
-        let overlap = ProcessInfo.processInfo.environment["MTL_NO_OVERLAP"] == nil
-        if overlap && comm.size > 1 && self.level == .representation && !method.needsGradients {
-            let mb = ProcessInfo.processInfo.environment["MTL_BUCKET_MB"].flatMap { Double($0) } ?? 25
-            buckets = GradientBuckets(groups: groups + (model.encoderFrozen ? [] : model.encoder.parameterGroupsInBackwardOrder),
-                                      bucketBytes: Int(mb * 1_048_576), comm: comm)
-        } else {
-            buckets = nil
-        }
+        // Overlap needs the heads' gradients final before the encoder backward: not so for GradDrop
+        // (its multipliers come after) or the parameter level (T encoder backwards).
+        let overlap = options.overlap && self.level == .representation && !method.needsGradients
+        sync = GradientSync(comm: comm, reduced: reduced,
+                            overlapGroups: overlap ? groups + (model.encoderFrozen ? [] : model.encoder.parameterGroupsInBackwardOrder) : nil,
+                            bucketBytes: Int(options.bucketMB * 1_048_576))
     }
 
     /// Runs one step on this rank's shard `batch`. `stepIndex`/`epoch` key the method's randomness.
@@ -110,8 +103,8 @@ public final class StepEngine {
     /// trainable parameter's `grad` (identical on all ranks).
     public func gradients(batch: Batch, stepIndex: Int, epoch: Int, epochEnded: Bool) throws -> StepStats {
         let T = taskNames.count
-        var commTime = 0.0
         let t0 = Date()
+        sync.beginStep()
         model.zeroGrad()
 
         let z = pass.forward(batch.images)
@@ -136,9 +129,7 @@ public final class StepEngine {
                 for k in 0..<(T * T) { reduction[2 * T + k] += local[k] }
             }
         }
-        let tc = Date()
-        reduction.withUnsafeMutableBufferPointer { comm.allReduceSum($0) }
-        commTime += Date().timeIntervalSince(tc)
+        sync.allReduce(&reduction)
 
         let counts = Array(reduction[T..<(2 * T)])
         // 1/N_t: the loss of a task with no valid element anywhere is 0 and gets no gradient.
@@ -155,23 +146,23 @@ public final class StepEngine {
             if !skipNonFinite { throw nonFiniteError(stepIndex: stepIndex, globalLosses: globalLosses) }
             return StepStats(losses: globalLosses, counts: counts, methodLogs: [],
                              coefficients: [Double](repeating: 0, count: T), gradNorm: .nan, skipped: true,
-                             computeSeconds: Date().timeIntervalSince(t0) - commTime, commSeconds: commTime)
+                             computeSeconds: Date().timeIntervalSince(t0) - sync.seconds, commSeconds: sync.seconds)
         }
 
         var ctx = MethodContext(step: stepIndex, epoch: epoch, seed: seed, roles: roles, losses: globalLosses,
                                 gram: gram, grads: nil, epochEnded: epochEnded, level: level)
         let result: MethodResult
         if level == .parameters {
-            result = try parameterLevel(&ctx, inv: inv, commTime: &commTime)
+            result = try parameterLevel(&ctx, inv: inv)
             pass.weightDecoder(taskWeights: scaled(result.decoderWeights, inv), sharedWeights: nil)
         } else if method.needsGradients {
-            result = try representationVectors(&ctx, z: z, inv: inv, commTime: &commTime)
+            result = try representationVectors(&ctx, z: z, inv: inv)
             pass.weightDecoder(taskWeights: scaled(result.decoderWeights, inv),
                                sharedWeights: scaled(result.encoderCoefficients, inv))
         } else {
             result = try method.apply(ctx)
             let alpha = scaled(result.encoderCoefficients, inv), w = scaled(result.decoderWeights, inv)
-            var dz: Features
+            let dz: Features
             if !eachTask && alpha == w && w.contains(where: { $0 != 0 }) {
                 // Joint decoder, one weight per loss: one backward of Σ_t w_t/N_t L_t gives every
                 // decoder parameter and ∂/∂z exactly.
@@ -181,34 +172,22 @@ public final class StepEngine {
                 pass.weightDecoder(taskWeights: w, sharedWeights: alpha)
                 dz = pass.combine(alpha)
             }
-            // The decoder's gradients are final: their buckets start reducing during the encoder backward.
-            if let buckets {
-                buckets.beginStep()
-                for g in 0..<decoderGroups { buckets.groupDone(g) }
-                if !model.encoderFrozen {
-                    model.encoder.backward(dz) { k in buckets.groupDone(self.decoderGroups + k) }
+            // The decoder's gradients are final: with overlap their buckets start reducing during
+            // the encoder backward.
+            for g in 0..<decoderGroups { sync.groupDone(g) }
+            if !model.encoderFrozen {
+                if sync.overlapped {
+                    model.encoder.backward(dz) { k in self.sync.groupDone(self.decoderGroups + k) }
+                } else {
+                    model.encoder.backward(dz)
                 }
-                // Only the reductions still in flight after the backward cost time here.
-                buckets.finish()
-                let computeTime = Date().timeIntervalSince(t0) - commTime - buckets.exposedSeconds
-                commTime += buckets.exposedSeconds
-                return try finishStep(globalLosses: globalLosses, counts: counts, result: result,
-                                      stepIndex: stepIndex, computeTime: computeTime, commTime: commTime)
             }
-            if !model.encoderFrozen { model.encoder.backward(dz) }
         }
-        let computeTime = Date().timeIntervalSince(t0) - commTime
-
-        // Gradient all-reduce (sums: the losses are already global means).
-        if comm.size > 1 {
-            packGradients(reduced, into: flatGrads.data)
-            let tr = Date()
-            comm.allReduceSum(flatGrads.buffer)
-            commTime += Date().timeIntervalSince(tr)
-            unpackGradients(reduced, from: flatGrads.data)
-        }
+        // Gradient all-reduce (sums: the losses are already global means); with overlap only the
+        // reductions still in flight cost time here.
+        sync.finishGradients()
         return try finishStep(globalLosses: globalLosses, counts: counts, result: result, stepIndex: stepIndex,
-                              computeTime: computeTime, commTime: commTime)
+                              computeTime: Date().timeIntervalSince(t0) - sync.seconds, commTime: sync.seconds)
     }
 
     /// w_t / N_t.
@@ -237,8 +216,7 @@ public final class StepEngine {
     /// q_t[j] = Σ_b sign(z[b,j]) ∂L_t/∂z[b,j] are all-reduced (T × C·h·w floats; several scales are
     /// concatenated, finest first), the method turns them into per-position multipliers m_t (same on
     /// every rank), and each rank backpropagates Σ_t m_t ⊙ ∂L_t/∂z of its own samples.
-    private func representationVectors(_ ctx: inout MethodContext, z: Features, inv: [Double],
-                                       commTime: inout Double) throws -> MethodResult {
+    private func representationVectors(_ ctx: inout MethodContext, z: Features, inv: [Double]) throws -> MethodResult {
         let T = taskNames.count
         let batch = z[0].n
         let perScale = z.map { $0.count / max(1, batch) }
@@ -254,9 +232,7 @@ public final class StepEngine {
                                           into: taskParamGrads[t].data + offsets[s])
             }
         }
-        let tc = Date()
-        if comm.size > 1 { for t in 0..<T { comm.allReduceSum(taskParamGrads[t].buffer) } }
-        commTime += Date().timeIntervalSince(tc)
+        for t in 0..<T { sync.allReduce(taskParamGrads[t].buffer) }
         ctx.grads = taskParamGrads.map { $0.buffer }
         let result = try method.apply(ctx)
         for s in z.indices {
@@ -283,7 +259,7 @@ public final class StepEngine {
     /// global offset), and one all-gather of the combined slice rebuilds the shared gradient.
     /// Traffic per rank ≈ (T + 1)·P floats (ring) instead of 2·T·P for T all-reduces; the Gram and
     /// the combination cost 1/size of the full vectors.
-    private func parameterLevel(_ ctx: inout MethodContext, inv: [Double], commTime: inout Double) throws -> MethodResult {
+    private func parameterLevel(_ ctx: inout MethodContext, inv: [Double]) throws -> MethodResult {
         let T = taskNames.count, R = comm.size
         let encoderP = encoderParams.reduce(0) { $0 + $1.value.count }
         let P = sharedParams.reduce(0) { $0 + $1.value.count }
@@ -303,19 +279,12 @@ public final class StepEngine {
                 for i in 0..<decoderShared.count { dst[i] = src[i] * scale }
             }
             (flat + P).update(repeating: 0, count: padded - P)   // the padding sums to zero
-            let tc = Date()
-            comm.reduceScatterSum(UnsafeBufferPointer(taskParamGrads[t].buffer), taskSlices[t].buffer)
-            commTime += Date().timeIntervalSince(tc)
+            sync.reduceScatter(taskParamGrads[t], into: taskSlices[t])
         }
         let offset = comm.rank * block
         let valid = max(0, min(block, P - offset))   // this rank's elements that are not padding
         var gram = gramMatrix(taskSlices.map { UnsafeBufferPointer(start: $0.data, count: valid) })
-        let tc = Date()
-        if R > 1 {
-            gram.withUnsafeMutableBufferPointer { comm.allReduceSum($0) }
-            gram.withUnsafeMutableBufferPointer { comm.broadcast($0, root: 0) }
-        }
-        commTime += Date().timeIntervalSince(tc)
+        sync.globalGram(&gram)
         ctx.gram = gram
         ctx.grads = taskSlices.map { UnsafeMutableBufferPointer(start: $0.data, count: valid) }
         ctx.gradsOffset = offset
@@ -332,9 +301,7 @@ public final class StepEngine {
         }
         (out + valid).update(repeating: 0, count: block - valid)
         let full = taskParamGrads[0]
-        let tg = Date()
-        comm.allGather(UnsafeBufferPointer(start: out, count: block), full.buffer)
-        commTime += Date().timeIntervalSince(tg)
+        sync.allGather(UnsafeBufferPointer(start: out, count: block), into: full)
         unpackGradients(sharedParams, from: full.data)
         return result
     }

@@ -101,6 +101,8 @@ public final class Trainer {
     let rankLog: AppendOnlyFile?
     /// Rank 0's exclusive hold on the run directory (nil on other ranks or with MTL_RUN_LOCK=off).
     let runLock: RunDirectoryLock?
+    /// Performance switches of the config that the environment overrode (logged at the start).
+    let performanceOverrides: [String]
 
     public init(config: Config, runDir: String, comm: Communicator, resume: String?,
                 options: TrainerOptions = TrainerOptions()) throws {
@@ -110,7 +112,9 @@ public final class Trainer {
         self.runDir = runDir
         // Before anything is written: a second job on this directory stops here (all ranks, via abort).
         runLock = comm.isRoot ? try RunDirectoryLock.acquire(directory: runDir) : nil
-        Threads.set(Trainer.threadCount(configured: config.train.threads, comm: comm))
+        let (syncOptions, overrides) = try Runtime.applyPerformanceSwitches(
+            config, threads: Trainer.threadCount(configured: config.train.threads, comm: comm))
+        performanceOverrides = overrides
         try Runtime.selectConvBackend(config.model.convBackend)
 
         let names = config.tasks.map { $0.name }
@@ -134,7 +138,8 @@ public final class Trainer {
         let losses = try config.tasks.map { try TaskLoss(kind: $0.loss, posWeight: Float($0.posWeight)) }
         engine = StepEngine(model: model, losses: losses, lossWeights: config.tasks.map { $0.weight },
                             roles: setup.roles, method: method, level: level, optimizer: optimizer, comm: comm,
-                            seed: UInt64(config.train.seed), skipNonFinite: config.train.nanPolicy == "skip")
+                            seed: UInt64(config.train.seed), skipNonFinite: config.train.nanPolicy == "skip",
+                            sync: syncOptions)
         autol = try AutoLambdaStep.make(engine: engine, config: config, comm: comm)
         sampler = try ShardedSampler(count: dataset.count, globalBatch: config.train.batchSize, rank: comm.rank,
                                      worldSize: comm.size, seed: UInt64(config.train.seed))
@@ -252,7 +257,8 @@ public final class Trainer {
         var stoppedBySignal = false
         var step = startStep
         for line in Runtime.report(threadsPerRank: Threads.count, ranks: comm.size) { log?.line(line) }
-        log?.line("training \(names.joined(separator: ", ")) with \(config.method.name) on \(comm.size) rank(s) × \(Threads.count) thread(s); \(setup.model.parameterCount) parameters; global batch \(config.train.batchSize); steps \(startStep)..<\(steps); gradient all-reduce: \(engine.buckets.map { "\($0.bucketCount) bucket(s) overlapped with the backward" } ?? (comm.size > 1 ? "blocking" : "none"))")
+        for line in performanceOverrides { log?.line(line) }
+        log?.line("training \(names.joined(separator: ", ")) with \(config.method.name) on \(comm.size) rank(s) × \(Threads.count) thread(s); \(setup.model.parameterCount) parameters; global batch \(config.train.batchSize); steps \(startStep)..<\(steps); gradient all-reduce: \(engine.sync.buckets.map { "\($0.bucketCount) bucket(s) overlapped with the backward" } ?? (comm.size > 1 ? "blocking" : "none"))")
         while step < steps {
             let epoch = sampler.epoch(ofStep: step)
             let epochEnded = step > 0 && sampler.epoch(ofStep: step - 1) != epoch

@@ -75,8 +75,8 @@ public final class Conv2d: HasParameters {
     /// and a GEMM whose output is dx itself. The alternative, dcols = Wᵀ·dy then col2im, writes and
     /// re-reads a k·k-times larger matrix (BLAS zeroes it first) and scatter-adds it: measured ~7%
     /// of a bench step on 2 cores. The forward path brings its padding-aware regions along.
-    /// False (or MTL_CONV_DX=col2im): always dcols + col2im (kept to compare; the tests check both).
-    public static var transposedInputGrad = ProcessInfo.processInfo.environment["MTL_CONV_DX"] != "col2im"
+    /// False (`model.conv_dx: col2im`): always dcols + col2im (kept to compare; the tests check both).
+    nonisolated(unsafe) public static var transposedInputGrad = true
 
     private let output = Tensor([0])
     private let inputGrad = Tensor([0])

@@ -29,6 +29,7 @@ public struct ModelConfig: Equatable {
     public var pretrained = ""             // HDF5 file of torchvision-named tensors, "" = random init
     public var syncBN = false
     public var convBackend = "auto"         // auto|onednn|blas (auto: oneDNN where it has a CPU engine)
+    public var convDx = "transposed"       // stride-1 input gradient: transposed (forward conv of dy) | col2im
     public var freezeEncoder = false        // encoder forward only, in eval mode, never updated (KEM's frozen Swin)
     public init() {}
 }
@@ -66,6 +67,13 @@ public struct TrainConfig: Equatable {
     public var evalEvery = 0               // 0 = only at the end
     public var threads = 0                 // 0 = auto
     public var nanPolicy = "stop"          // stop|skip
+    public var blasThreads = "mtl"          // mtl: GEMMs split over mtl's threads, OpenBLAS single-threaded | openblas
+    public init() {}
+}
+
+public struct DistConfig: Equatable {
+    public var overlap = true              // overlap the bucketed gradient all-reduce with the encoder backward
+    public var bucketMB = 25.0             // bucket size of that all-reduce, MiB
     public init() {}
 }
 
@@ -124,6 +132,7 @@ public struct Config: Equatable {
     public var log = LogConfig()
     public var checkpoint = CheckpointConfig()
     public var method = MethodConfig()
+    public var dist = DistConfig()
 
     /// All defaults (tasks: seg primary, depth and normals auxiliary).
     public init() {}
@@ -136,14 +145,15 @@ public struct Config: Equatable {
     static let sections: [(String, [String])] = [
         ("data", ["path", "train_split", "val_split", "cache", "augment", "prefetch"]),
         ("model", ["encoder", "width", "output_stride", "head", "head_channels", "fuse_upsample", "pretrained", "sync_bn",
-                   "conv_backend", "freeze_encoder"]),
+                   "conv_backend", "conv_dx", "freeze_encoder"]),
         ("tasks", []),
-        ("train", ["steps", "batch_size", "seed", "eval_every", "threads", "nan_policy"]),
+        ("train", ["steps", "batch_size", "seed", "eval_every", "threads", "nan_policy", "blas_threads"]),
         ("optim", ["name", "lr", "momentum", "nesterov", "weight_decay", "beta1", "beta2", "eps"]),
         ("schedule", ["name", "warmup_steps", "warmup_factor", "step_size", "gamma", "power", "min_lr"]),
         ("log", ["every"]),
         ("checkpoint", ["every", "keep"]),
         ("method", ["name", "level"]),
+        ("dist", ["overlap", "bucket_mb"]),
     ]
     static let taskKeys = ["role", "loss", "classes", "weight", "frozen", "pos_weight"]
     static let encoders = ["resnet18", "resnet34", "resnet50", "resnet101", "bench", "hrnet18s", "hrnet18",
@@ -151,6 +161,8 @@ public struct Config: Equatable {
     static let heads = ["deeplab", "bench", "multiscale"]
     static let fuseUpsamples = ["bilinear", "nearest"]
     public static let convBackends = ["auto", "onednn", "blas"]
+    public static let convDxs = ["transposed", "col2im"]
+    public static let blasThreadOwners = ["mtl", "openblas"]
     static let losses = ["ce", "l1", "cosine", "bce"]
     static let optimizers = ["adam", "adamw", "sgd"]
     static let schedules = ["constant", "step", "poly", "cosine"]
@@ -287,7 +299,7 @@ public struct Config: Equatable {
                           ("head_channels", "\(model.headChannels)"), ("fuse_upsample", yamlString(model.fuseUpsample)),
                           ("pretrained", yamlString(model.pretrained)),
                           ("sync_bn", "\(model.syncBN)"), ("conv_backend", yamlString(model.convBackend)),
-                          ("freeze_encoder", "\(model.freezeEncoder)")])
+                          ("conv_dx", yamlString(model.convDx)), ("freeze_encoder", "\(model.freezeEncoder)")])
         out += tasks.isEmpty ? "tasks: {}\n" : "tasks:\n"
         for t in tasks {
             out += "  \(t.name):\n"
@@ -299,7 +311,7 @@ public struct Config: Equatable {
         }
         section("train", [("steps", "\(train.steps)"), ("batch_size", "\(train.batchSize)"), ("seed", "\(train.seed)"),
                           ("eval_every", "\(train.evalEvery)"), ("threads", "\(train.threads)"),
-                          ("nan_policy", yamlString(train.nanPolicy))])
+                          ("nan_policy", yamlString(train.nanPolicy)), ("blas_threads", yamlString(train.blasThreads))])
         section("optim", [("name", yamlString(optim.name)), ("lr", yamlDouble(optim.lr)),
                           ("momentum", yamlDouble(optim.momentum)), ("nesterov", "\(optim.nesterov)"),
                           ("weight_decay", yamlDouble(optim.weightDecay)), ("beta1", yamlDouble(optim.beta1)),
@@ -310,6 +322,7 @@ public struct Config: Equatable {
                              ("min_lr", yamlDouble(schedule.minLR))])
         section("log", [("every", "\(log.every)")])
         section("checkpoint", [("every", "\(checkpoint.every)"), ("keep", "\(checkpoint.keep)")])
+        section("dist", [("overlap", "\(dist.overlap)"), ("bucket_mb", yamlDouble(dist.bucketMB))])
         section("method", [("name", yamlString(method.name)), ("level", yamlString(method.level))])
         for group in method.params.keys.sorted() {
             out += "  \(yamlRaw(group)):\n"

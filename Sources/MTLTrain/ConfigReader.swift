@@ -218,6 +218,7 @@ struct Reader {
         c.model.pretrained = try string(lookup(m, "pretrained"), "model.pretrained", c.model.pretrained)
         c.model.syncBN = try bool(lookup(m, "sync_bn"), "model.sync_bn", c.model.syncBN)
         c.model.convBackend = try oneOf(lookup(m, "conv_backend"), "model.conv_backend", c.model.convBackend, Config.convBackends)
+        c.model.convDx = try oneOf(lookup(m, "conv_dx"), "model.conv_dx", c.model.convDx, Config.convDxs)
         c.model.freezeEncoder = try bool(lookup(m, "freeze_encoder"), "model.freeze_encoder", c.model.freezeEncoder)
 
         if let tv = lookup(top, "tasks") {
@@ -252,6 +253,12 @@ struct Reader {
         c.train.evalEvery = try int(lookup(t, "eval_every"), "train.eval_every", c.train.evalEvery, min: 0)
         c.train.threads = try int(lookup(t, "threads"), "train.threads", c.train.threads, min: 0)
         c.train.nanPolicy = try oneOf(lookup(t, "nan_policy"), "train.nan_policy", c.train.nanPolicy, Config.nanPolicies)
+        c.train.blasThreads = try oneOf(lookup(t, "blas_threads"), "train.blas_threads", c.train.blasThreads,
+                                        Config.blasThreadOwners)
+
+        let ds = try section(top, "dist")
+        c.dist.overlap = try bool(lookup(ds, "overlap"), "dist.overlap", c.dist.overlap)
+        c.dist.bucketMB = try double(lookup(ds, "bucket_mb"), "dist.bucket_mb", c.dist.bucketMB, "> 0") { $0 > 0 }
 
         let o = try section(top, "optim")
         c.optim.name = try oneOf(lookup(o, "name"), "optim.name", c.optim.name, Config.optimizers)

@@ -83,7 +83,7 @@ struct Eval: ParsableCommand {
                 guard let y = meta["config"] else { throw MTLError("\(checkpoint): no config stored; pass --config") }
                 cfg = try Config.parse(yaml: y, source: checkpoint, overrides: overrides)
             }
-            Threads.set(Trainer.threadCount(configured: cfg.train.threads, comm: comm))
+            _ = try Runtime.applyPerformanceSwitches(cfg, threads: Trainer.threadCount(configured: cfg.train.threads, comm: comm))
             try Runtime.selectConvBackend(cfg.model.convBackend)
             let names = cfg.tasks.map { $0.name }
             let ds = try MTDataset(path: cfg.data.path, split: split ?? cfg.data.valSplit, tasks: names)

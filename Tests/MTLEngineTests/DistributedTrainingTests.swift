@@ -264,16 +264,25 @@ final class DistributedTrainingTests: XCTestCase {
     }
 
     /// The bucketed all-reduce overlapped with the encoder backward gives bit-identical parameters to
-    /// one blocking all-reduce (MTL_NO_OVERLAP=1), with small buckets so that there are many.
+    /// one blocking all-reduce, with small buckets so that there are many (`dist.bucket_mb`). The
+    /// blocking run is selected by the debugging environment variable, which overrides
+    /// `dist.overlap` and says so in train.log.
     func testOverlappedBucketsEqualBlockingAllReduce() throws {
-        func runWith(_ env: [String], _ name: String) throws {
+        func runWith(_ env: [String], _ sets: [String], _ name: String) throws {
             let r = try Self.run(["mpirun", "-n", "2", "--oversubscribe", "--bind-to", "none"] + env.flatMap { ["-x", $0] }
                                  + [try Self.mtlBinary(), "train", "--config", config, "--run-dir", dir + "/" + name,
-                                    "--set", "train.steps=5", "--set", "model.head=bench", "--set", "model.width=8"])
+                                    "--set", "train.steps=5", "--set", "model.head=bench", "--set", "model.width=8"]
+                                 + sets.flatMap { ["--set", $0] })
             XCTAssertEqual(r.status, 0, r.err)
         }
-        try runWith(["MTL_BUCKET_MB=0.01"], "overlap")
-        try runWith(["MTL_NO_OVERLAP=1"], "blocking")
+        try runWith([], ["dist.bucket_mb=0.01"], "overlap")
+        try runWith(["MTL_NO_OVERLAP=1"], [], "blocking")
+        let overlapLog = try String(contentsOfFile: dir + "/overlap/train.log", encoding: .utf8)
+        let blockingLog = try String(contentsOfFile: dir + "/blocking/train.log", encoding: .utf8)
+        XCTAssertTrue(overlapLog.contains("overlapped with the backward"), overlapLog)
+        XCTAssertFalse(overlapLog.contains("1 bucket(s)"), "dist.bucket_mb=0.01 must give many buckets")
+        XCTAssertTrue(blockingLog.contains("environment MTL_NO_OVERLAP=1 overrides dist.overlap: true"), blockingLog)
+        XCTAssertTrue(blockingLog.contains("gradient all-reduce: blocking"), blockingLog)
         let a = try finalTensors("overlap"), b = try finalTensors("blocking")
         XCTAssertGreaterThan(a.count, 20)
         for (k, ta) in a where k.hasPrefix("model.") && !k.contains("running") {

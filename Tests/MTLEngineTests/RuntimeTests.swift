@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 @testable import MTLEngine
+import MTLCore
 import MTLNN
 import MTLTrain
 
@@ -36,6 +37,39 @@ final class RuntimeTests: XCTestCase {
         XCTAssertTrue(c.has("amx_tile") && c.has("avx2") && !c.has("avx512bw"))
         XCTAssertEqual(c.isaSummary, "avx512f amx_tile avx2 fma")
         XCTAssertEqual(zen3.isaSummary, "avx2 fma (no avx512)")
+    }
+
+    /// Performance switches come from the config; each debugging environment variable overrides
+    /// one, with a line for train.log; a malformed value is a one-line error naming the variable.
+    func testPerformanceSwitchesFromConfigAndEnvironmentOverrides() throws {
+        defer { Conv2d.transposedInputGrad = true; Threads.set(1) }
+        var config = Config()
+        config.dist.overlap = true
+        config.dist.bucketMB = 7
+        config.model.convDx = "col2im"
+        config.train.blasThreads = "openblas"
+        var (sync, notes) = try Runtime.applyPerformanceSwitches(config, threads: 2, environment: [:])
+        XCTAssertEqual(sync, SyncOptions(overlap: true, bucketMB: 7))
+        XCTAssertTrue(notes.isEmpty)
+        XCTAssertFalse(Conv2d.transposedInputGrad)
+        XCTAssertFalse(Threads.splitGemms)
+        (sync, notes) = try Runtime.applyPerformanceSwitches(
+            config, threads: 2, environment: ["MTL_NO_OVERLAP": "1", "MTL_BUCKET_MB": "0.5", "MTL_CONV_DX": "transposed",
+                                              "MTL_BLAS_THREADS": "mtl"])
+        XCTAssertEqual(sync, SyncOptions(overlap: false, bucketMB: 0.5))
+        XCTAssertTrue(Conv2d.transposedInputGrad)
+        XCTAssertTrue(Threads.splitGemms)
+        XCTAssertEqual(notes, ["environment MTL_NO_OVERLAP=1 overrides dist.overlap: true",
+                               "environment MTL_BUCKET_MB=0.5 overrides dist.bucket_mb: 7.0",
+                               "environment MTL_CONV_DX=transposed overrides model.conv_dx: col2im",
+                               "environment MTL_BLAS_THREADS=mtl overrides train.blas_threads: openblas"])
+        XCTAssertThrowsError(try Runtime.applyPerformanceSwitches(config, threads: 1, environment: ["MTL_BUCKET_MB": "lots"])) {
+            XCTAssertEqual("\($0)", "environment MTL_BUCKET_MB: expected a number > 0 (MiB), found 'lots'")
+        }
+        XCTAssertThrowsError(try Config.parse(yaml: "dist: {bucket_mb: 0}", source: "c.yaml"))
+        XCTAssertThrowsError(try Config.parse(yaml: "model: {conv_dx: fft}", source: "c.yaml"))
+        let resolved = try Config.parse(yaml: config.yaml(), source: "resolved")
+        XCTAssertEqual(resolved, config)
     }
 
     func testConvBackendChoice() throws {
