@@ -4,8 +4,10 @@ import MTLCore
 /// The NYUD-MT release (`NYUD_MT/`) of ASTMT / MTI-Net / ATRC (docs/DATASETS.md "NYUD-MT"):
 /// gt_sets/{train,val}.txt list ids; per id images/<id>.jpg, segmentation/<id>.png (0 = void,
 /// 1..40 = classes), depth/<id>.npy (metres, 0 = invalid), normals/<id>.npy (H×W×3, zero = invalid),
-/// edge/<id>.npy (0/1). Frame size is taken from the first train image (480×640 in MTI-Net's
-/// NYUD_MT.tgz, 425×560 in ATRC's NYUDv2.tar.gz) and every file must match it.
+/// edge/<id>.npy (0/1). Frame size is taken from the first train image (MTI-Net resizes to 480×640,
+/// ATRC crops/pads to 425×560) and every file must match it. Per file, the formats of ASTMT's original
+/// loader are accepted when the .npy/.png is absent: segmentation/<id>.mat ('segmentation'),
+/// depth/<id>.mat ('depth'), normals/<id>.jpg (2v/255 − 1), edge/<id>.png (v/255).
 enum NYUDMTConverter {
     static let folders = ["images", "segmentation", "depth", "normals", "edge", "gt_sets"]
     static let layout = "images/<id>.jpg, segmentation/<id>.png, {depth,normals,edge}/<id>.npy, gt_sets/{train,val}.txt"
@@ -60,17 +62,17 @@ enum NYUDMTConverter {
                                 attrs: [("mean", imagenetMean), ("std", imagenetStd), ("units", "RGB 0..255; mean/std for pixels/255 (ImageNet, as MTI-Net/ATRC)")]),
                     DatasetSpec(name: "seg", type: .i16, sampleShape: [H, W], deflate: 4,
                                 attrs: [("num_classes", 40), ("class_names", NYUv2Converter.names40), ("ignore_value", -1),
-                                        ("mapping", "segmentation png 1..40 -> 0..39, 0 (void) -> -1 (MTI-Net/ATRC: 0 -> 255 ignore, others -1)")]),
+                                        ("mapping", "segmentation png (or ASTMT .mat 'segmentation') 1..40 -> 0..39, 0 (void) -> -1 (MTI-Net/ATRC: 0 -> 255 ignore, others -1)")]),
                     DatasetSpec(name: "depth", type: .f32, sampleShape: [H, W], deflate: nil,
                                 attrs: [("units", "m"), ("depth_kind", "metric_m"), ("invalid_value", 0.0),
-                                        ("mapping", "depth npy as stored (0 = invalid, as MTI-Net/ATRC AddIgnoreRegions)")]),
+                                        ("mapping", "depth npy (or ASTMT .mat 'depth') as stored (0 = invalid, as MTI-Net/ATRC AddIgnoreRegions)")]),
                     DatasetSpec(name: "normals", type: .f32, sampleShape: [H, W, 3], deflate: nil,
                                 attrs: [("invalid_value", 0.0),
                                         ("units", "unit vector (x, y, z) as stored in normals npy (x = image right: h-flip negates it); renormalised"),
-                                        ("mapping", "normals npy renormalised; |n| < 1e-3 -> 0 (invalid; MTI-Net/ATRC: zero norm -> 255 ignore)")]),
+                                        ("mapping", "normals npy renormalised, |n| < 1e-3 -> 0 (invalid; MTI-Net/ATRC: zero norm -> 255 ignore); ASTMT normals jpg: 2v/255-1, |n| < 0.5 -> 0")]),
                     DatasetSpec(name: "edges", type: .u8, sampleShape: [H, W], deflate: 4,
                                 attrs: [("ignore_value", 255), ("num_classes", 2),
-                                        ("mapping", "edge npy >= 0.5 -> 1 else 0 (the threshold of MTI-Net's BalancedCrossEntropyLoss)")]),
+                                        ("mapping", "edge npy (or ASTMT edge png / 255) >= 0.5 -> 1 else 0 (the threshold of MTI-Net's BalancedCrossEntropyLoss)")]),
                 ]
                 let r = try convertSplit(w, split: split, count: ids.count, height: H, width: W,
                                          splitSource: "gt_sets/\(split).txt", datasets: specs, progress: progress, fetch: { ids[$0] }) { id, _ in
@@ -98,6 +100,24 @@ enum NYUDMTConverter {
         return v
     }
 
+    /// A 2-D numeric MAT v5 variable (ASTMT's segmentation/depth .mat files), row-major.
+    static func loadMat(_ path: String, variable: String, task: String, H0: Int, W0: Int) throws -> [Float] {
+        guard let v = try MatV5.read(path)[variable] else {
+            throw MTLError("\(path): \(task): no variable '\(variable)' (expected ASTMT's NYUD_MT .mat with '\(variable)')")
+        }
+        guard let nums = v.numbers, v.dims == [H0, W0] else {
+            throw MTLError("\(path): \(task): '\(variable)': expected a numeric \(H0)x\(W0) array (the size of its image), found \(v.numbers == nil ? "a non-numeric value" : "dims \(v.dims)")")
+        }
+        var out = [Float](repeating: 0, count: H0 * W0)
+        for x in 0..<W0 { for y in 0..<H0 { out[y * W0 + x] = Float(nums[x * H0 + y]) } }
+        if let bad = out.firstIndex(where: { !$0.isFinite }) {
+            throw MTLError("\(path): \(task): non-finite value \(out[bad]) at (y \(bad / W0), x \(bad % W0)): expected finite values")
+        }
+        return out
+    }
+
+    static func exists(_ p: String) -> Bool { FileManager.default.fileExists(atPath: p) }
+
     static func sample(src: String, split: String, id: String, H0: Int, W0: Int, H: Int, W: Int) throws -> Sample {
         var s = Sample()
         s.id = id
@@ -110,33 +130,70 @@ enum NYUDMTConverter {
         }
         s.image = resizeBilinearU8(img.pixels, w: W0, h: H0, c: 3, toW: W, toH: H)
 
-        let segPath = "\(src)/segmentation/\(id).png"
-        try requireFile(segPath, "segmentation file listed in gt_sets/\(split).txt")
-        let segR = try PNG.readLabels(segPath)
-        guard segR.height == H0, segR.width == W0 else {
-            throw MTLError("\(segPath): segmentation: expected \(W0)x\(H0) (the size of its image), found \(segR.width)x\(segR.height)")
+        var segPath = "\(src)/segmentation/\(id).png"
+        let segRaw: [Float]
+        if !exists(segPath) && exists("\(src)/segmentation/\(id).mat") {
+            segPath = "\(src)/segmentation/\(id).mat"
+            segRaw = try loadMat(segPath, variable: "segmentation", task: "segmentation", H0: H0, W0: W0)
+        } else {
+            try requireFile(segPath, "segmentation file listed in gt_sets/\(split).txt")
+            let segR = try PNG.readLabels(segPath)
+            guard segR.height == H0, segR.width == W0 else {
+                throw MTLError("\(segPath): segmentation: expected \(W0)x\(H0) (the size of its image), found \(segR.width)x\(segR.height)")
+            }
+            segRaw = segR.pixels.map { Float($0) }
         }
         var seg = [Int16](repeating: -1, count: H0 * W0)
         for k in 0..<(H0 * W0) {
-            let v = Int(segR.pixels[k])
-            if v > 40 { throw MTLError("\(segPath): segmentation: label \(v) at \(at(k)): expected 0 (void) or 1..40") }
-            seg[k] = Int16(v - 1)  // 0 (void) → −1
+            let v = segRaw[k]
+            if v < 0 || v > 40 || v != v.rounded() {
+                throw MTLError("\(segPath): segmentation: label \(v == v.rounded() ? String(Int(v)) : String(v)) at \(at(k)): expected 0 (void) or 1..40")
+            }
+            seg[k] = Int16(v) - 1  // 0 (void) → −1
         }
         s.seg = resizeNearest(seg, w: W0, h: H0, toW: W, toH: H)
 
-        let dPath = "\(src)/depth/\(id).npy"
-        let depth = try loadNpy(dPath, task: "depth", channels: 1, H0: H0, W0: W0, split: split)
+        var dPath = "\(src)/depth/\(id).npy"
+        let depth: [Float]
+        if !exists(dPath) && exists("\(src)/depth/\(id).mat") {
+            dPath = "\(src)/depth/\(id).mat"
+            depth = try loadMat(dPath, variable: "depth", task: "depth", H0: H0, W0: W0)
+        } else {
+            depth = try loadNpy(dPath, task: "depth", channels: 1, H0: H0, W0: W0, split: split)
+        }
         if let k = depth.firstIndex(where: { $0 < 0 }) {
             throw MTLError("\(dPath): depth: \(depth[k]) at \(at(k)): expected metres >= 0 (0 = invalid)")
         }
         s.depth = resizeNearest(depth, w: W0, h: H0, toW: W, toH: H)
 
-        var normals = try loadNpy("\(src)/normals/\(id).npy", task: "normals", channels: 3, H0: H0, W0: W0, split: split)
-        renormalize(&normals)
+        let nPath = "\(src)/normals/\(id).npy", nJpg = "\(src)/normals/\(id).jpg"
+        var normals: [Float]
+        if !exists(nPath) && exists(nJpg) {
+            let r = try JPEG.readRGB8(nJpg)
+            guard r.height == H0, r.width == W0 else {
+                throw MTLError("\(nJpg): normals: expected \(W0)x\(H0) (the size of its image), found \(r.width)x\(r.height)")
+            }
+            normals = r.pixels.map { 2 * Float($0) / 255 - 1 }
+            renormalize(&normals, minNorm: 0.5)  // 8-bit (and JPEG-coded) unit vectors; near-grey pixels are "no normal"
+        } else {
+            normals = try loadNpy(nPath, task: "normals", channels: 3, H0: H0, W0: W0, split: split)
+            renormalize(&normals)
+        }
         s.normals = resizeNormals(normals, w: W0, h: H0, toW: W, toH: H)
 
-        let ePath = "\(src)/edge/\(id).npy"
-        let edge = try loadNpy(ePath, task: "edge", channels: 1, H0: H0, W0: W0, split: split)
+        var ePath = "\(src)/edge/\(id).npy"
+        let edge: [Float]
+        if !exists(ePath) && exists("\(src)/edge/\(id).png") {
+            ePath = "\(src)/edge/\(id).png"
+            let r = try PNG.readLabels(ePath)
+            guard r.height == H0, r.width == W0 else {
+                throw MTLError("\(ePath): edge: expected \(W0)x\(H0) (the size of its image), found \(r.width)x\(r.height)")
+            }
+            let maxV: Float = r.pixels.contains(where: { $0 > 255 }) ? 65535 : 255
+            edge = r.pixels.map { Float($0) / maxV }  // ASTMT: png / 255
+        } else {
+            edge = try loadNpy(ePath, task: "edge", channels: 1, H0: H0, W0: W0, split: split)
+        }
         var edges = [UInt8](repeating: 0, count: H0 * W0)
         for k in 0..<(H0 * W0) {
             let v = edge[k]

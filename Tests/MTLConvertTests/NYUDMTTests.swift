@@ -232,3 +232,38 @@ final class NYUDMTConvertTests: XCTestCase {
         return ["debug", "release"].map { "\(root)/.build/\($0)/mtl" }.first { FileManager.default.isExecutableFile(atPath: $0) }
     }
 }
+
+extension NYUDMTConvertTests {
+    /// ASTMT's original per-file formats (fblib/dataloaders/nyud.py): segmentation/<id>.mat, depth/<id>.mat,
+    /// normals/<id>.jpg (2v/255 − 1), edge/<id>.png (v/255), used when the .npy/.png of MTI-Net's layout is absent.
+    func testASTMTFileFormats() throws {
+        let dir = makeTempDir("nyudmt-astmt")
+        let src = try Self.writeFixture(dir)
+        let H = Self.H, W = Self.W, n = H * W, id = "0009", i = 4
+        for f in ["segmentation/\(id).png", "depth/\(id).npy", "normals/\(id).npy", "edge/\(id).npy"] {
+            try FileManager.default.removeItem(atPath: "\(src)/\(f)")
+        }
+        let seg = (0..<n).map { Double(Self.segRaw(i, $0)) }
+        MatWriter.file("\(src)/segmentation/\(id).mat", [MatWriter.compressed(MatWriter.double("segmentation", dims: [H, W], colMajor(seg, h: H, w: W), storeAsUInt8: true))])
+        let dep = (0..<n).map { Double(Self.depth(i, $0)) }
+        MatWriter.file("\(src)/depth/\(id).mat", [MatWriter.double("depth", dims: [H, W], colMajor(dep, h: H, w: W))])
+        try PNG.writeGray8("\(src)/edge/\(id).png", width: W, height: H, (0..<n).map { Self.edge(i, $0) * 255 })
+        // normals (0.6, 0, 0.8) everywhere → RGB (204, 128, 230)
+        try JPEG.writeRGB8("\(src)/normals/\(id).jpg", width: W, height: H, (0..<(3 * n)).map { [204, 128, 230][$0 % 3] })
+        let out = dir + "/astmt.h5"
+        _ = try convert(src, out)
+        let ds = try MTDataset(path: out, split: "val", tasks: ["seg", "depth", "normals", "edges"])
+        let b = Batch(); try ds.load([1], into: b)
+        let s = b.targets["seg"]!.array, d = b.targets["depth"]!.array, e = b.targets["edges"]!.array, nr = b.targets["normals"]!.array
+        for k in 0..<n {
+            let r = Self.segRaw(i, k)
+            XCTAssertEqual(s[k], Float(r == 0 ? -1 : r - 1), "seg .mat at \(k)")
+            XCTAssertEqual(d[k], Self.depth(i, k), "depth .mat at \(k)")
+            XCTAssertEqual(e[k], Float(Self.edge(i, k)), "edge png at \(k)")
+            for (c, want) in [Float(0.6), 0, 0.8].enumerated() { XCTAssertEqual(nr[c * n + k], want, accuracy: 0.02, "normals jpg at \(k)") }
+        }
+        // A .mat of the wrong size is one line naming file, variable, expected and found.
+        MatWriter.file("\(src)/depth/\(id).mat", [MatWriter.double("depth", dims: [2, 3], [1, 2, 3, 4, 5, 6])])
+        XCTAssertEqual(failure(src, dir), "\(src)/depth/\(id).mat: depth: 'depth': expected a numeric 12x16 array (the size of its image), found dims [2, 3]")
+    }
+}
