@@ -175,6 +175,14 @@ final class NYUDMTConvertTests: XCTestCase {
         try fm.moveItem(atPath: src + "/gt_sets/val.txt", toPath: src + "/val.txt.off")
         XCTAssertEqual(failure(src, dir), "\(src)/gt_sets/val.txt: split file not found (expected one image id per line, as gt_sets/train.txt and gt_sets/val.txt of NYUD_MT)")
         try fm.moveItem(atPath: src + "/val.txt.off", toPath: src + "/gt_sets/val.txt")
+        // Empty, repeated and overlapping split lists.
+        writeText(src + "/gt_sets/val.txt", "\n\n")
+        XCTAssertEqual(failure(src, dir), "\(src)/gt_sets/val.txt: empty split file (expected one image id per line)")
+        writeText(src + "/gt_sets/val.txt", "0001\n0009\n0001\n")
+        XCTAssertEqual(failure(src, dir), "\(src)/gt_sets/val.txt: id '0001' listed twice (expected each image id once)")
+        writeText(src + "/gt_sets/val.txt", "0001\n0010\n")
+        XCTAssertEqual(failure(src, dir), "\(src)/gt_sets/val.txt: id '0010' is also in gt_sets/train.txt (expected disjoint splits)")
+        writeText(src + "/gt_sets/val.txt", Self.valIds.joined(separator: "\n"))
 
         // Wrong image size (a val image 10 rows high), then a label of the wrong size.
         let img1 = src + "/images/0009.jpg", keep = dir + "/keep.jpg"
