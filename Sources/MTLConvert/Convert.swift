@@ -4,7 +4,7 @@ import MTLCore
 public struct ConvertOptions {
     public var height: Int? = nil
     public var width: Int? = nil            // optional resize (both or neither)
-    public var classes: Int? = nil          // cityscapes: 7 or 19 (default 19); nyuv2: 13 or 40 (default 13)
+    public var classes: Int? = nil          // cityscapes: 7 or 19 (default 19); nyuv2: 13 or 40 (default 13); nyud-mt: 40
     public var splitsFile: String? = nil    // nyuv2: splits.mat path (default: <src dir>/splits.mat)
     public var normalsDir: String? = nil    // nyuv2: directory of precomputed normals, else computed from depth
     public var classMapFile: String? = nil  // nyuv2: classMapping40.mat (default: <src dir>/classMapping40.mat)
@@ -12,7 +12,7 @@ public struct ConvertOptions {
 }
 
 public enum Converter {
-    public static let kinds = ["nyuv2", "nyuv2-mtan", "cityscapes", "pascal-context"]
+    public static let kinds = ["nyuv2", "nyuv2-mtan", "nyud-mt", "cityscapes", "pascal-context"]
     public static let version = "1.0"
 
     /// Converts `src` into the mtdp-hdf5 file `out` (written as `out.tmp`, renamed at the end).
@@ -29,6 +29,7 @@ public enum Converter {
         switch kind {
         case "nyuv2": return try NYUv2Converter.run(src: src, out: out, options: options, progress: progress)
         case "nyuv2-mtan": return try MTANConverter.run(src: src, out: out, options: options, progress: progress)
+        case "nyud-mt": return try NYUDMTConverter.run(src: src, out: out, options: options, progress: progress)
         case "cityscapes": return try CityscapesConverter.run(src: src, out: out, options: options, progress: progress)
         case "pascal-context": return try PascalConverter.run(src: src, out: out, options: options, progress: progress)
         default: throw MTLError("convert: unknown kind '\(kind)' (expected one of \(kinds.joined(separator: ", ")))")

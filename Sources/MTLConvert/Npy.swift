@@ -6,8 +6,8 @@ import MTLCore
 /// padded with spaces, then the raw C-order data.
 public enum Npy {
     public enum DType: String, CaseIterable {
-        case f4 = "<f4", f8 = "<f8", i8 = "<i8", i4 = "<i4", i2 = "<i2", u1 = "|u1"
-        var size: Int { switch self { case .f4, .i4: return 4; case .f8, .i8: return 8; case .i2: return 2; case .u1: return 1 } }
+        case f4 = "<f4", f8 = "<f8", i8 = "<i8", i4 = "<i4", i2 = "<i2", u2 = "<u2", u1 = "|u1", b1 = "|b1"
+        var size: Int { switch self { case .f4, .i4: return 4; case .f8, .i8: return 8; case .i2, .u2: return 2; case .u1, .b1: return 1 } }
     }
 
     public struct Array {
@@ -16,7 +16,7 @@ public enum Npy {
         public var data: [UInt8]   // raw little-endian bytes, C order
         public var count: Int { shape.reduce(1, *) }
 
-        /// Values converted to Float (the MTAN files are float64 or float32 in practice).
+        /// Values converted to Float (the MTAN files are float64 or float32 in practice; bool is 0/1).
         public func floats() -> [Float] {
             var out = [Float](repeating: 0, count: count)
             data.withUnsafeBytes { raw in
@@ -26,7 +26,9 @@ public enum Npy {
                 case .i8: for i in 0..<count { out[i] = Float(raw.loadUnaligned(fromByteOffset: 8 * i, as: Int64.self)) }
                 case .i4: for i in 0..<count { out[i] = Float(raw.loadUnaligned(fromByteOffset: 4 * i, as: Int32.self)) }
                 case .i2: for i in 0..<count { out[i] = Float(raw.loadUnaligned(fromByteOffset: 2 * i, as: Int16.self)) }
+                case .u2: for i in 0..<count { out[i] = Float(raw.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)) }
                 case .u1: for i in 0..<count { out[i] = Float(raw[i]) }
+                case .b1: for i in 0..<count { out[i] = raw[i] != 0 ? 1 : 0 }  // numpy bool: one byte, 0 or 1
                 }
             }
             return out
@@ -60,6 +62,7 @@ public enum Npy {
         }
         var descr = String(d[d.index(after: q1)..<q2])
         if descr == "<u1" { descr = "|u1" }
+        if descr == "<b1" || descr == "?" { descr = "|b1" }
         if descr == "=f4" || descr == "=f8" || descr == "=i8" || descr == "=i4" || descr == "=i2" { descr = "<" + descr.dropFirst() } // native = little here
         guard let dtype = DType(rawValue: descr) else {
             let why = descr.hasPrefix(">") ? "big-endian data is not supported" : "unsupported dtype"

@@ -146,11 +146,11 @@ struct Convert: ParsableCommand {
         abstract: "Convert an official dataset release into the mtdp-hdf5 schema (see docs/DATASETS.md).",
         discussion: "Kinds: \(Converter.kinds.joined(separator: ", ")). The output is written to OUT.tmp and renamed when complete.")
     @Argument(help: "Dataset kind: \(Converter.kinds.joined(separator: " | ")).") var kind: String
-    @Option(help: "The official release: a directory, or nyu_depth_v2_labeled.mat for nyuv2.") var src: String
+    @Option(help: "The official release: a directory (nyud-mt: the NYUD_MT folder), or nyu_depth_v2_labeled.mat for nyuv2.") var src: String
     @Option(help: "Output HDF5 file.") var out: String
     @Option(help: "Resize to this height (with --width).") var height: Int?
     @Option(help: "Resize to this width (with --height).") var width: Int?
-    @Option(help: "Classes: cityscapes 7 or 19, nyuv2 13 or 40.") var classes: Int?
+    @Option(help: "Classes: cityscapes 7 or 19, nyuv2 13 or 40, nyud-mt 40.") var classes: Int?
     @Option(help: "nyuv2: splits.mat (MAT v5; default <src dir>/splits.mat).") var splits: String?
     @Option(help: "nyuv2: directory of precomputed normals (else computed from depth).") var normals: String?
     @Option(help: "nyuv2: classMapping40.mat (894 → 40 classes; default <src dir>/classMapping40.mat).") var classMap: String?

@@ -58,6 +58,8 @@ final class FormatTests: XCTestCase {
         np.save(d + '/i4.npy', np.array([-7, 9], dtype=np.int32))
         np.save(d + '/i2.npy', np.array([-300, 300], dtype=np.int16))
         np.save(d + '/u1.npy', np.array([[0, 255]], dtype=np.uint8))
+        np.save(d + '/u2.npy', np.array([0, 65535], dtype=np.uint16))
+        np.save(d + '/b1.npy', np.array([[True, False], [False, True]]))
         np.save(d + '/fort.npy', np.asfortranarray(np.ones((2, 3), dtype=np.float32)))
         np.save(d + '/big.npy', np.ones(3, dtype='>f4'))
         """)
@@ -68,6 +70,9 @@ final class FormatTests: XCTestCase {
         XCTAssertEqual(try Npy.read("\(dir)/i4.npy").floats(), [-7, 9])
         XCTAssertEqual(try Npy.read("\(dir)/i2.npy").floats(), [-300, 300])
         XCTAssertEqual(try Npy.read("\(dir)/u1.npy").floats(), [0, 255])
+        XCTAssertEqual(try Npy.read("\(dir)/u2.npy").floats(), [0, 65535])
+        XCTAssertEqual(try Npy.read("\(dir)/b1.npy").floats(), [1, 0, 0, 1], "numpy bool (edge maps)")
+        XCTAssertEqual(try Npy.read("\(dir)/b1.npy").shape, [2, 2])
         XCTAssertThrowsError(try Npy.read("\(dir)/fort.npy"))
         XCTAssertThrowsError(try Npy.read("\(dir)/big.npy"))
     }
