@@ -29,7 +29,7 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from ref_layers import (BN, DTYPE, LN, Conv, Linear, SwinBlock, SwinDense, count, from_tokens,  # noqa: E402
-                        resize, to_tokens)
+                        resize, to_tokens, trace_shapes)
 
 TASKS = {"nyud": {"semseg": 40, "depth": 1}, "pascal": {"semseg": 21, "human_parts": 7, "sal": 1}}
 
@@ -327,8 +327,22 @@ def main(argv=None):
     ap.add_argument("--no-etf-proj", action="store_true")
     ap.add_argument("--no-unused", action="store_true", help="do not allocate MTFormer's unused patch embeddings")
     ap.add_argument("--vit-blocks", action="store_true", help="global-attention blocks instead of Swin windows")
+    ap.add_argument("--shapes", default=None, metavar="HxW",
+                    help="run the decoder (batch 1) on random Swin-S-shaped features and print the data flow")
     a = ap.parse_args(argv)
     tasks = TASKS[a.tasks]
+    if a.shapes:
+        size = tuple(int(v) for v in a.shapes.split("x"))
+        dec = KEMDecoder(tasks, mixer=a.mixer, stable=a.skem) if a.mixer == "memory" else KEMDecoder(tasks, mixer=a.mixer)
+        feats = [torch.randn(1, c, -(-size[0] // 2 ** (i + 2)), -(-size[1] // 2 ** (i + 2)), dtype=DTYPE)
+                 for i, c in enumerate((96, 192, 384, 768))]
+        t0 = next(iter(tasks))
+        names = ["reduce", "shared", f"task_enc.{t0}"] + (["kem"] if a.mixer == "memory" else []) + \
+            (["cross_attention"] if a.mixer == "cross_attention" else []) + [f"task_dec.{t0}", f"head.{t0}"]
+        print(f"KEM-R {a.tasks} at {size[0]}x{size[1]}; Swin-S features", [tuple(f.shape) for f in feats])
+        for n, s in trace_shapes(dec, lambda: dec(feats, size), names):
+            print(f"  {n:<22} -> {s}")
+        return
     kem_kw = dict(stable=a.skem, etf_role=a.etf_role, etf_proj=not a.no_etf_proj) if a.mixer == "memory" else {}
     backbone = SwinDense("swin_s")
     dec = KEMDecoder(tasks, mixer=a.mixer, allocate_unused=not a.no_unused, window=None if a.vit_blocks else 7,

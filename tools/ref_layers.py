@@ -352,3 +352,21 @@ def flatten_outputs(out):
     for o in out:
         res += flatten_outputs(o)
     return res
+
+
+def trace_shapes(model, run, names):
+    """Run `run()` with forward hooks on the sub-modules whose dotted names are in `names`;
+    returns [(name, [output shapes])] in call order."""
+    rows, hooks = [], []
+    mods = dict(model.named_modules())
+    for n in names:
+        def hook(m, inp, out, n=n):
+            rows.append((n, [tuple(o.shape) for o in flatten_outputs(out)]))
+        hooks.append(mods[n].register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for h in hooks:
+            h.remove()
+    return rows

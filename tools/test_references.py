@@ -169,6 +169,9 @@ def test_gradchecks():
     sfd = T.SFD(4, 3, ffn_ratio=2)
     randomize(sfd, 2)
     gradcheck_module("SFD (d=4, N=3, 3x4 grid, outputs RX and A)", sfd, [rnd(2, 4, 3, 4, seed=30)])
+    sfd = T.SFD(4, 2, ffn_ratio=2, scale=True)
+    randomize(sfd, 9)
+    gradcheck_module("SFD scale=True (design reading of eq. 8)", sfd, [rnd(2, 4, 2, 3, seed=31)])
     # LTHD with the affinity upsampling of eq. 11
     lt = T.LTHD(3, ffn_ratio=2)
     randomize(lt, 3)
@@ -221,6 +224,25 @@ def test_gradchecks():
                      [rnd(2, 20, 4, seed=70)], call=lambda f, x: f(x, 4, 5))
 
 
+def test_swin_vs_timm():
+    """Where the dense and timm rules coincide (grid a multiple of the window), the Swin block must
+    equal timm's SwinTransformerBlock with the same weights (skipped without timm)."""
+    try:
+        from timm.models.swin_transformer import SwinTransformerBlock
+    except Exception:
+        print("SKIP  Swin block vs timm (no timm)")
+        return
+    for shifted in (False, True):
+        tb = SwinTransformerBlock(8, (14, 21), num_heads=2, window_size=7, shift_size=3 if shifted else 0).double()
+        mb = SwinBlock(8, 2, 7, shifted)
+        w = {n: rnd(*p.shape, seed=i, scale=0.3) for i, (n, p) in enumerate(mb.named_parameters())}
+        load_named(mb, w)
+        tb.load_state_dict(w, strict=False)
+        x = rnd(2, 14, 21, 8, seed=90)
+        err = (tb(x).reshape(2, -1, 8) - mb(x.reshape(2, -1, 8), 14, 21)).abs().max().item()
+        check(f"Swin block = timm SwinTransformerBlock (14x21 grid, shifted={shifted})", err < 1e-12, f"{err:.1e}")
+
+
 def test_end_to_end():
     torch.manual_seed(0)
     m = T.TIFR("hrnet18s", "nyud")
@@ -241,7 +263,7 @@ def test_end_to_end():
 
 def main():
     t = time.time()
-    for f in (test_counts, test_topk, test_etf, test_load_and_run, test_gradchecks, test_end_to_end):
+    for f in (test_counts, test_topk, test_etf, test_load_and_run, test_gradchecks, test_swin_vs_timm, test_end_to_end):
         f()
     print(f"{len(FAILURES)} failure(s) in {time.time() - t:.1f}s")
     sys.exit(1 if FAILURES else 0)

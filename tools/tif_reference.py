@@ -29,7 +29,7 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from ref_layers import (BN, DTYPE, FFN, LN, Conv, Linear, SwinDense, avg_pool_to, count,  # noqa: E402
-                        from_tokens, print_param_table, resize, to_tokens)
+                        from_tokens, print_param_table, resize, to_tokens, trace_shapes)
 
 TASKS = {
     "nyud": {"semseg": 40, "depth": 1, "normals": 3, "edge": 1},
@@ -130,13 +130,14 @@ class SFD(nn.Module):
     T    = LN(flat(X))                        ('Flat' = flatten + normalisation)
     Q    = T W_q                              (eq. 7)
     K = V = sum_{n=1..N} T W_n                (eq. 6; N = number of tasks; kv_single: one matrix)
-    A    = Q K^T * (1/sqrt(d) if scale)       (eq. 8; the paper writes Q x K, no scaling)
+    A    = Q K^T  (* 1/sqrt(d) if scale)     (eq. 8 writes Q x K without scaling: default unscaled;
+                                               scale=True is the design document's reading)
     RX   = softmax_rows(A) V + flat(X)        (eq. 9)
     RX   = RX + FFN(LN(RX))                   (eq. 10; pre-norm FFN, ratio 4, GELU)
     returns RX as [B, d, h, w] and the logits A [B, L, L]
     """
 
-    def __init__(self, d, ntasks, ffn_ratio=4, scale=True, kv_single=False):
+    def __init__(self, d, ntasks, ffn_ratio=4, scale=False, kv_single=False):
         super().__init__()
         self.d, self.scale = d, scale
         self.norm = LN(d)
@@ -222,7 +223,7 @@ class Fuse(nn.Module):
 class TaskDecoder(nn.Module):
     """Per-task decoder: SFD at scales 2, 3; LTHD at scales 0, 1; Fuse; 1x1 head."""
 
-    def __init__(self, widths, ntasks, out, sfd=True, lthd=True, ffn_ratio=4, sfd_scale=True, kv_single=False,
+    def __init__(self, widths, ntasks, out, sfd=True, lthd=True, ffn_ratio=4, sfd_scale=False, kv_single=False,
                  lthd_transpose=False, fuse_relu=False, align_corners=False):
         super().__init__()
         self.use_sfd, self.use_lthd, self.align = sfd, lthd and sfd, align_corners
@@ -257,7 +258,7 @@ class TIFDecoder(nn.Module):
     (see named_parameters_flat)."""
 
     def __init__(self, channels, tasks, widths=None, saff=True, sfd=True, lthd=True, saff_scales=(0, 1, 2, 3),
-                 ffn_ratio=4, sfd_scale=True, kv_single=False, lthd_transpose=False, fuse_relu=False,
+                 ffn_ratio=4, sfd_scale=False, kv_single=False, lthd_transpose=False, fuse_relu=False,
                  align_corners=False):
         super().__init__()
         self.tasks = dict(tasks)
@@ -336,6 +337,19 @@ def counts(backbone, tasks, saff=True, sfd=True, lthd=True, saff_scales=(0, 1, 2
     return res, dec, bb
 
 
+def shapes(backbone, tasks, size):
+    ch = BACKBONE_CHANNELS[backbone]
+    dec = TIFDecoder(ch, TASKS[tasks])
+    feats = [torch.randn(1, c, -(-size[0] // 2 ** (i + 2)), -(-size[1] // 2 ** (i + 2)), dtype=DTYPE)
+             for i, c in enumerate(ch)]
+    t0 = next(iter(dec.tasks))
+    names = [f"saff.s{i}" for i in range(4)] + [f"task.{t0}.sfd.s3", f"task.{t0}.sfd.s2", f"task.{t0}.lthd.s0",
+                                                 f"task.{t0}.lthd.s1", f"task.{t0}.fuse", f"task.{t0}.head"]
+    print(f"TIF-R {backbone} {tasks} at {size[0]}x{size[1]}; backbone features", [tuple(f.shape) for f in feats])
+    for n, s in trace_shapes(dec, lambda: dec(feats, size), names):
+        print(f"  {n:<22} -> {s}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--count", action="store_true", help="print parameter counts")
@@ -348,10 +362,18 @@ def main(argv=None):
     ap.add_argument("--saff-scales", default="0,1,2,3", help="scales with SAFF (Table 9: '2,3')")
     ap.add_argument("--sal-channels", type=int, default=1, help="saliency outputs (1 as counted; ATRC uses 2)")
     ap.add_argument("--kv-single", action="store_true", help="one K/V matrix instead of N (eq. 6)")
+    ap.add_argument("--sfd-scale", action="store_true", help="scale A by 1/sqrt(d) (design reading of eq. 8)")
+    ap.add_argument("--fuse-relu", action="store_true", help="ReLU after the final FeatureFuse (design reading)")
+    ap.add_argument("--lthd-transpose", action="store_true", help="softmax_rows(A0)^T in eq. 12")
+    ap.add_argument("--shapes", default=None, metavar="HxW",
+                    help="run the decoder (batch 1) on random backbone-shaped features and print the data flow")
     a = ap.parse_args(argv)
+    if a.shapes:
+        return shapes(a.backbone, a.tasks, tuple(int(v) for v in a.shapes.split("x")))
     scales = tuple(int(s) for s in a.saff_scales.split(",") if s != "")
     res, dec, bb = counts(a.backbone, a.tasks, not a.no_saff, not a.no_sfd, not a.no_lthd, scales,
-                          a.sal_channels, kv_single=a.kv_single)
+                          a.sal_channels, kv_single=a.kv_single, sfd_scale=a.sfd_scale,
+                          fuse_relu=a.fuse_relu, lthd_transpose=a.lthd_transpose)
     if a.no_sfd and not a.no_lthd:
         print("note: --no-sfd turns LTHD off too (no affinities to diffuse)")
     print(f"TIF-R {a.backbone} {a.tasks} tasks={list(dec.tasks)} outputs={list(dec.tasks.values())} "
