@@ -87,8 +87,12 @@ def test_counts():
     res, _, mod = T.counts("hrnet18s", "nyud")
     check("count HRNet18-S backbone module 3,860,720", mod is not None and count(mod) == 3_860_720)
     names = dec.stable_names()
-    check("TIF stable names", names["task.semseg.sfd.s2.q.weight"] == "decoder.sfd.semseg.s2.q.weight"
-          and names["saff.s0.xl.weight"] == "decoder.saff.s0.xl.weight")
+    m = T.TIFR("hrnet18s", "nyud")
+    full = dict(m.named_parameters())
+    check("TIF stable names (decoder.<module>.<task>.<layer>.*, backbone.*)",
+          "decoder.sfd.semseg.s2.q.weight" in full and "decoder.saff.s0.xl.weight" in full
+          and "decoder.lthd.edge.s1.fuse_bn.bias" in full and "decoder.head.normals.weight" in full
+          and "backbone.stage4.1.fuse_layers.3.0.0.0.weight" in full and count(m) == 5_398_137)
 
     sws = count(K.SwinDense("swin_s"))
     check("count Swin-S dense 48,838,602", sws == 48_838_602, f"{sws:,}")

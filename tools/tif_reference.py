@@ -253,9 +253,9 @@ class TaskDecoder(nn.Module):
 
 
 class TIFDecoder(nn.Module):
-    """Everything after the backbone.  Parameter names: decoder.saff.s<i>.<layer>.*,
-    decoder.sfd.<task>.s<i>.*, decoder.lthd.<task>.s<i>.*, decoder.fuse.<task>.*, decoder.head.<task>.*
-    (see named_parameters_flat)."""
+    """Everything after the backbone.  Parameter names (named_parameters() gives them directly,
+    prefix `decoder.` inside TIFR): saff.s<i>.<layer>.*, sfd.<task>.s<i>.*, lthd.<task>.s<i>.*,
+    fuse.<task>.*, head.<task>.*  — the per-task TaskDecoder objects share these modules."""
 
     def __init__(self, channels, tasks, widths=None, saff=True, sfd=True, lthd=True, saff_scales=(0, 1, 2, 3),
                  ffn_ratio=4, sfd_scale=False, kv_single=False, lthd_transpose=False, fuse_relu=False,
@@ -264,25 +264,23 @@ class TIFDecoder(nn.Module):
         self.tasks = dict(tasks)
         widths = widths or default_widths(channels)
         self.saff = SAFF(channels, widths, saff_scales if saff else (), 1, align_corners)
-        self.task = nn.ModuleDict({t: TaskDecoder(widths, len(self.tasks), o, sfd, lthd, ffn_ratio, sfd_scale,
-                                                  kv_single, lthd_transpose, fuse_relu, align_corners)
-                                   for t, o in self.tasks.items()})
+        decs = {t: TaskDecoder(widths, len(self.tasks), o, sfd, lthd, ffn_ratio, sfd_scale, kv_single,
+                               lthd_transpose, fuse_relu, align_corners) for t, o in self.tasks.items()}
+        if sfd:
+            self.sfd = nn.ModuleDict({t: d.sfd for t, d in decs.items()})
+        if sfd and lthd:
+            self.lthd = nn.ModuleDict({t: d.lthd for t, d in decs.items()})
+        self.fuse = nn.ModuleDict({t: d.fuse for t, d in decs.items()})
+        self.head = nn.ModuleDict({t: d.head for t, d in decs.items()})
+        self.__dict__["task"] = decs          # plain dict: not registered a second time
 
     def forward(self, feats, image_size):
         xh = self.saff(feats)
         return {t: dec(xh, image_size) for t, dec in self.task.items()}
 
     def stable_names(self):
-        """Map module path -> the documented stable name decoder.<module>.<task>.<layer>..."""
-        out = {}
-        for n, p in self.named_parameters():
-            parts = n.split(".")
-            if parts[0] == "task":
-                task, mod = parts[1], parts[2]
-                out[n] = ".".join(["decoder", mod, task] + parts[3:])
-            else:
-                out[n] = "decoder." + n
-        return out
+        """module path -> stable name (identical up to the `decoder.` prefix)."""
+        return {n: "decoder." + n for n, _ in self.named_parameters()}
 
 
 class TIFR(nn.Module):
@@ -331,7 +329,7 @@ def counts(backbone, tasks, saff=True, sfd=True, lthd=True, saff_scales=(0, 1, 2
     res["per task: sfd"] = count(first.sfd) if first.use_sfd else 0
     res["per task: lthd"] = count(first.lthd) if first.use_lthd else 0
     res["per task: fuse"] = count(first.fuse)
-    res["heads (all tasks)"] = sum(count(d.head) for d in dec.task.values())
+    res["heads (all tasks)"] = count(dec.head)
     res["decoder"] = count(dec)
     res["total"] = res["backbone"] + res["decoder"]
     return res, dec, bb
@@ -343,8 +341,8 @@ def shapes(backbone, tasks, size):
     feats = [torch.randn(1, c, -(-size[0] // 2 ** (i + 2)), -(-size[1] // 2 ** (i + 2)), dtype=DTYPE)
              for i, c in enumerate(ch)]
     t0 = next(iter(dec.tasks))
-    names = [f"saff.s{i}" for i in range(4)] + [f"task.{t0}.sfd.s3", f"task.{t0}.sfd.s2", f"task.{t0}.lthd.s0",
-                                                 f"task.{t0}.lthd.s1", f"task.{t0}.fuse", f"task.{t0}.head"]
+    names = [f"saff.s{i}" for i in range(4)] + [f"sfd.{t0}.s3", f"sfd.{t0}.s2", f"lthd.{t0}.s0",
+                                                 f"lthd.{t0}.s1", f"fuse.{t0}", f"head.{t0}"]
     print(f"TIF-R {backbone} {tasks} at {size[0]}x{size[1]}; backbone features", [tuple(f.shape) for f in feats])
     for n, s in trace_shapes(dec, lambda: dec(feats, size), names):
         print(f"  {n:<22} -> {s}")
