@@ -102,6 +102,11 @@ def test_counts():
         d2 = K.KEMDecoder(K.TASKS[ds], mixer="none", allocate_unused=False)
         check(f"count MTFormer-T {ds} as in code / used", (sws + count(d1), sws + count(d2)) == (want, want_used),
               f"{sws + count(d1):,} / {sws + count(d2):,}")
+    for ds, want in (("nyud", (62_849_821, 14_011_219, 8_764_499)), ("pascal", (68_203_490, 19_364_888, 12_019_480))):
+        d1 = K.KEMDecoder(K.TASKS[ds])
+        d2 = K.KEMDecoder(K.TASKS[ds], allocate_unused=False)
+        got = (sws + count(d1), count(d1), count(d2))
+        check(f"count KEM-R {ds} total / trainable / trainable used", got == want, " / ".join(f"{v:,}" for v in got))
     kem = count(K.KEM(256))
     ska = count(K.KEM(256, stable=True, etf_role="slots"))
     skb = count(K.KEM(256, stable=True, etf_role="tasks"))
@@ -164,10 +169,10 @@ def test_load_and_run():
 
 def test_gradchecks():
     # SAFF, all four scales, tiny widths
-    saff = T.SAFF(channels=(3, 4, 5, 6), widths=(3, 4, 4, 4))
+    saff = T.SAFF(channels=(2, 3, 4, 5), widths=(2, 3, 3, 4))
     randomize(saff, 1)
-    xs = [rnd(2, c, 8 // 2 ** i, 12 // 2 ** i, seed=20 + i) for i, c in enumerate((3, 4, 5, 6))]
-    gradcheck_module("SAFF (4 scales, C=3/4/5/6, d=3/4/4/4, 8x12 base)", saff, xs,
+    xs = [rnd(2, c, 8 // 2 ** i, 16 // 2 ** i, seed=20 + i) for i, c in enumerate((2, 3, 4, 5))]
+    gradcheck_module("SAFF (4 scales, C=2/3/4/5, d=2/3/3/4, 8x16 base)", saff, xs,
                      call=lambda f, *x: f(list(x)))
     # SFD, N = 3 tasks
     sfd = T.SFD(4, 3, ffn_ratio=2)
@@ -268,7 +273,9 @@ def test_end_to_end():
 def main():
     t = time.time()
     for f in (test_counts, test_topk, test_etf, test_load_and_run, test_gradchecks, test_swin_vs_timm, test_end_to_end):
+        t0 = time.time()
         f()
+        print(f"----  {f.__name__}: {time.time() - t0:.1f}s", flush=True)
     print(f"{len(FAILURES)} failure(s) in {time.time() - t:.1f}s")
     sys.exit(1 if FAILURES else 0)
 
