@@ -67,7 +67,7 @@ def topk_gap(s, k, dim=-1):
 def householder_qr(a):
     """Thin QR of a [d, K] (d >= K) by Householder reflections, float64; signs fixed so that
     diag(R) > 0 (which makes Q unique for a full-rank a).  Returns Q [d, K], R [K, K]."""
-    a = a.to(torch.float64)
+    a = a.detach().to(torch.float64)          # the ETF is a constant: no gradient flows through it
     d, k = a.shape
     r = a.clone()
     q = torch.eye(d, dtype=torch.float64)

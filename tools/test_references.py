@@ -167,6 +167,46 @@ def test_load_and_run():
     check("load_named by name + forward_backward reproducible", same and [o.shape[1] for o in o1] == [3, 4, 4, 4])
 
 
+def test_exchange():
+    """tools/ref_exchange.py on an HDF5 file gives the same numbers as the direct call."""
+    try:
+        import h5py
+    except ImportError:
+        print("SKIP  ref_exchange (no h5py)")
+        return
+    import json
+    import subprocess
+    import tempfile
+    here = os.path.dirname(os.path.abspath(__file__))
+    lt = T.LTHD(3, ffn_ratio=2)
+    randomize(lt, 11)
+    xs = [rnd(2, 3, 4, 8, seed=12), rnd(2, 8, 8, seed=13)]
+    o, dx, gp, cs = forward_backward(lt, xs, seed=5, call=lambda m, x, a: m(x, a, (2, 4)))
+    g = K.gaussian(16, 4, seed=3)
+    with tempfile.TemporaryDirectory() as tmp:
+        p1, p2 = os.path.join(tmp, "lthd.h5"), os.path.join(tmp, "etf.h5")
+        with h5py.File(p1, "w") as f:
+            f.attrs["module"] = "tif_reference.LTHD"
+            f.attrs["kwargs"] = json.dumps({"d": 3, "ffn_ratio": 2})
+            f.attrs["forward_kwargs"] = json.dumps({"grid": [2, 4]})
+            for n, p in lt.named_parameters():
+                f[f"state/{n}"] = p.detach().numpy()
+            for i, x in enumerate(xs):
+                f[f"in/{i}"] = x.numpy()
+            f["dy/0"] = cs[0].numpy()
+        with h5py.File(p2, "w") as f:
+            f.attrs["module"] = "kem_reference.etf_from_gaussian"
+            f["in/0"] = g.numpy()
+        ok = subprocess.run([sys.executable, os.path.join(here, "ref_exchange.py"), p1, p2]).returncode == 0
+        with h5py.File(p1, "r") as f:
+            ok = ok and torch.equal(torch.from_numpy(f["out/0"][()]), o[0]) \
+                and all(torch.equal(torch.from_numpy(f[f"dx/{i}"][()]), dx[i]) for i in range(2)) \
+                and all(torch.equal(torch.from_numpy(f[f"grad/{n}"][()]), gp[n]) for n in gp)
+        with h5py.File(p2, "r") as f:
+            ok = ok and torch.equal(torch.from_numpy(f["out/0"][()]), K.etf_from_gaussian(g))
+    check("ref_exchange.py: HDF5 in/state/dy -> out/dx/grad equal to the direct call (LTHD, ETF)", ok)
+
+
 def test_gradchecks():
     # SAFF, all four scales, tiny widths
     saff = T.SAFF(channels=(2, 3, 4, 5), widths=(2, 3, 3, 4))
@@ -272,7 +312,7 @@ def test_end_to_end():
 
 def main():
     t = time.time()
-    for f in (test_counts, test_topk, test_etf, test_load_and_run, test_gradchecks, test_swin_vs_timm, test_end_to_end):
+    for f in (test_counts, test_topk, test_etf, test_load_and_run, test_exchange, test_gradchecks, test_swin_vs_timm, test_end_to_end):
         t0 = time.time()
         f()
         print(f"----  {f.__name__}: {time.time() - t0:.1f}s", flush=True)
