@@ -26,7 +26,7 @@ struct MTL: ParsableCommand {
         commandName: "mtl",
         abstract: "Multi-task dense prediction training on MPI data-parallel ranks.",
         discussion: "Run under mpirun/srun for data parallelism; without them it runs as one process.",
-        subcommands: [Train.self, Eval.self, SynthCommand.self, Convert.self, Inspect.self, BalanceCommand.self, BenchCommand.self, ReportCommand.self, Doctor.self])
+        subcommands: [Train.self, Eval.self, PredictCommand.self, SynthCommand.self, Convert.self, Inspect.self, BalanceCommand.self, BenchCommand.self, ReportCommand.self, Doctor.self])
 }
 
 struct Train: ParsableCommand {
@@ -68,29 +68,16 @@ struct Eval: ParsableCommand {
     @Option(help: "Experiment config (YAML); the checkpoint's own config is used if omitted.") var config: String?
     @Option(name: .customLong("set"), help: "Override a config key (repeatable).") var overrides: [String] = []
     @Option(help: "Checkpoint file (checkpoints/step-*.h5).") var checkpoint: String
-    @Option(help: "Split to evaluate (default: data.val_split).") var split: String?
+    @Option(help: "Split to evaluate (default: data.val_split), or another dataset file (*.h5).") var split: String?
     @Flag(help: "Print the metrics as one JSON object.") var json = false
 
     func run() throws {
         let comm: Communicator
         do { comm = try CommunicatorFactory.make() } catch { fail(error) }
         do {
-            let (tensors, meta) = try CheckpointStore.load(checkpoint)
-            let cfg: Config
-            if let config {
-                cfg = try Config.load(path: config, overrides: overrides)
-            } else {
-                guard let y = meta["config"] else { throw MTLError("\(checkpoint): no config stored; pass --config") }
-                cfg = try Config.parse(yaml: y, source: checkpoint, overrides: overrides)
-            }
-            _ = try Runtime.applyPerformanceSwitches(cfg, threads: Trainer.threadCount(configured: cfg.train.threads, comm: comm))
-            try Runtime.selectConvBackend(cfg.model.convBackend)
-            let names = cfg.tasks.map { $0.name }
-            let ds = try MTDataset(path: cfg.data.path, split: split ?? cfg.data.valSplit, tasks: names)
-            let setup = try RunSetup(config: cfg, dataset: ds)
-            var modelTensors: [String: Tensor] = [:]
-            for (k, v) in tensors where k.hasPrefix("model.") { modelTensors[String(k.dropFirst(6))] = v }
-            try setup.model.load(modelTensors, source: checkpoint)
+            let loaded = try LoadedCheckpoint.load(checkpoint: checkpoint, config: config, overrides: overrides,
+                                                   split: split, comm: comm)
+            let cfg = loaded.config, ds = loaded.dataset, setup = loaded.setup
             let results = try Evaluator.run(model: setup.model, dataset: ds, losses: setup.lossKinds,
                                             classes: setup.classes, comm: comm,
                                             batchSize: max(1, cfg.train.batchSize / comm.size))
@@ -103,6 +90,44 @@ struct Eval: ParsableCommand {
                 } else {
                     print("\(checkpoint) on \(ds.split) (\(ds.count) samples):\n" + Evaluator.table(results))
                 }
+            }
+            (comm as? MPICommunicator)?.finalize()
+        } catch { fail(error, comm: comm) }
+    }
+}
+
+struct PredictCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "predict",
+        abstract: "Write prediction images (and optionally arrays) of a checkpoint on the first samples of a split.",
+        discussion: """
+        Per sample: NNNNN_input.png, NNNNN_<task>_pred.png and NNNNN_<task>_gt.png, and NNNNN_grid.png with \
+        the input and the predictions above the ground truths. Segmentation and parts use the dataset's \
+        palette (palette PNGs: their indices are the class ids, 255 = ignore), depth viridis with a \
+        colour bar over a fixed range per dataset, normals RGB = (n+1)/2, edges and saliency grey. \
+        Under mpirun the ranks share the samples and rank 0 writes.
+        """)
+    @Option(help: "Checkpoint file (checkpoints/step-*.h5).") var checkpoint: String
+    @Option(help: "Experiment config (YAML); the checkpoint's own config is used if omitted.") var config: String?
+    @Option(name: .customLong("set"), help: "Override a config key (repeatable).") var overrides: [String] = []
+    @Option(help: "A split of the config's dataset (val, train) or another dataset file (*.h5).") var split: String?
+    @Option(help: "Output directory.") var out: String
+    @Option(help: "Number of samples, from the first of the split.") var samples = 8
+    @Flag(help: "Also write the raw model outputs as float arrays (predictions.h5: one [N, C, H, W] per task, index).")
+    var raw = false
+
+    func run() throws {
+        let comm: Communicator
+        do { comm = try CommunicatorFactory.make() } catch { fail(error) }
+        do {
+            let loaded = try LoadedCheckpoint.load(checkpoint: checkpoint, config: config, overrides: overrides,
+                                                   split: split, comm: comm)
+            var o = Predict.Options()
+            o.samples = samples
+            o.raw = raw
+            let files = try Predict.run(loaded, out: out, options: o, comm: comm)
+            if comm.isRoot {
+                print("wrote \(files.count) files for \(min(samples, loaded.dataset.count)) samples of \(loaded.dataset.split) to \(out) (grids: \(out)/*_grid.png)")
             }
             (comm as? MPICommunicator)?.finalize()
         } catch { fail(error, comm: comm) }
