@@ -185,3 +185,64 @@ public struct CPUInfo: Sendable {
         return CPUInfo(model: model, flags: flags, cores: cores)
     }
 }
+
+/// `mtl doctor`'s checks beyond the library report: what a cluster job needs around the process.
+public enum Doctor {
+    public struct Line: Equatable {
+        public var text: String
+        /// A missing requirement: `mtl doctor` exits non-zero.
+        public var failed: Bool
+    }
+
+    /// The directory of the first `names` entry found on PATH, or nil.
+    static func onPath(_ names: [String], _ env: [String: String]) -> String? {
+        for dir in (env["PATH"] ?? "").split(separator: ":") {
+            for n in names where FileManager.default.isExecutableFile(atPath: "\(dir)/\(n)") { return "\(dir)/\(n)" }
+        }
+        return nil
+    }
+
+    /// Launchers on PATH, Slurm variables, HDF5 file locking, and the run directory: writable, an
+    /// HDF5 file can be created there (file locking fails on some network file systems unless
+    /// HDF5_USE_FILE_LOCKING=FALSE), and at least `minimumFreeGiB` free.
+    public static func checks(runDirectory: String, threadsPerRank: Int, minimumFreeGiB: Double = 1,
+                              environment env: [String: String] = ProcessInfo.processInfo.environment) -> [Line] {
+        var lines: [Line] = []
+        let mpirun = onPath(["mpirun", "mpiexec"], env)
+        lines.append(Line(text: "launchers: mpirun \(mpirun ?? "not on PATH (needed for several ranks)"); srun \(onPath(["srun"], env) ?? "not on PATH")",
+                          failed: false))
+        let slurm = ["SLURM_JOB_ID", "SLURM_NTASKS", "SLURM_NTASKS_PER_NODE", "SLURM_CPUS_PER_TASK", "SLURM_LOCALID",
+                     "SLURM_JOB_NODELIST"].compactMap { k in env[k].map { "\(k)=\($0)" } }
+        lines.append(Line(text: "slurm: " + (slurm.isEmpty ? "no SLURM_* variables (not inside a Slurm job)" : slurm.joined(separator: " ")),
+                          failed: false))
+        lines.append(Line(text: "threads per rank mtl train would use: \(threadsPerRank) (train.threads, else MTL_THREADS, SLURM_CPUS_PER_TASK, OMP_NUM_THREADS, else cores / local ranks)",
+                          failed: false))
+        lines.append(Line(text: "hdf5 file locking: " + (env["HDF5_USE_FILE_LOCKING"].map { "HDF5_USE_FILE_LOCKING=\($0)" } ?? "on (HDF5_USE_FILE_LOCKING unset)"),
+                          failed: false))
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: runDirectory, isDirectory: &isDirectory), isDirectory.boolValue else {
+            lines.append(Line(text: "run directory \(runDirectory): does not exist (expected a directory to write runs in)", failed: true))
+            return lines
+        }
+        let probe = runDirectory + "/.mtl-doctor-\(getpid()).h5"
+        do {
+            let f = try H5File.create(probe)
+            try f.write("probe", [Float(1)], shape: [1])
+            try f.closeChecked()
+            try? FileManager.default.removeItem(atPath: probe)
+        } catch {
+            try? FileManager.default.removeItem(atPath: probe)
+            let hint = env["HDF5_USE_FILE_LOCKING"] == nil ? " (on a network file system try HDF5_USE_FILE_LOCKING=FALSE)" : ""
+            lines.append(Line(text: "run directory \(runDirectory): cannot write an HDF5 file: \(error)\(hint)", failed: true))
+            return lines
+        }
+        var fs = statvfs()
+        if statvfs(runDirectory, &fs) == 0 {
+            let free = Double(fs.f_bavail) * Double(fs.f_frsize) / 1_073_741_824
+            lines.append(Line(text: String(format: "run directory %@: writable, HDF5 files can be created, %.1f GiB free%@", runDirectory, free,
+                                           free < minimumFreeGiB ? String(format: " (expected at least %.0f GiB for checkpoints)", minimumFreeGiB) : ""),
+                              failed: free < minimumFreeGiB))
+        }
+        return lines
+    }
+}

@@ -283,6 +283,7 @@ struct Doctor: ParsableCommand {
         abstract: "Print what this machine runs: CPU and ISA, BLAS kernel, oneDNN version and the kernels it picks for the bench network's convolutions, threads, MPI, HDF5.")
     @Option(help: "Threads per rank to report and to create the convolution kernels with.") var threads = Trainer.threadCount(configured: 0, comm: SingleProcessCommunicator())
     @Option(help: "Convolution backend: auto | onednn | blas.") var convBackend = "auto"
+    @Option(help: "Directory runs will be written in (checked: writable, HDF5 files, free space).") var runDir = "."
 
     func run() throws {
         do {
@@ -293,6 +294,9 @@ struct Doctor: ParsableCommand {
             for line in Runtime.report(threadsPerRank: threads) { print(line) }
             print(String(format: "bench network (width %d, batch %d, %dx%d): %.1f ms/step, %.1f GFLOP/s, sgemm peak %.1f GFLOP/s",
                          o.width, o.batch, o.height, o.wide, r.msPerStepMedian, r.gflops, r.sgemmPeakGflops))
+            let checks = MTLEngine.Doctor.checks(runDirectory: runDir, threadsPerRank: threads)
+            for c in checks { print((c.failed ? "MISSING " : "") + c.text) }
+            if let bad = checks.first(where: { $0.failed }) { throw MTLError("doctor: \(bad.text)") }
         } catch { fail(error) }
     }
 }

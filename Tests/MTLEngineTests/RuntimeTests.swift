@@ -72,6 +72,24 @@ final class RuntimeTests: XCTestCase {
         XCTAssertEqual(resolved, config)
     }
 
+    /// The doctor's environment checks: Slurm variables and HDF5 locking as seen, a full or missing
+    /// run directory is a failure with the reason.
+    func testDoctorChecksTheRunDirectoryAndReportsSlurm() throws {
+        let dir = NSTemporaryDirectory() + "mtl-doctor-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let env = ["PATH": "/usr/bin:/bin", "SLURM_JOB_ID": "42", "SLURM_CPUS_PER_TASK": "8", "HDF5_USE_FILE_LOCKING": "FALSE"]
+        let ok = Doctor.checks(runDirectory: dir, threadsPerRank: 8, environment: env)
+        XCTAssertFalse(ok.contains { $0.failed }, "\(ok)")
+        XCTAssertTrue(ok.contains { $0.text == "slurm: SLURM_JOB_ID=42 SLURM_CPUS_PER_TASK=8" }, "\(ok)")
+        XCTAssertTrue(ok.contains { $0.text == "hdf5 file locking: HDF5_USE_FILE_LOCKING=FALSE" }, "\(ok)")
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir), [], "the HDF5 probe is removed")
+        let full = Doctor.checks(runDirectory: dir, threadsPerRank: 1, minimumFreeGiB: 1e12, environment: env)
+        XCTAssertTrue(full.last!.failed && full.last!.text.contains("expected at least"), "\(full)")
+        let gone = Doctor.checks(runDirectory: dir + "/missing", threadsPerRank: 1, environment: env)
+        XCTAssertEqual(gone.last, Doctor.Line(text: "run directory \(dir)/missing: does not exist (expected a directory to write runs in)", failed: true))
+    }
+
     func testConvBackendChoice() throws {
         let saved = Conv2d.backend
         defer { Conv2d.backend = saved }
@@ -103,6 +121,15 @@ final class RuntimeTests: XCTestCase {
             XCTAssertTrue(r.out.contains("fwd jit") || r.out.contains("fwd brg"), r.out)
             XCTAssertFalse(r.out.contains(" ref:"), r.out)
         }
+        for key in ["launchers: mpirun ", "slurm: ", "threads per rank mtl train would use: 1", "hdf5 file locking: ",
+                    "run directory .: writable, HDF5 files can be created"] {
+            XCTAssertTrue(r.out.contains(key), "no '\(key)' in:\n\(r.out)")
+        }
+        // A run directory that cannot be used: non-zero exit, one error line naming it.
+        let missing = try runWithout(["MTL_ENV_TUNED"], [try DistributedTrainingTests.mtlBinary(), "doctor", "--threads", "1",
+                                                       "--run-dir", "/nonexistent/runs"])
+        XCTAssertNotEqual(missing.status, 0)
+        XCTAssertTrue(missing.err.contains("run directory /nonexistent/runs: does not exist"), missing.err)
         // A value the user set is kept, and nothing is re-executed for it.
         let kept = try runWithout(["MTL_ENV_TUNED"], ["OMP_WAIT_POLICY=active", try DistributedTrainingTests.mtlBinary(), "doctor", "--threads", "1"])
         XCTAssertEqual(kept.status, 0, kept.err)
