@@ -42,7 +42,8 @@ let package = Package(
         .target(name: "MTLEngine", dependencies: ["MTLCore", "MTLNN", "MTLModels", "MTLData",
                                                   "MTLDist", "MTLMethods", "MTLTrain", "MTLConvert", "MTLReport"]),
         .executableTarget(name: "mtl", dependencies: [
-            "MTLEngine", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            "MTLConvert", "MTLCore", "MTLData", "MTLDist", "MTLEngine", "MTLMethods", "MTLReport", "MTLTrain",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "mtl-commcheck", dependencies: ["MTLDist"]),
         .testTarget(name: "MTLCoreTests", dependencies: ["MTLCore"]),
