@@ -213,7 +213,9 @@ class CFM(nn.Module):
         if allocate_unused:      # the code's conv2, conv3 (512 → 512): allocated, never run
             self.unused = nn.ModuleList(Conv(2 * d, 2 * d, 1, bias=True) for _ in range(2))
 
-    def forward(self, main, aux, chunk="default"):
+    def forward(self, main, *aux, chunk="default"):
+        """CFM(e_t, [e_u, e_v, ...]) or CFM(e_t, e_u, e_v, ...) (the latter for ref_exchange's call 'args')."""
+        aux = list(aux[0]) if len(aux) == 1 and isinstance(aux[0], (list, tuple)) else list(aux)
         chunk = self.chunk if chunk == "default" else chunk
         size = main.shape[-2:]
         if self.pool > 1:
