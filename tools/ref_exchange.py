@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """Run one from-spec reference module (tools/tif_reference.py, tools/kem_reference.py,
-tools/ref_layers.py) on tensors given in an HDF5 exchange file, in float64, and write the outputs and
+tools/mtcp_reference.py, tools/ref_layers.py) on tensors given in an HDF5 exchange file, in float64, and write the outputs and
 gradients back — so that a cross-check test needs no Python of its own.
 
   python3 tools/ref_exchange.py EXCHANGE.h5 [MORE.h5 ...]
 
 Reads from EXCHANGE.h5:
-  attribute `module`   e.g. "tif_reference.SAFF", "tif_reference.LTHD", "kem_reference.KEM",
+  attribute `module`   e.g. "tif_reference.SAFF", "tif_reference.LTHD", "kem_reference.KEM", "mtcp_reference.CFM",
                        or a function such as "kem_reference.etf_from_gaussian", "kem_reference.topk_softmax",
                        "tif_reference.upsample_affinity"
   attribute `kwargs`   JSON object of constructor arguments (for a function: extra keyword arguments)

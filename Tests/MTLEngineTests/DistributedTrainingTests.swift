@@ -193,6 +193,35 @@ final class DistributedTrainingTests: XCTestCase {
         }
     }
 
+    /// LPS (paper mode, per-epoch means of the GLOBAL log-losses, 4 steps per epoch here) forms the
+    /// same priority weights on 1 and 2 ranks, epoch after epoch, and they are really not 1.
+    func testLPSIsWorldSizeInvariant() throws {
+        for n in [1, 2] {
+            let r = try train(n, run: "lps\(n)", ["--set", "method.name=lps", "--set", "train.steps=14"]
+                              + (n > 1 ? ["--check-consistency", "1"] : []))
+            XCTAssertEqual(r.status, 0, r.err)
+        }
+        func weights(_ run: String) throws -> [[Double]] {
+            let text = try String(contentsOfFile: dir + "/" + run + "/metrics.jsonl", encoding: .utf8)
+            return text.split(separator: "\n").compactMap { line -> [Double]? in
+                guard let o = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+                      o["kind"] as? String == "train" else { return nil }
+                return ["seg", "depth", "normals"].map { o["method.w.\($0)"] as! Double }
+            }
+        }
+        let w1 = try weights("lps1"), w2 = try weights("lps2")
+        XCTAssertEqual(w1.count, 14)
+        XCTAssertEqual(w2.count, 14)
+        for (step, (a, b)) in zip(w1, w2).enumerated() {
+            for (x, y) in zip(a, b) { XCTAssertEqual(x, y, accuracy: 1e-5 * max(1, abs(x)), "step \(step + 1)") }
+        }
+        XCTAssertEqual(w1[0], [1, 1, 1])                       // epoch 0
+        XCTAssertTrue(w1[13].contains { abs($0 - 1) > 1e-3 }, "\(w1[13])")   // epoch 3: history weights
+        for (step, (a, b)) in zip(try coefficients("lps1"), try coefficients("lps2")).enumerated() {
+            for (x, y) in zip(a, b) { XCTAssertEqual(x, y, accuracy: 1e-5 * max(1, abs(x)), "step \(step + 1)") }
+        }
+    }
+
     func losses(_ run: String) throws -> [[Double]] {
         let text = try String(contentsOfFile: dir + "/" + run + "/metrics.jsonl", encoding: .utf8)
         return text.split(separator: "\n").compactMap { line -> [Double]? in

@@ -93,7 +93,7 @@ final class LossMethodTests: XCTestCase {
     }
 
     func testLPSByHand() throws {
-        let m = try make("lps", T: 2)
+        let m = try make("lps", T: 2, ["warmup": "ones"])
         let eta = 1e-6
         // Epoch 0: one step, losses (1, 3). Warm-up weights 1; coefficients 1/(1 + L + η).
         var r = try m.apply(context(step: 0, epoch: 0, T: 2, losses: [1, 3]))
