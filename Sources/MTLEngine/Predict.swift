@@ -92,6 +92,7 @@ public enum Predict {
         let gathered = Tensor([recordCount * comm.size])
         var raw: [[Float]] = tasks.map { _ in [] }
         var rawIndex: [Float] = []
+        var rawInput: [Float] = []
         var samples: [(index: Int, values: [Float])] = []
         model.setTraining(false)
         defer { model.setTraining(true) }
@@ -141,6 +142,7 @@ public enum Predict {
             let v = s.values
             let name = String(format: "%@/%05d", out, s.index)
             let input = inputImage(Array(v[1..<(1 + 3 * H * W)]), mean: ds.imageMean, std: ds.imageStd, width: W, height: H)
+            if options.raw { rawInput += v[1..<(1 + 3 * H * W)] }
             try PNG.writeRGB8(name + "_input.png", width: W, height: H, input.pixels)
             written.append(name + "_input.png")
             var predRow = [input], gtRow = [RGBImage(width: W, height: H, fill: (255, 255, 255))]
@@ -167,6 +169,7 @@ public enum Predict {
                 try file.write(tasks[t], raw[t], shape: [samples.count, channels[t], H, W])
             }
             try file.write("index", rawIndex, shape: [samples.count])
+            try file.write("input", rawInput, shape: [samples.count, 3, H, W])   // the normalised images the model saw
             try file.setAttribute("/", "split", ds.split)
             try file.setAttribute("/", "dataset_path", ds.path)
             try file.closeChecked()

@@ -113,7 +113,7 @@ struct PredictCommand: ParsableCommand {
     @Option(help: "A split of the config's dataset (val, train) or another dataset file (*.h5).") var split: String?
     @Option(help: "Output directory.") var out: String
     @Option(help: "Number of samples, from the first of the split.") var samples = 8
-    @Flag(help: "Also write the raw model outputs as float arrays (predictions.h5: one [N, C, H, W] per task, index).")
+    @Flag(help: "Also write the raw model outputs as float arrays (predictions.h5: one [N, C, H, W] per task, index, input: the normalised images).")
     var raw = false
 
     func run() throws {
