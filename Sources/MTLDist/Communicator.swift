@@ -149,7 +149,8 @@ extension RankPlacement {
         let parts = order.map { h -> String in
             let ps = byHost[h]!
             func list(_ f: (RankPlacement) -> Int) -> String { ps.map { String(f($0)) }.joined(separator: ",") }
-            return "\(h) ranks \(list(\.rank)) (local \(list(\.localRank)) of \(list(\.localSize)); threads \(list(\.threads)))"
+            let sizes = Array(Set(ps.map { String($0.localSize) })).sorted().joined(separator: "/")
+            return "\(h) ranks \(list(\.rank)) (local \(list(\.localRank)) of \(sizes); threads \(list(\.threads)))"
         }
         return "\(order.count) host(s): " + parts.joined(separator: "; ")
     }
