@@ -109,15 +109,18 @@ if bench {
         var buf = [Float](repeating: 1, count: floats)
         let reps = max(3, min(200, (64 << 20) / (floats * 4 * 4)))
         var times: [Double] = []
+        // At most ~2 s per size (rank 0's clock decides, broadcast in the max all-reduce below).
+        let sizeStart = DispatchTime.now()
         for rep in 0..<(reps + 1) {
             // Start together: a tiny all-reduce, so that the timed one measures the collective only.
             var sync: [Double] = [0]
             sync.withUnsafeMutableBufferPointer { comm.allReduceMax($0) }
             let t0 = DispatchTime.now()
             buf.withUnsafeMutableBufferPointer { comm.allReduceSum($0) }
-            var t: [Double] = [milliseconds(since: t0)]
+            var t: [Double] = [milliseconds(since: t0), comm.isRoot ? milliseconds(since: sizeStart) : 0]
             t.withUnsafeMutableBufferPointer { comm.allReduceMax($0) }   // the slowest rank's time
             if rep > 0 { times.append(t[0]) }                              // the first one warms up
+            if rep >= 3 && t[1] > 2000 { break }
         }
         times.sort()
         let median = times[times.count / 2] / 1000, bytes = Double(floats * 4)

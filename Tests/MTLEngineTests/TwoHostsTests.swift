@@ -80,7 +80,9 @@ final class TwoHostsTests: XCTestCase {
         return config
     }
 
+    /// (A constant rate after the warm-up: runs of different train.steps then share their first steps.)
     static let common = ["--set", "model.sync_bn=true", "--set", "optim.name=sgd", "--set", "optim.lr=0.0005",
+                         "--set", "schedule.name=constant",
                          "--set", "model.head=bench", "--set", "model.width=8", "--set", "log.every=1"]
 
     /// `launch/mtl-mpirun --cluster two-hosts -n 4 -- train ...` (the release or debug mtl).
