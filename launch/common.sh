@@ -105,14 +105,15 @@ _mtl_yaml_value() {
 # Reads the small YAML subset of cluster-configs/*.yaml: top-level "key: value" lines and one
 # "env:" block of indented "NAME: value" lines. Sets CLUSTER_FILE, CLUSTER_RANKS_PER_NODE,
 # CLUSTER_THREADS_PER_RANK, CLUSTER_CORES_PER_NODE, CLUSTER_MPI_FLAGS, CLUSTER_DATA_DIR,
-# CLUSTER_CHECKPOINT_DIR and the array CLUSTER_ENV (NAME=value). Unknown keys are an error.
+# CLUSTER_CHECKPOINT_DIR, CLUSTER_HOSTFILE, CLUSTER_MPIRUN_PREFIX and the array CLUSTER_ENV
+# (NAME=value). Unknown keys are an error.
 mtl_read_cluster_config() {
     local name=$1 file
     if [ -f "$name" ]; then file=$name; else file="$MTL_ROOT/cluster-configs/$name.yaml"; fi
     [ -f "$file" ] || mtl_die "cluster config $file not found (have: $(cd "$MTL_ROOT/cluster-configs" && ls -- *.yaml | sed 's/\.yaml$//' | tr '\n' ' '))"
     CLUSTER_FILE=$file
     CLUSTER_RANKS_PER_NODE="" CLUSTER_THREADS_PER_RANK="" CLUSTER_CORES_PER_NODE=""
-    CLUSTER_MPI_FLAGS="" CLUSTER_DATA_DIR="" CLUSTER_CHECKPOINT_DIR=""
+    CLUSTER_MPI_FLAGS="" CLUSTER_DATA_DIR="" CLUSTER_CHECKPOINT_DIR="" CLUSTER_HOSTFILE="" CLUSTER_MPIRUN_PREFIX=""
     CLUSTER_ENV=()
     local line key value in_env=0 lineno=0
     local top='^([a-z_]+):(.*)$' nested='^[[:space:]]+([A-Za-z_][A-Za-z0-9_]*):(.*)$'
@@ -130,8 +131,10 @@ mtl_read_cluster_config() {
                 mpi_flags) CLUSTER_MPI_FLAGS=$value ;;
                 data_dir) CLUSTER_DATA_DIR=$value ;;
                 checkpoint_dir) CLUSTER_CHECKPOINT_DIR=$value ;;
+                hostfile) CLUSTER_HOSTFILE=$value ;;
+                mpirun_prefix) CLUSTER_MPIRUN_PREFIX=$value ;;
                 env) in_env=1 ;;
-                *) mtl_die "$file:$lineno: unknown key '$key' (expected ranks_per_node, threads_per_rank, cores_per_node, mpi_flags, env, data_dir, checkpoint_dir)" ;;
+                *) mtl_die "$file:$lineno: unknown key '$key' (expected ranks_per_node, threads_per_rank, cores_per_node, mpi_flags, env, data_dir, checkpoint_dir, hostfile, mpirun_prefix)" ;;
             esac
         elif [ $in_env -eq 1 ] && [[ $line =~ $nested ]]; then
             CLUSTER_ENV+=("${BASH_REMATCH[1]}=$(_mtl_expand "$(_mtl_yaml_value "${BASH_REMATCH[2]}")")")

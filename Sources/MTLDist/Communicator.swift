@@ -100,3 +100,58 @@ public enum CommunicatorFactory {
         return false
     }
 }
+
+/// Where one rank runs: its host, its rank among the processes of that host, its threads.
+public struct RankPlacement: Equatable, Sendable {
+    public var rank: Int
+    public var host: String
+    public var localRank: Int
+    public var localSize: Int
+    public var threads: Int
+}
+
+extension Communicator {
+    /// Every rank's placement, the same array on every rank (one all-gather of 68 floats per rank:
+    /// call it at start-up, not per step).
+    public func placements(threads: Int) -> [RankPlacement] {
+        let nameBytes = 64
+        var host = [UInt8](repeating: 0, count: nameBytes + 1)
+        _ = host.withUnsafeMutableBufferPointer { gethostname(UnsafeMutableRawPointer($0.baseAddress!).assumingMemoryBound(to: CChar.self), nameBytes) }
+        host[nameBytes] = 0
+        var mine = host.prefix(nameBytes).map { Float($0) }
+        mine += [Float(rank), Float(localRank), Float(localSize), Float(threads)]
+        let width = mine.count
+        var all = [Float](repeating: 0, count: width * size)
+        if size == 1 {
+            all = mine
+        } else {
+            mine.withUnsafeBufferPointer { s in all.withUnsafeMutableBufferPointer { allGather(s, $0) } }
+        }
+        return (0..<size).map { r in
+            let row = all[(r * width)..<((r + 1) * width)].map { $0 }
+            let bytes = row.prefix(nameBytes).map { UInt8($0) }.prefix { $0 != 0 }
+            return RankPlacement(rank: Int(row[nameBytes]), host: String(decoding: bytes, as: UTF8.self),
+                                 localRank: Int(row[nameBytes + 1]), localSize: Int(row[nameBytes + 2]),
+                                 threads: Int(row[nameBytes + 3]))
+        }
+    }
+}
+
+extension RankPlacement {
+    /// One line: "2 host(s): mtl2h-h1 ranks 0,1 (local 0,1 of 2; threads 1,1); mtl2h-h2 ranks 2,3 (...)".
+    public static func summary(_ placements: [RankPlacement]) -> String {
+        var order: [String] = []
+        var byHost: [String: [RankPlacement]] = [:]
+        for p in placements {
+            if byHost[p.host] == nil { order.append(p.host) }
+            byHost[p.host, default: []].append(p)
+        }
+        let parts = order.map { h -> String in
+            let ps = byHost[h]!
+            func list(_ f: (RankPlacement) -> Int) -> String { ps.map { String(f($0)) }.joined(separator: ",") }
+            let sizes = Array(Set(ps.map { String($0.localSize) })).sorted().joined(separator: "/")
+            return "\(h) ranks \(list(\.rank)) (local \(list(\.localRank)) of \(sizes); threads \(list(\.threads)))"
+        }
+        return "\(order.count) host(s): " + parts.joined(separator: "; ")
+    }
+}

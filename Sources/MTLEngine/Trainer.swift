@@ -258,6 +258,9 @@ public final class Trainer {
         var step = startStep
         for line in Runtime.report(threadsPerRank: Threads.count, ranks: comm.size) { log?.line(line) }
         for line in performanceOverrides { log?.line(line) }
+        // A collective: every rank computes it (log is nil on ranks other than 0).
+        let placement = RankPlacement.summary(comm.placements(threads: Threads.count))
+        log?.line("placement: " + placement)
         log?.line("training \(names.joined(separator: ", ")) with \(config.method.name) on \(comm.size) rank(s) × \(Threads.count) thread(s); \(setup.model.parameterCount) parameters; global batch \(config.train.batchSize); steps \(startStep)..<\(steps); gradient all-reduce: \(engine.sync.buckets.map { "\($0.bucketCount) bucket(s) overlapped with the backward" } ?? (comm.size > 1 ? "blocking" : "none"))")
         while step < steps {
             let epoch = sampler.epoch(ofStep: step)

@@ -13,7 +13,7 @@ import MTLDist
 
 let usage = """
 usage: mtl-commcheck [--expect-size N] [--count N] [--fail-rank K] [--kill-rank K] [--abort-rank K]
-                     [--no-timeout-check]
+                     [--no-timeout-check] [--bench]
   Checks every collective of the communicator (MPI under mpirun/srun, else single-process).
   --expect-size N     fail unless the world has N ranks
   --count N           elements per all-reduce (default 100003; the non-blocking one uses 40×)
@@ -21,6 +21,9 @@ usage: mtl-commcheck [--expect-size N] [--count N] [--fail-rank K] [--kill-rank 
   --kill-rank K       rank K sends itself SIGKILL right after the first barrier (like the OOM killer)
   --abort-rank K      rank K calls abort(reason:) right after the first barrier
   --no-timeout-check  skip the barrier-timeout check (it costs about 1 s)
+  --bench             instead of the checks: time the float sum all-reduce from 4 B to 64 MB and
+                      print, per size, the median time, the algorithm bandwidth (bytes / time) and
+                      the bus bandwidth (× 2(N-1)/N: what each rank sends and receives in a ring)
 """
 
 var expectSize: Int?
@@ -29,6 +32,7 @@ var failRank: Int?
 var abortRank: Int?
 var killRank: Int?
 var timeoutCheck = true
+var bench = false
 do {
     var args = CommandLine.arguments.dropFirst()
     func intValue(_ flag: String) -> Int {
@@ -46,6 +50,7 @@ do {
         case "--abort-rank": abortRank = intValue(arg)
         case "--kill-rank": killRank = intValue(arg)
         case "--no-timeout-check": timeoutCheck = false
+        case "--bench": bench = true
         case "-h", "--help": print(usage); exit(0)
         default: fputs("error: unknown argument \(arg)\n\(usage)\n", stderr); exit(2)
         }
@@ -91,6 +96,42 @@ func firstMismatch<T: Equatable>(_ found: [T], _ expected: (Int) -> T) -> String
 
 func milliseconds(since start: DispatchTime) -> Double {
     Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e6
+}
+
+// --bench: all-reduce latency and bandwidth (rank 0 prints one line per size), then exit.
+if bench {
+    if comm.isRoot {
+        print("bench: MPI_Allreduce(float, sum) on \(size) rank(s), \(comm.localSize) on this node; median over repetitions")
+        print("       bytes    median us       min us   algbw MB/s   busbw MB/s")
+    }
+    var floats = 1
+    while floats <= 16 << 20 {
+        var buf = [Float](repeating: 1, count: floats)
+        let reps = max(3, min(200, (64 << 20) / (floats * 4 * 4)))
+        var times: [Double] = []
+        // At most ~2 s per size (rank 0's clock decides, broadcast in the max all-reduce below).
+        let sizeStart = DispatchTime.now()
+        for rep in 0..<(reps + 1) {
+            // Start together: a tiny all-reduce, so that the timed one measures the collective only.
+            var sync: [Double] = [0]
+            sync.withUnsafeMutableBufferPointer { comm.allReduceMax($0) }
+            let t0 = DispatchTime.now()
+            buf.withUnsafeMutableBufferPointer { comm.allReduceSum($0) }
+            var t: [Double] = [milliseconds(since: t0), comm.isRoot ? milliseconds(since: sizeStart) : 0]
+            t.withUnsafeMutableBufferPointer { comm.allReduceMax($0) }   // the slowest rank's time
+            if rep > 0 { times.append(t[0]) }                              // the first one warms up
+            if rep >= 3 && t[1] > 2000 { break }
+        }
+        times.sort()
+        let median = times[times.count / 2] / 1000, bytes = Double(floats * 4)
+        if comm.isRoot {
+            print(String(format: "%12d %12.1f %12.1f %12.1f %12.1f", floats * 4, median * 1e6, times[0] * 1e3,
+                         bytes / median / 1e6, bytes / median / 1e6 * 2 * (S - 1) / S))
+        }
+        floats *= floats < 1024 ? 16 : 4
+    }
+    (comm as? MPICommunicator)?.finalize()
+    exit(0)
 }
 
 // world: rank and size agree with the sum of ranks; the node-local groups partition the world.

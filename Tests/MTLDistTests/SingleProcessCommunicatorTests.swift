@@ -62,4 +62,23 @@ final class SingleProcessCommunicatorTests: XCTestCase {
             XCTAssertTrue(CommunicatorFactory.launcherDetected([key: value]), key)
         }
     }
+
+    /// The placement of the one process, and the summary line train.log writes for a 2-host job.
+    func testPlacementsAndSummary() throws {
+        let p = SingleProcessCommunicator().placements(threads: 3)
+        XCTAssertEqual(p.count, 1)
+        XCTAssertEqual(p[0].rank, 0)
+        XCTAssertEqual(p[0].localRank, 0)
+        XCTAssertEqual(p[0].localSize, 1)
+        XCTAssertEqual(p[0].threads, 3)
+        var name = [CChar](repeating: 0, count: 256)
+        XCTAssertEqual(gethostname(&name, 255), 0)
+        XCTAssertEqual(p[0].host, String(cString: name))
+        let two = [RankPlacement(rank: 0, host: "a", localRank: 0, localSize: 2, threads: 1),
+                   RankPlacement(rank: 1, host: "a", localRank: 1, localSize: 2, threads: 1),
+                   RankPlacement(rank: 2, host: "b", localRank: 0, localSize: 2, threads: 2),
+                   RankPlacement(rank: 3, host: "b", localRank: 1, localSize: 2, threads: 2)]
+        XCTAssertEqual(RankPlacement.summary(two),
+                       "2 host(s): a ranks 0,1 (local 0,1 of 2; threads 1,1); b ranks 2,3 (local 0,1 of 2; threads 2,2)")
+    }
 }
