@@ -41,8 +41,22 @@ class ResNetEncoder(nn.Module):
         import torchvision
         if width != 64:
             raise SystemExit(f"model.width: torchvision's ResNet has width 64, found {width}")
-        dilation = {8: [False, True, True], 16: [False, False, True]}[output_stride]
-        net = getattr(torchvision.models, f"resnet{depth}")(weights=None, replace_stride_with_dilation=dilation)
+        if depth in (50, 101):
+            dilation = {8: [False, True, True], 16: [False, False, True]}[output_stride]
+            net = getattr(torchvision.models, f"resnet{depth}")(weights=None, replace_stride_with_dilation=dilation)
+        else:
+            # torchvision's BasicBlock refuses dilation: LibMTL/MTAN's resnet_dilated rule, which for
+            # Bottlenecks is the same as replace_stride_with_dilation.
+            net = getattr(torchvision.models, f"resnet{depth}")(weights=None)
+            for layer, rate in ([(net.layer3, 2), (net.layer4, 4)] if output_stride == 8 else [(net.layer4, 2)]):
+                for m in layer.modules():
+                    if isinstance(m, nn.Conv2d):
+                        if m.stride == (2, 2):
+                            m.stride = (1, 1)
+                            if m.kernel_size == (3, 3):
+                                m.dilation, m.padding = (rate // 2, rate // 2), (rate // 2, rate // 2)
+                        elif m.kernel_size == (3, 3):
+                            m.dilation, m.padding = (rate, rate), (rate, rate)
         for k, v in net.named_children():
             if k not in ("avgpool", "fc"):
                 self.add_module(k, v)
