@@ -1,8 +1,12 @@
 // swift-tools-version:6.0
+import Foundation
 import PackageDescription
 
 // System libraries come from Debian's -dev packages (libopenmpi-dev, libopenblas-dev,
 // libhdf5-dev, libdnnl-dev, ...), found through pkg-config where the package has a .pc file.
+// MPI: Open MPI by default; MTL_MPI=mpich at build time builds against MPICH (libmpich-dev, its
+// pkg-config name `mpich`) — use a separate build directory (--scratch-path) for it.
+let mpich = ProcessInfo.processInfo.environment["MTL_MPI"] == "mpich"
 let package = Package(
     name: "mtl",
     platforms: [.macOS(.v13)],
@@ -15,8 +19,8 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "5.0.0"),
     ],
     targets: [
-        .systemLibrary(name: "CMPI", path: "Sources/CMPI", pkgConfig: "ompi-c",
-                       providers: [.apt(["libopenmpi-dev"])]),
+        .systemLibrary(name: "CMPI", path: "Sources/CMPI", pkgConfig: mpich ? "mpich" : "ompi-c",
+                       providers: [.apt([mpich ? "libmpich-dev" : "libopenmpi-dev"])]),
         .systemLibrary(name: "CBLAS", path: "Sources/CBLAS", pkgConfig: "openblas",
                        providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CHDF5", path: "Sources/CHDF5", pkgConfig: "hdf5-serial",

@@ -1,5 +1,6 @@
-// Open MPI's handles (MPI_COMM_WORLD, MPI_FLOAT, ...) are macros with casts or
-// addresses of globals, which Swift cannot import; these inline functions expose them.
+// MPI's handles (MPI_COMM_WORLD, MPI_FLOAT, ...) are macros with casts or addresses of globals
+// (Open MPI) or integer constants with casts (MPICH), which Swift cannot import; these inline
+// functions expose them. The library is linked through pkg-config (ompi-c or mpich).
 #include <mpi.h>
 
 static inline MPI_Comm mtl_comm_world(void) { return MPI_COMM_WORLD; }
