@@ -19,6 +19,31 @@ public struct SwinVariant: Sendable, Equatable {
     }
 }
 
+/// The options of `model.swin` and `model.drop_path_rate`.
+public struct SwinOptions: Sendable, Equatable {
+    /// dense: the dense-prediction code (pad then roll, shift in every odd block); classification:
+    /// timm's / the official classification code (roll then pad, no shift in a stage whose smaller
+    /// side is at most the window — stage 4 at 224²).
+    public enum ShiftRule: String, Sendable, CaseIterable { case dense, classification }
+    public var window: Int
+    public var shiftRule: ShiftRule
+    /// Stochastic depth of the last block; block i of n has rate · i / (n − 1) (timm's linspace).
+    public var dropPathRate: Float
+
+    public init(window: Int = 7, shiftRule: ShiftRule = .dense, dropPathRate: Float = 0) {
+        self.window = window
+        self.shiftRule = shiftRule
+        self.dropPathRate = dropPathRate
+    }
+
+    /// timm: torch.linspace(0, rate, Σdepths) (float32 arithmetic as torch's CPU kernel does it).
+    public static func dropPathRates(_ rate: Float, blocks n: Int) -> [Float] {
+        guard n > 1 else { return [Float](repeating: 0, count: n) }
+        let step = (rate - 0) / Float(n - 1), half = n / 2
+        return (0..<n).map { i in i < half ? 0 + step * Float(i) : rate - step * Float(n - 1 - i) }
+    }
+}
+
 /// PatchEmbed: the image padded with zeros to multiples of 4 (bottom, right), a 4×4 stride-4
 /// convolution with bias, tokens, LayerNorm.
 public final class PatchEmbed: HasParameters {
@@ -116,8 +141,9 @@ public final class PatchMerging: HasParameters {
 /// The Swin backbone: PatchEmbed, four stages of Swin blocks (shift ⌊ws/2⌋ in every second block),
 /// PatchMerging after stages 0–2, and LayerNorm `norm{i}` on each stage's output, returned as NCHW
 /// maps at strides 4, 8, 16, 32 (channels C, 2C, 4C, 8C).
-public final class SwinEncoder: FeatureEncoder {
+public final class SwinEncoder: FeatureEncoder, StochasticEncoder {
     public let variant: SwinVariant
+    public let options: SwinOptions
     public let patchEmbed: PatchEmbed
     public let blocks: [[SwinBlock]]
     public let downsample: [PatchMerging]
@@ -134,24 +160,36 @@ public final class SwinEncoder: FeatureEncoder {
         } + outputNorms.flatMap { $0.parameters }
     }
 
-    /// `order`: how maps that the window does not divide are padded and shifted (.padThenRoll is the
-    /// dense-prediction code's; .rollThenPad timm's). `prefix` ("encoder" in a MultiTaskModel) goes
-    /// before every parameter name.
-    public convenience init(_ variant: SwinVariant, order: WindowPartition.Order = .padThenRoll, prefix: String = "", seed: UInt64 = 0) {
+    /// `options.shiftRule` .dense: maps that the window does not divide are padded, then rolled, and
+    /// every odd block shifts (the dense-prediction code); .classification: timm's roll then pad,
+    /// and no shift where one window covers the map. `options.window` replaces `variant.window`.
+    /// `prefix` ("encoder" in a MultiTaskModel) goes before every parameter name.
+    public convenience init(_ variant: SwinVariant, options: SwinOptions? = nil, prefix: String = "", seed: UInt64 = 0) {
         var rng = Philox(seed: seed, stream: RNGStream.initialization.rawValue)
-        self.init(variant, order: order, prefix: prefix, rng: &rng)
+        self.init(variant, options: options, prefix: prefix, rng: &rng)
     }
 
-    public init(_ variant: SwinVariant, order: WindowPartition.Order = .padThenRoll, prefix: String, rng: inout Philox) {
+    public init(_ variant: SwinVariant, options: SwinOptions? = nil, prefix: String, rng: inout Philox) {
+        var variant = variant
+        let options = options ?? SwinOptions(window: variant.window)
+        variant.window = options.window
         self.variant = variant
+        self.options = options
         let p = prefix.isEmpty ? "" : prefix + "."
+        let order: WindowPartition.Order = options.shiftRule == .dense ? .padThenRoll : .rollThenPad
+        let rates = SwinOptions.dropPathRates(options.dropPathRate, blocks: variant.depths.reduce(0, +))
         patchEmbed = PatchEmbed("\(p)patch_embed", channels: variant.embedDim, rng: &rng)
         var stages: [[SwinBlock]] = [], merges: [PatchMerging] = []
+        var blockID = 0
         for i in 0..<4 {
             let dim = variant.embedDim << i
             stages.append((0..<variant.depths[i]).map { j in
-                SwinBlock("\(p)layers.\(i).blocks.\(j)", dim: dim, heads: variant.heads[i], window: variant.window,
-                          shift: j % 2 == 1 ? variant.window / 2 : 0, order: order, rng: &rng)
+                defer { blockID += 1 }
+                let block = SwinBlock("\(p)layers.\(i).blocks.\(j)", dim: dim, heads: variant.heads[i], window: variant.window,
+                                      shift: j % 2 == 1 ? variant.window / 2 : 0, order: order,
+                                      dropPath: rates[blockID], blockID: blockID, rng: &rng)
+                block.noShiftWhenOneWindow = options.shiftRule == .classification
+                return block
             })
             if i < 3 { merges.append(PatchMerging("\(p)layers.\(i).downsample", channels: dim, rng: &rng)) }
         }
@@ -159,6 +197,17 @@ public final class SwinEncoder: FeatureEncoder {
         downsample = merges
         outputNorms = (0..<4).map { LayerNorm("\(p)norm\($0)", features: variant.embedDim << $0) }
         toMaps = (0..<4).map { _ in FromTokensResizable() }
+    }
+
+    /// Eval mode (false): DropPath is the identity.
+    public var training: Bool {
+        get { blocks[0][0].training }
+        set { for stage in blocks { for b in stage { b.training = newValue } } }
+    }
+
+    /// The DropPath draws of the next forward (see `DropPath`).
+    public func prepareStep(seed: UInt64, step: Int, sampleIndices: [Int]) {
+        for stage in blocks { for b in stage { b.prepareDropPath(seed: seed, step: step, sampleIndices: sampleIndices) } }
     }
 
     public func forward(_ x: Tensor) -> [Tensor] {
