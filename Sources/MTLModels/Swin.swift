@@ -63,6 +63,7 @@ public final class PatchEmbed: HasParameters {
     public func forward(_ x: Tensor) -> Tensor {
         let (b, c, h, w) = (x.n, x.c, x.h, x.w)
         let hp = (h + 3) / 4 * 4, wp = (w + 3) / 4 * 4
+        imageSize = (h, w)
         var input = x
         if hp != h || wp != w {
             padded.resize([b, c, hp, wp])
@@ -77,9 +78,22 @@ public final class PatchEmbed: HasParameters {
         return norm.forward(toTokens.forward(proj.forward(input)))
     }
 
-    /// Parameter gradients only (the image needs none).
-    public func backward(_ dy: Tensor) {
-        _ = proj.backward(toTokens.backward(norm.backward(dy)), computeInputGrad: false)
+    private var imageSize = (0, 0)
+    private let imageGrad = Tensor([0])
+
+    /// Parameter gradients; the image gradient [B, 3, H, W] only when `imageGradient` (for the
+    /// reference cross-checks; training needs none).
+    @discardableResult
+    public func backward(_ dy: Tensor, imageGradient: Bool = false) -> Tensor? {
+        let dp = proj.backward(toTokens.backward(norm.backward(dy)), computeInputGrad: imageGradient)
+        guard imageGradient else { return nil }
+        let (h, w) = imageSize, (hp, wp) = (dp.h, dp.w)
+        if (h, w) == (hp, wp) { return dp }
+        imageGrad.resize([dp.n, dp.c, h, w])
+        for q in 0..<(dp.n * dp.c) {
+            for y in 0..<h { (imageGrad.data + (q * h + y) * w).update(from: dp.data + (q * hp + y) * wp, count: w) }
+        }
+        return imageGrad
     }
 }
 
@@ -151,6 +165,11 @@ public final class SwinEncoder: FeatureEncoder, StochasticEncoder {
     private let toMaps: [FromTokensResizable]
     private var sizes: [(Int, Int)] = []
     private let stageGrad = Tensor([0])
+    /// Cross-checks: `backward` also computes ∂L/∂image into `imageGradient`.
+    public var computeImageGradient = false
+    public private(set) var imageGradient: Tensor?
+    /// The last stage's tokens [B, h·w, 8C] before norm3 (what the classification head reads).
+    public private(set) var lastStageTokens: Tensor?
 
     public var featureChannels: [Int] { (0..<4).map { variant.embedDim << $0 } }
     public var featureStrides: [Int] { [4, 8, 16, 32] }
@@ -218,6 +237,7 @@ public final class SwinEncoder: FeatureEncoder, StochasticEncoder {
         for i in 0..<4 {
             for block in blocks[i] { t = block.forward(t, height: h, width: w) }
             sizes.append((h, w))
+            if i == 3 { lastStageTokens = t }
             features.append(toMaps[i].forward(outputNorms[i].forward(t), height: h, width: w))
             if i < 3 {
                 t = downsample[i].forward(t, height: h, width: w)
@@ -259,7 +279,7 @@ public final class SwinEncoder: FeatureEncoder, StochasticEncoder {
             dt = g
             if i > 0 { groupDone?(3 - i) }
         }
-        patchEmbed.backward(dt!)
+        imageGradient = patchEmbed.backward(dt!, imageGradient: computeImageGradient)
         groupDone?(3)
     }
 }
@@ -281,5 +301,38 @@ final class FromTokensResizable {
         inputGrad.resize([dy.n, size.0 * size.1, dy.c])
         mapsToTokens(dy.data, inputGrad.data, b: dy.n, c: dy.c, pixels: size.0 * size.1)
         return inputGrad
+    }
+}
+
+/// The classification code's head on the last stage (official `norm`, `head`; timm `norm`,
+/// `head.fc`): LayerNorm(8C), the mean over tokens, Linear(8C → classes). Not part of the dense
+/// encoder; it exists for the parameter count of the classification model (Swin-T 28,288,354)
+/// and the logits cross-check against timm. Forward only.
+public final class SwinClassificationHead: HasParameters {
+    public let norm: LayerNorm
+    public let head: Linear
+    private let pooled = Tensor([0])
+    public var parameters: [Parameter] { norm.parameters + head.parameters }
+
+    public init(channels: Int, classes: Int = 1000, prefix: String = "", rng: inout Philox) {
+        let p = prefix.isEmpty ? "" : prefix + "."
+        norm = LayerNorm("\(p)norm", features: channels)
+        head = Linear("\(p)head", inFeatures: channels, outFeatures: classes, rng: &rng)
+    }
+
+    /// tokens [B, L, C] of the last stage → logits [B, classes].
+    public func forward(_ tokens: Tensor) -> Tensor {
+        let t = norm.forward(tokens)
+        let (b, l, c) = (t.shape[0], t.shape[1], t.shape[2])
+        pooled.resize([b, 1, c])
+        for s in 0..<b {
+            for k in 0..<c {
+                var sum = 0.0
+                for i in 0..<l { sum += Double(t.data[(s * l + i) * c + k]) }
+                pooled.data[s * c + k] = Float(sum / Double(l))
+            }
+        }
+        let y = head.forward(pooled)
+        return Tensor([b, y.shape[2]], y.array)
     }
 }
