@@ -50,6 +50,7 @@ def main():
     p.add_argument("--head-channels", type=int, default=256)
     p.add_argument("--method", default="ew")
     p.add_argument("--width", type=int, default=0, help="ignored (bench_pairs passes it)")
+    p.add_argument("--model", default="swin_t-baseline", help="ignored (bench_pairs passes it)")
     p.add_argument("--channels-last", action="store_true")
     a = p.parse_args()
     torch.set_num_threads(a.threads)

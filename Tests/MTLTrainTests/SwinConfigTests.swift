@@ -39,6 +39,15 @@ final class SwinConfigTests: XCTestCase {
         XCTAssertEqual(try parse("", ["model.swin.window=5"]).model.swinWindow, 5)
     }
 
+    func testTheSwinConfigLoads() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let c = try Config.load(path: root.appendingPathComponent("configs/nyud-swin_t-baseline.yaml").path)
+        XCTAssertEqual(c.model.encoder, "swin_t")
+        XCTAssertEqual(c.model.swinWindow, 7)
+        XCTAssertEqual(c.model.swinShiftRule, "dense")
+        XCTAssertEqual(c.model.dropPathRate, 0)
+    }
+
     func testBadValuesAreOneLineErrors() {
         XCTAssertEqual(message { try self.parse("model:\n  drop_path_rate: 1.0\n") },
                        "config.yaml: model.drop_path_rate: expected a number in [0, 1), found 1.0")
