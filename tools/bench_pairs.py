@@ -12,11 +12,14 @@ sides of a pair). Peak RSS is the child's ru_maxrss (wait4). Prints a markdown t
   tools/bench_pairs.py --compare "--conv-backend blas" "--conv-backend onednn" --rows bench:32:2
 Rows: MODEL:WIDTH:THREADS[:BATCH:HEIGHT:WIDE:HEAD_CHANNELS]; the default set is bench 32/64 × 1/2
 threads (batch 4, 128×256) and resnet50-deeplab width 64, head channels 256, batch 2, 144×192,
-2 threads.
+2 threads. Models with their own PyTorch reference in tools/ (TORCH_REFS): swin_t-baseline
+(bench_swin_torch.py; defaults batch 2, 224×288, head channels 256), e.g.
+  tools/bench_pairs.py --pairs 5 --rows swin_t-baseline:0:2
 """
 import argparse, json, os, platform, shlex, statistics, subprocess, sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TORCH_REFS = {"swin_t-baseline": os.path.join(ROOT, "tools/bench_swin_torch.py")}
 DEFAULT_ROWS = ["bench:32:1", "bench:32:2", "bench:64:1", "bench:64:2",
                 "resnet50-deeplab:64:2:2:144:192:256"]
 
@@ -24,10 +27,10 @@ DEFAULT_ROWS = ["bench:32:1", "bench:32:2", "bench:64:1", "bench:64:2",
 def parse_row(text):
     f = text.split(":")
     model, width, threads = f[0], int(f[1]), int(f[2])
-    deeplab = model == "resnet50-deeplab"
-    batch = int(f[3]) if len(f) > 3 else (2 if deeplab else 4)
-    height = int(f[4]) if len(f) > 4 else (144 if deeplab else 128)
-    wide = int(f[5]) if len(f) > 5 else (192 if deeplab else 256)
+    deeplab, swin = model == "resnet50-deeplab", model == "swin_t-baseline"
+    batch = int(f[3]) if len(f) > 3 else (2 if deeplab or swin else 4)
+    height = int(f[4]) if len(f) > 4 else (144 if deeplab else 224 if swin else 128)
+    wide = int(f[5]) if len(f) > 5 else (192 if deeplab else 288 if swin else 256)
     head = int(f[6]) if len(f) > 6 else 256
     return dict(model=model, width=width, threads=threads, batch=batch, height=height, wide=wide, head=head)
 
@@ -35,7 +38,7 @@ def parse_row(text):
 def flags(r):
     out = ["--model", r["model"], "--width", str(r["width"]), "--threads", str(r["threads"]),
            "--batch", str(r["batch"]), "--height", str(r["height"]), "--wide", str(r["wide"])]
-    if r["model"] == "resnet50-deeplab":
+    if r["model"] in ("resnet50-deeplab", "swin_t-baseline"):
         out += ["--head-channels", str(r["head"])]
     return out
 
@@ -111,7 +114,7 @@ def main():
         common = base + ["--method", a.method]
         mtl_cmd = [a.mtl, "bench", "--json"] + common + shlex.split(a.mtl_args)
         env_t = dict(base_env, OMP_NUM_THREADS=str(r["threads"]))
-        torch_cmd = [sys.executable, a.torch_ref] + common
+        torch_cmd = [sys.executable, TORCH_REFS.get(r["model"], a.torch_ref)] + common
         if a.compare:
             ta, tb = [], []
             for _ in range(a.pairs):

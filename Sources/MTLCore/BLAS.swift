@@ -27,7 +27,9 @@ public func sgemm(transA: Bool = false, transB: Bool = false, m: Int, n: Int, k:
     let extent = splitColumns ? n : m
     let unit = 16
     let blocks = (extent + unit - 1) / unit
-    DispatchQueue.concurrentPerform(iterations: parts) { p in
+    // The slabs depend on the shape only (not on the thread count): `workers` threads take them in turn.
+    let workers = min(Threads.count, parts)
+    func slab(_ p: Int) {
         let lo = min(extent, blocks * p / parts * unit), hi = min(extent, blocks * (p + 1) / parts * unit)
         if lo >= hi { return }
         if splitColumns {
@@ -38,6 +40,13 @@ public func sgemm(transA: Bool = false, transB: Bool = false, m: Int, n: Int, k:
             // op(A)[lo..<hi, :]: rows of A, or columns of Aᵀ's storage.
             let aPart = transA ? a + lo : a + lo * lda
             sgemmCall(transA, transB, hi - lo, n, k, alpha, aPart, lda, b, ldb, beta, c + lo * ldc, ldc)
+        }
+    }
+    if workers <= 1 {
+        for p in 0..<parts { slab(p) }
+    } else {
+        DispatchQueue.concurrentPerform(iterations: workers) { w in
+            for p in stride(from: w, to: parts, by: workers) { slab(p) }
         }
     }
 }
@@ -78,12 +87,21 @@ public enum Threads {
         openblas_set_num_threads(Int32(splitGemms ? 1 : count))
     }
 
+    /// Slabs of a large GEMM: fixed per machine (its core count, at least 2; MTL_GEMM_SLABS overrides),
+    /// not the thread count. A slab is one OpenBLAS call whose rounding depends on its shape (OpenBLAS
+    /// picks kernels by size), so slabs chosen by thread count made 1 and 2 threads differ in the last
+    /// bits; with the partition fixed, results are bit-identical for any thread count.
+    public static let gemmSlabs: Int = {
+        if let v = ProcessInfo.processInfo.environment["MTL_GEMM_SLABS"].flatMap({ Int($0) }), v >= 1 { return v }
+        return max(2, ProcessInfo.processInfo.activeProcessorCount)
+    }()
+
     /// How many slabs `sgemm` cuts an M×N×K product into.
     @inline(__always)
     static func gemmParts(m: Int, n: Int, k: Int) -> Int {
-        if !splitGemms || count <= 1 || m * n * k < minParallelMACs { return 1 }
+        if !splitGemms || m * n * k < minParallelMACs { return 1 }
         // Every slab gets at least 16 rows/columns.
-        return max(1, min(count, max(m, n) / 16))
+        return max(1, min(gemmSlabs, max(m, n) / 16))
     }
 }
 

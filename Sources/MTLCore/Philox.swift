@@ -94,6 +94,8 @@ public enum RNGStream: UInt64 {
     case synthNoise = 7
     /// Auto-λ's second ("val") stream of training batches: its order and its augmentation.
     case autolDataOrder = 8, autolAugmentation = 9
+    /// DropPath (stochastic depth): the layer id goes into the upper bits of the stream word.
+    case dropPath = 10
 }
 
 import Foundation

@@ -50,10 +50,13 @@ public struct RunSetup {
             classes.append(k)
             specTasks.append((t.name, TaskLoss.channels(task: t.name, loss: t.loss, classes: k)))
         }
-        let spec = ModelSpec(encoder: config.model.encoder, width: config.model.width,
+        var spec = ModelSpec(encoder: config.model.encoder, width: config.model.width,
                              outputStride: config.model.outputStride, head: config.model.head,
                              headChannels: config.model.headChannels,
                              fuseUpsample: FuseUpsample(rawValue: config.model.fuseUpsample) ?? .bilinear, tasks: specTasks)
+        spec.swin = SwinOptions(window: config.model.swinWindow,
+                                shiftRule: SwinOptions.ShiftRule(rawValue: config.model.swinShiftRule) ?? .dense,
+                                dropPathRate: Float(config.model.dropPathRate))
         model = try MultiTaskModel(spec, seed: UInt64(config.train.seed))
         taskNames = config.tasks.map { $0.name }
         lossKinds = config.tasks.map { $0.loss }
@@ -277,6 +280,7 @@ public final class Trainer {
                 batch = syncBatch
             }
             let lr = schedule.lr(step: step)
+            engine.model.prepareStep(seed: engine.seed, step: step, sampleIndices: batch.indices)
             if let autol { try autol.updateWeights(batch: batch, lr: Float(lr)) }
             let stats = try engine.step(batch: batch, stepIndex: step, epoch: epoch, epochEnded: epochEnded, lr: Float(lr))
             let stepTime = Date().timeIntervalSince(t0)

@@ -24,6 +24,13 @@ public protocol FeatureEncoder: HasParameters {
     func backward(_ dFeatures: Features, groupDone: ((Int) -> Void)?)
 }
 
+/// An encoder with per-step randomness (DropPath) and a train / eval switch of its own.
+public protocol StochasticEncoder: AnyObject {
+    var training: Bool { get set }
+    /// The draws of the next forward: `sampleIndices` are the batch's dataset (global) indices.
+    func prepareStep(seed: UInt64, step: Int, sampleIndices: [Int])
+}
+
 extension FeatureEncoder {
     public func backward(_ dFeatures: Features) { backward(dFeatures, groupDone: nil) }
 }

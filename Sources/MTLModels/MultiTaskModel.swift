@@ -10,6 +10,7 @@ public struct ModelSpec: Sendable, Equatable {
     public var headChannels: Int          // ASPP channels (deeplab), branch channels (bench), hidden width (multiscale)
     public var fuseUpsample: FuseUpsample // HRNet fuse: bilinear (mmseg) | nearest (timm)
     public var tasks: [(name: String, channels: Int)]
+    public var swin = SwinOptions()         // model.swin.*, model.drop_path_rate (Swin encoders)
 
     public static let encoders = ["resnet18", "resnet34", "resnet50", "resnet101", "bench", "hrnet18s", "hrnet18",
                                   "swin_t", "swin_s", "swin_b"]
@@ -28,7 +29,7 @@ public struct ModelSpec: Sendable, Equatable {
 
     public static func == (a: ModelSpec, b: ModelSpec) -> Bool {
         a.encoder == b.encoder && a.width == b.width && a.outputStride == b.outputStride && a.head == b.head
-            && a.headChannels == b.headChannels && a.fuseUpsample == b.fuseUpsample
+            && a.headChannels == b.headChannels && a.fuseUpsample == b.fuseUpsample && a.swin == b.swin
             && a.tasks.map { $0.name } == b.tasks.map { $0.name }
             && a.tasks.map { $0.channels } == b.tasks.map { $0.channels }
     }
@@ -77,7 +78,7 @@ public final class MultiTaskModel: HasParameters {
         if let hrnet {
             encoder = HRNetEncoder(hrnet, fuse: spec.fuseUpsample, prefix: "encoder", rng: &rng)
         } else if let swin {
-            encoder = SwinEncoder(swin, prefix: "encoder", rng: &rng)
+            encoder = SwinEncoder(swin, options: spec.swin, prefix: "encoder", rng: &rng)
         } else {
             guard spec.outputStride == 8 || spec.outputStride == 16 else {
                 throw MTLError("model.output_stride: expected 8 or 16, found \(spec.outputStride)")
@@ -131,6 +132,7 @@ public final class MultiTaskModel: HasParameters {
     public func setTraining(_ training: Bool) {
         for bn in decoder.batchNorms { bn.training = training }
         for bn in encoder.batchNorms { bn.training = training && !encoderFrozen }
+        (encoder as? StochasticEncoder)?.training = training && !encoderFrozen
     }
 
     /// SyncBN: every BatchNorm sums its statistics across ranks through `reducer` (nil = local BN).

@@ -19,6 +19,31 @@ public struct SwinVariant: Sendable, Equatable {
     }
 }
 
+/// The options of `model.swin` and `model.drop_path_rate`.
+public struct SwinOptions: Sendable, Equatable {
+    /// dense: the dense-prediction code (pad then roll, shift in every odd block); classification:
+    /// timm's / the official classification code (roll then pad, no shift in a stage whose smaller
+    /// side is at most the window — stage 4 at 224²).
+    public enum ShiftRule: String, Sendable, CaseIterable { case dense, classification }
+    public var window: Int
+    public var shiftRule: ShiftRule
+    /// Stochastic depth of the last block; block i of n has rate · i / (n − 1) (timm's linspace).
+    public var dropPathRate: Float
+
+    public init(window: Int = 7, shiftRule: ShiftRule = .dense, dropPathRate: Float = 0) {
+        self.window = window
+        self.shiftRule = shiftRule
+        self.dropPathRate = dropPathRate
+    }
+
+    /// timm: torch.linspace(0, rate, Σdepths) (float32 arithmetic as torch's CPU kernel does it).
+    public static func dropPathRates(_ rate: Float, blocks n: Int) -> [Float] {
+        guard n > 1 else { return [Float](repeating: 0, count: n) }
+        let step = (rate - 0) / Float(n - 1), half = n / 2
+        return (0..<n).map { i in i < half ? 0 + step * Float(i) : rate - step * Float(n - 1 - i) }
+    }
+}
+
 /// PatchEmbed: the image padded with zeros to multiples of 4 (bottom, right), a 4×4 stride-4
 /// convolution with bias, tokens, LayerNorm.
 public final class PatchEmbed: HasParameters {
@@ -38,6 +63,7 @@ public final class PatchEmbed: HasParameters {
     public func forward(_ x: Tensor) -> Tensor {
         let (b, c, h, w) = (x.n, x.c, x.h, x.w)
         let hp = (h + 3) / 4 * 4, wp = (w + 3) / 4 * 4
+        imageSize = (h, w)
         var input = x
         if hp != h || wp != w {
             padded.resize([b, c, hp, wp])
@@ -52,9 +78,22 @@ public final class PatchEmbed: HasParameters {
         return norm.forward(toTokens.forward(proj.forward(input)))
     }
 
-    /// Parameter gradients only (the image needs none).
-    public func backward(_ dy: Tensor) {
-        _ = proj.backward(toTokens.backward(norm.backward(dy)), computeInputGrad: false)
+    private var imageSize = (0, 0)
+    private let imageGrad = Tensor([0])
+
+    /// Parameter gradients; the image gradient [B, 3, H, W] only when `imageGradient` (for the
+    /// reference cross-checks; training needs none).
+    @discardableResult
+    public func backward(_ dy: Tensor, imageGradient: Bool = false) -> Tensor? {
+        let dp = proj.backward(toTokens.backward(norm.backward(dy)), computeInputGrad: imageGradient)
+        guard imageGradient else { return nil }
+        let (h, w) = imageSize, (hp, wp) = (dp.h, dp.w)
+        if (h, w) == (hp, wp) { return dp }
+        imageGrad.resize([dp.n, dp.c, h, w])
+        for q in 0..<(dp.n * dp.c) {
+            for y in 0..<h { (imageGrad.data + (q * h + y) * w).update(from: dp.data + (q * hp + y) * wp, count: w) }
+        }
+        return imageGrad
     }
 }
 
@@ -116,8 +155,9 @@ public final class PatchMerging: HasParameters {
 /// The Swin backbone: PatchEmbed, four stages of Swin blocks (shift ⌊ws/2⌋ in every second block),
 /// PatchMerging after stages 0–2, and LayerNorm `norm{i}` on each stage's output, returned as NCHW
 /// maps at strides 4, 8, 16, 32 (channels C, 2C, 4C, 8C).
-public final class SwinEncoder: FeatureEncoder {
+public final class SwinEncoder: FeatureEncoder, StochasticEncoder {
     public let variant: SwinVariant
+    public let options: SwinOptions
     public let patchEmbed: PatchEmbed
     public let blocks: [[SwinBlock]]
     public let downsample: [PatchMerging]
@@ -125,6 +165,11 @@ public final class SwinEncoder: FeatureEncoder {
     private let toMaps: [FromTokensResizable]
     private var sizes: [(Int, Int)] = []
     private let stageGrad = Tensor([0])
+    /// Cross-checks: `backward` also computes ∂L/∂image into `imageGradient`.
+    public var computeImageGradient = false
+    public private(set) var imageGradient: Tensor?
+    /// The last stage's tokens [B, h·w, 8C] before norm3 (what the classification head reads).
+    public private(set) var lastStageTokens: Tensor?
 
     public var featureChannels: [Int] { (0..<4).map { variant.embedDim << $0 } }
     public var featureStrides: [Int] { [4, 8, 16, 32] }
@@ -134,24 +179,36 @@ public final class SwinEncoder: FeatureEncoder {
         } + outputNorms.flatMap { $0.parameters }
     }
 
-    /// `order`: how maps that the window does not divide are padded and shifted (.padThenRoll is the
-    /// dense-prediction code's; .rollThenPad timm's). `prefix` ("encoder" in a MultiTaskModel) goes
-    /// before every parameter name.
-    public convenience init(_ variant: SwinVariant, order: WindowPartition.Order = .padThenRoll, prefix: String = "", seed: UInt64 = 0) {
+    /// `options.shiftRule` .dense: maps that the window does not divide are padded, then rolled, and
+    /// every odd block shifts (the dense-prediction code); .classification: timm's roll then pad,
+    /// and no shift where one window covers the map. `options.window` replaces `variant.window`.
+    /// `prefix` ("encoder" in a MultiTaskModel) goes before every parameter name.
+    public convenience init(_ variant: SwinVariant, options: SwinOptions? = nil, prefix: String = "", seed: UInt64 = 0) {
         var rng = Philox(seed: seed, stream: RNGStream.initialization.rawValue)
-        self.init(variant, order: order, prefix: prefix, rng: &rng)
+        self.init(variant, options: options, prefix: prefix, rng: &rng)
     }
 
-    public init(_ variant: SwinVariant, order: WindowPartition.Order = .padThenRoll, prefix: String, rng: inout Philox) {
+    public init(_ variant: SwinVariant, options: SwinOptions? = nil, prefix: String, rng: inout Philox) {
+        var variant = variant
+        let options = options ?? SwinOptions(window: variant.window)
+        variant.window = options.window
         self.variant = variant
+        self.options = options
         let p = prefix.isEmpty ? "" : prefix + "."
+        let order: WindowPartition.Order = options.shiftRule == .dense ? .padThenRoll : .rollThenPad
+        let rates = SwinOptions.dropPathRates(options.dropPathRate, blocks: variant.depths.reduce(0, +))
         patchEmbed = PatchEmbed("\(p)patch_embed", channels: variant.embedDim, rng: &rng)
         var stages: [[SwinBlock]] = [], merges: [PatchMerging] = []
+        var blockID = 0
         for i in 0..<4 {
             let dim = variant.embedDim << i
             stages.append((0..<variant.depths[i]).map { j in
-                SwinBlock("\(p)layers.\(i).blocks.\(j)", dim: dim, heads: variant.heads[i], window: variant.window,
-                          shift: j % 2 == 1 ? variant.window / 2 : 0, order: order, rng: &rng)
+                defer { blockID += 1 }
+                let block = SwinBlock("\(p)layers.\(i).blocks.\(j)", dim: dim, heads: variant.heads[i], window: variant.window,
+                                      shift: j % 2 == 1 ? variant.window / 2 : 0, order: order,
+                                      dropPath: rates[blockID], blockID: blockID, rng: &rng)
+                block.noShiftWhenOneWindow = options.shiftRule == .classification
+                return block
             })
             if i < 3 { merges.append(PatchMerging("\(p)layers.\(i).downsample", channels: dim, rng: &rng)) }
         }
@@ -159,6 +216,17 @@ public final class SwinEncoder: FeatureEncoder {
         downsample = merges
         outputNorms = (0..<4).map { LayerNorm("\(p)norm\($0)", features: variant.embedDim << $0) }
         toMaps = (0..<4).map { _ in FromTokensResizable() }
+    }
+
+    /// Eval mode (false): DropPath is the identity.
+    public var training: Bool {
+        get { blocks[0][0].training }
+        set { for stage in blocks { for b in stage { b.training = newValue } } }
+    }
+
+    /// The DropPath draws of the next forward (see `DropPath`).
+    public func prepareStep(seed: UInt64, step: Int, sampleIndices: [Int]) {
+        for stage in blocks { for b in stage { b.prepareDropPath(seed: seed, step: step, sampleIndices: sampleIndices) } }
     }
 
     public func forward(_ x: Tensor) -> [Tensor] {
@@ -169,6 +237,7 @@ public final class SwinEncoder: FeatureEncoder {
         for i in 0..<4 {
             for block in blocks[i] { t = block.forward(t, height: h, width: w) }
             sizes.append((h, w))
+            if i == 3 { lastStageTokens = t }
             features.append(toMaps[i].forward(outputNorms[i].forward(t), height: h, width: w))
             if i < 3 {
                 t = downsample[i].forward(t, height: h, width: w)
@@ -210,7 +279,7 @@ public final class SwinEncoder: FeatureEncoder {
             dt = g
             if i > 0 { groupDone?(3 - i) }
         }
-        patchEmbed.backward(dt!)
+        imageGradient = patchEmbed.backward(dt!, imageGradient: computeImageGradient)
         groupDone?(3)
     }
 }
@@ -232,5 +301,38 @@ final class FromTokensResizable {
         inputGrad.resize([dy.n, size.0 * size.1, dy.c])
         mapsToTokens(dy.data, inputGrad.data, b: dy.n, c: dy.c, pixels: size.0 * size.1)
         return inputGrad
+    }
+}
+
+/// The classification code's head on the last stage (official `norm`, `head`; timm `norm`,
+/// `head.fc`): LayerNorm(8C), the mean over tokens, Linear(8C → classes). Not part of the dense
+/// encoder; it exists for the parameter count of the classification model (Swin-T 28,288,354)
+/// and the logits cross-check against timm. Forward only.
+public final class SwinClassificationHead: HasParameters {
+    public let norm: LayerNorm
+    public let head: Linear
+    private let pooled = Tensor([0])
+    public var parameters: [Parameter] { norm.parameters + head.parameters }
+
+    public init(channels: Int, classes: Int = 1000, prefix: String = "", rng: inout Philox) {
+        let p = prefix.isEmpty ? "" : prefix + "."
+        norm = LayerNorm("\(p)norm", features: channels)
+        head = Linear("\(p)head", inFeatures: channels, outFeatures: classes, rng: &rng)
+    }
+
+    /// tokens [B, L, C] of the last stage → logits [B, classes].
+    public func forward(_ tokens: Tensor) -> Tensor {
+        let t = norm.forward(tokens)
+        let (b, l, c) = (t.shape[0], t.shape[1], t.shape[2])
+        pooled.resize([b, 1, c])
+        for s in 0..<b {
+            for k in 0..<c {
+                var sum = 0.0
+                for i in 0..<l { sum += Double(t.data[(s * l + i) * c + k]) }
+                pooled.data[s * c + k] = Float(sum / Double(l))
+            }
+        }
+        let y = head.forward(pooled)
+        return Tensor([b, y.shape[2]], y.array)
     }
 }

@@ -140,35 +140,63 @@ public final class SwinBlock: HasParameters {
     public let attn: WindowAttention
     public let fc1: Linear, fc2: Linear
     public let windows: WindowPartition
+    /// The classification code's rule (official Swin, timm): a shifted block runs unshifted on a
+    /// map whose smaller side is at most the window (one window covers it). Off: the
+    /// dense-prediction code, which always shifts.
+    public var noShiftWhenOneWindow = false
+    private let unshifted: WindowPartition
+    private var used: WindowPartition
     private let gelu = GELU()
+    /// Stochastic depth on the attention and MLP branches (timm's drop_path1, drop_path2): layer
+    /// ids 2·blockID and 2·blockID + 1.
+    public let dropPath1: DropPath, dropPath2: DropPath
     private let output = Tensor([0]), inputGrad = Tensor([0])
     private var mask: Tensor?
     private var maskSize = (0, 0)
     public var parameters: [Parameter] { norm1.parameters + attn.parameters + norm2.parameters + fc1.parameters + fc2.parameters }
 
     public init(_ name: String, dim: Int, heads: Int, window: Int, shift: Int, mlpRatio: Int = 4,
-                order: WindowPartition.Order = .padThenRoll, rng: inout Philox) {
+                order: WindowPartition.Order = .padThenRoll, dropPath: Float = 0, blockID: Int = 0, rng: inout Philox) {
         self.name = name
+        dropPath1 = DropPath(rate: dropPath, layerID: 2 * blockID)
+        dropPath2 = DropPath(rate: dropPath, layerID: 2 * blockID + 1)
         norm1 = LayerNorm("\(name).norm1", features: dim)
         attn = WindowAttention("\(name).attn", dim: dim, heads: heads, window: window, rng: &rng)
         norm2 = LayerNorm("\(name).norm2", features: dim)
         fc1 = Linear("\(name).mlp.fc1", inFeatures: dim, outFeatures: mlpRatio * dim, rng: &rng)
         fc2 = Linear("\(name).mlp.fc2", inFeatures: mlpRatio * dim, outFeatures: dim, rng: &rng)
         windows = WindowPartition(window: window, shift: shift, order: order)
+        unshifted = WindowPartition(window: window, shift: 0, order: order)
+        used = windows
+    }
+
+    /// Eval mode (false) makes DropPath the identity.
+    public var training: Bool {
+        get { dropPath1.training }
+        set { dropPath1.training = newValue; dropPath2.training = newValue }
+    }
+
+    public func prepareDropPath(seed: UInt64, step: Int, sampleIndices: [Int]) {
+        dropPath1.prepare(seed: seed, step: step, sampleIndices: sampleIndices)
+        dropPath2.prepare(seed: seed, step: step, sampleIndices: sampleIndices)
     }
 
     /// x: tokens [B, H·W, C] of an H×W map.
     public func forward(_ x: Tensor, height h: Int, width w: Int) -> Tensor {
+        let windows = noShiftWhenOneWindow && min(h, w) <= self.windows.window ? unshifted : self.windows
+        used = windows
         windows.prepare(height: h, width: w)
-        if maskSize != (h, w) {
+        let shifted = windows === self.windows
+        if shifted && maskSize != (h, w) {
             mask = windows.mask()
             maskSize = (h, w)
         }
-        let a = windows.reverse(attn.forward(windows.partition(norm1.forward(x)), mask: mask))
+        let a = dropPath1.forward(windows.reverse(attn.forward(windows.partition(norm1.forward(x)),
+                                                               mask: shifted ? mask : nil)))
         output.resize(x.shape)
         let y = output.data, xs = x.data, ad = a.data
         parallelBlocks(x.count) { lo, hi in for i in lo..<hi { y[i] = xs[i] + ad[i] } }
-        let m = fc2.forward(gelu.forward(fc1.forward(norm2.forward(output))))
+        let m = dropPath2.forward(fc2.forward(gelu.forward(fc1.forward(norm2.forward(output)))))
         let md = m.data
         parallelBlocks(x.count) { lo, hi in for i in lo..<hi { y[i] += md[i] } }
         return output
@@ -176,12 +204,13 @@ public final class SwinBlock: HasParameters {
 
     public func backward(_ dy: Tensor) -> Tensor {
         // Through the MLP branch, plus the identity.
-        let dMid = norm2.backward(fc1.backward(gelu.backward(fc2.backward(dy))))
+        let dMid = norm2.backward(fc1.backward(gelu.backward(fc2.backward(dropPath2.backward(dy)))))
         inputGrad.resize(dy.shape)
         let g = inputGrad.data, dys = dy.data, dm = dMid.data
         parallelBlocks(dy.count) { lo, hi in for i in lo..<hi { g[i] = dys[i] + dm[i] } }
         // Through the attention branch, plus the identity.
-        let dAttn = norm1.backward(windows.partitionBackward(attn.backward(windows.reverseBackward(inputGrad))))
+        let windows = used
+        let dAttn = norm1.backward(windows.partitionBackward(attn.backward(windows.reverseBackward(dropPath1.backward(inputGrad)))))
         let da = dAttn.data
         parallelBlocks(dy.count) { lo, hi in for i in lo..<hi { g[i] += da[i] } }
         return inputGrad

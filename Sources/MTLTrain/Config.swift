@@ -31,6 +31,9 @@ public struct ModelConfig: Equatable {
     public var convBackend = "auto"         // auto|onednn|blas (auto: oneDNN where it has a CPU engine)
     public var convDx = "transposed"       // stride-1 input gradient: transposed (forward conv of dy) | col2im
     public var freezeEncoder = false        // encoder forward only, in eval mode, never updated (KEM's frozen Swin)
+    public var dropPathRate = 0.0          // Swin stochastic depth of the last block (linear from 0), in [0, 1)
+    public var swinWindow = 7              // model.swin.window
+    public var swinShiftRule = "dense"     // model.swin.shift_rule: dense | classification (timm at 224²)
     public init() {}
 }
 
@@ -145,7 +148,7 @@ public struct Config: Equatable {
     static let sections: [(String, [String])] = [
         ("data", ["path", "train_split", "val_split", "cache", "augment", "prefetch"]),
         ("model", ["encoder", "width", "output_stride", "head", "head_channels", "fuse_upsample", "pretrained", "sync_bn",
-                   "conv_backend", "conv_dx", "freeze_encoder"]),
+                   "conv_backend", "conv_dx", "freeze_encoder", "drop_path_rate", "swin"]),
         ("tasks", []),
         ("train", ["steps", "batch_size", "seed", "eval_every", "threads", "nan_policy", "blas_threads"]),
         ("optim", ["name", "lr", "momentum", "nesterov", "weight_decay", "beta1", "beta2", "eps"]),
@@ -160,6 +163,8 @@ public struct Config: Equatable {
                            "swin_t", "swin_s", "swin_b"]
     static let heads = ["deeplab", "bench", "multiscale"]
     static let fuseUpsamples = ["bilinear", "nearest"]
+    static let swinKeys = ["window", "shift_rule"]
+    static let swinShiftRules = ["dense", "classification"]
     public static let convBackends = ["auto", "onednn", "blas"]
     public static let convDxs = ["transposed", "col2im"]
     public static let blasThreadOwners = ["mtl", "openblas"]
@@ -226,6 +231,9 @@ public struct Config: Equatable {
         case "method":
             // method.name / method.level are scalars; anything else is a parameter group (≤ 3 parts).
             if keys.contains(path[1]) ? path.count > 2 : path.count > 3 { throw unknown() }
+        case "model" where path[1] == "swin":
+            if path.count == 3, !swinKeys.contains(path[2]) { throw unknown() }
+            if path.count > 3 { throw unknown() }
         default:
             guard path.count == 2, keys.contains(path[1]) else { throw unknown() }
         }
@@ -247,6 +255,7 @@ public struct Config: Equatable {
             candidates.append([s])
             for k in keys { candidates.append([s, k]) }
         }
+        for k in swinKeys { candidates.append(["model", "swin", k]) }
         for t in TaskConfig.names { candidates.append(["tasks", t]) }
         let task = path.count >= 3 && path[0] == "tasks" ? path[1] : "seg"
         for k in taskKeys { candidates.append(["tasks", task, k]) }
@@ -289,7 +298,7 @@ public struct Config: Equatable {
         var out = ""
         func section(_ name: String, _ pairs: [(String, String)]) {
             out += "\(name):\n"
-            for (k, v) in pairs { out += "  \(k): \(v)\n" }
+            for (k, v) in pairs { out += "  \(k):\(v.hasPrefix("\n") ? "" : " ")\(v)\n" }
         }
         section("data", [("path", yamlString(data.path)), ("train_split", yamlString(data.trainSplit)),
                          ("val_split", yamlString(data.valSplit)), ("cache", "\(data.cache)"),
@@ -299,7 +308,9 @@ public struct Config: Equatable {
                           ("head_channels", "\(model.headChannels)"), ("fuse_upsample", yamlString(model.fuseUpsample)),
                           ("pretrained", yamlString(model.pretrained)),
                           ("sync_bn", "\(model.syncBN)"), ("conv_backend", yamlString(model.convBackend)),
-                          ("conv_dx", yamlString(model.convDx)), ("freeze_encoder", "\(model.freezeEncoder)")])
+                          ("conv_dx", yamlString(model.convDx)), ("freeze_encoder", "\(model.freezeEncoder)"),
+                          ("drop_path_rate", yamlDouble(model.dropPathRate)),
+                          ("swin", "\n    window: \(model.swinWindow)\n    shift_rule: \(yamlString(model.swinShiftRule))")])
         out += tasks.isEmpty ? "tasks: {}\n" : "tasks:\n"
         for t in tasks {
             out += "  \(t.name):\n"

@@ -220,6 +220,15 @@ struct Reader {
         c.model.convBackend = try oneOf(lookup(m, "conv_backend"), "model.conv_backend", c.model.convBackend, Config.convBackends)
         c.model.convDx = try oneOf(lookup(m, "conv_dx"), "model.conv_dx", c.model.convDx, Config.convDxs)
         c.model.freezeEncoder = try bool(lookup(m, "freeze_encoder"), "model.freeze_encoder", c.model.freezeEncoder)
+        c.model.dropPathRate = try double(lookup(m, "drop_path_rate"), "model.drop_path_rate", c.model.dropPathRate,
+                                          "in [0, 1)") { $0 >= 0 && $0 < 1 }
+        if let sv = lookup(m, "swin") {
+            let se = try entries(sv, "model.swin")
+            try checkKeys(se, allowed: Config.swinKeys, prefix: ["model", "swin"])
+            c.model.swinWindow = try int(lookup(se, "window"), "model.swin.window", c.model.swinWindow, min: 2)
+            c.model.swinShiftRule = try oneOf(lookup(se, "shift_rule"), "model.swin.shift_rule", c.model.swinShiftRule,
+                                              Config.swinShiftRules)
+        }
 
         if let tv = lookup(top, "tasks") {
             let te = try entries(tv, "tasks")

@@ -31,6 +31,30 @@ final class SwinTests: XCTestCase {
         XCTAssertEqual(names.count, swin.parameters.count, "parameter names are unique")
     }
 
+    /// Swin-T with DropPath at the 32×32 size of SwinDistributedTests: 1 and 2 threads give bit-identical
+    /// features and gradients (each layer's thread-count independence is what makes runs reproducible).
+    func testOneAndTwoThreadsAreBitIdentical() {
+        let saved = Threads.count
+        defer { Threads.set(saved) }
+        var rng = Philox(seed: 12, stream: 1)
+        let x = Tensor([4, 3, 32, 32])
+        for i in 0..<x.count { x[i] = rng.normal() }
+        var results: [[[Float]]] = []
+        for threads in [1, 2] {
+            Threads.set(threads)
+            let swin = SwinEncoder(.tiny, options: SwinOptions(dropPathRate: 0.3), seed: 2)
+            swin.prepareStep(seed: 3, step: 1, sampleIndices: [4, 5, 6, 7])
+            let f = swin.forward(x)
+            var drng = Philox(seed: 13, stream: 1)
+            let dys = f.map { t -> Tensor in let d = Tensor(t.shape); for i in 0..<d.count { d[i] = drng.normal() }; return d }
+            swin.zeroGrad()
+            swin.backward(dys, groupDone: nil)
+            results.append(f.map { $0.array } + swin.parameters.map { $0.grad.array })
+        }
+        let names = (0..<4).map { "feature \($0)" } + SwinEncoder(.tiny).parameters.map { "d" + $0.name }
+        for (k, (a, b)) in zip(results[0], results[1]).enumerated() { XCTAssertTrue(a == b, "\(names[k]) differs between 1 and 2 threads") }
+    }
+
     static let imports = "from timm.models.swin_transformer import WindowAttention, window_partition, window_reverse"
     static let script = #"""
 P = {k[2:]: T[k].clone().requires_grad_(True) for k in T if k.startswith("p.")}
