@@ -337,7 +337,8 @@ def forward_backward(module, inputs, cotangents=None, seed=0, call=None):
         g = torch.Generator().manual_seed(seed)
         cotangents = [torch.randn(o.shape, generator=g, dtype=o.dtype) for o in outs]
     loss = sum((o * c).sum() for o, c in zip(outs, cotangents))
-    loss.backward()
+    if torch.is_tensor(loss) and loss.requires_grad:
+        loss.backward()
     grads_in = [x.grad for x in inputs]
     grads_p = {n: (p.grad if p.grad is not None else torch.zeros_like(p)) for n, p in module.named_parameters()}
     return [o.detach() for o in outs], grads_in, grads_p, cotangents

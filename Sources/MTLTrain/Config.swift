@@ -23,24 +23,40 @@ public struct ModelConfig: Equatable {
     public var encoder = "resnet18"        // resnet18|resnet34|resnet50|resnet101|bench|hrnet18s|hrnet18
     public var width = 64                  // ResNet base width (64 = torchvision); the HRNets have their official widths
     public var outputStride = 8            // 8|16 (ResNet; the HRNets give strides 4, 8, 16, 32)
-    public var head = "deeplab"            // deeplab|bench (one feature scale) | multiscale (MTI-Net's HRNet baseline head)
+    public var head = "deeplab"            // deeplab|bench (one feature scale) | multiscale (MTI-Net's HRNet baseline head) | tif (TIF-R)
     public var headChannels = 256
     public var fuseUpsample = "bilinear"   // HRNet fuse: bilinear (mmseg/ATRC) | nearest (timm)
     public var pretrained = ""             // HDF5 file of torchvision-named tensors, "" = random init
     public var syncBN = false
     public var convBackend = "auto"         // auto|onednn|blas (auto: oneDNN where it has a CPU engine)
     public var freezeEncoder = false        // encoder forward only, in eval mode, never updated (KEM's frozen Swin)
+    public var tif = TIFConfig()            // model.tif.*, only with head tif
     public init() {}
+}
+
+/// TIF-R's switches (`model.tif.*`; docs/ARCHITECTURES.md §1.3–1.4): the paper's ablations (SAFF, SFD,
+/// LTHD; SFD off turns LTHD off) and the alternative readings of eqs. 6, 8, 12 and 14.
+public struct TIFConfig: Equatable {
+    public var saff = true
+    public var sfd = true
+    public var lthd = true
+    public var sfdScale = false             // A = QKᵀ/√d instead of the paper's QKᵀ
+    public var kvSingle = false             // one K/V matrix instead of N
+    public var lthdTranspose = false        // softmax_rows(A0)ᵀ in eq. 12
+    public var fuseReLU = false             // ReLU after the final FeatureFuse
+    public init() {}
+    static let keys = ["saff", "sfd", "lthd", "sfd_scale", "kv_single", "lthd_transpose", "fuse_relu"]
+    var values: [Bool] { [saff, sfd, lthd, sfdScale, kvSingle, lthdTranspose, fuseReLU] }
 }
 
 public struct TaskConfig: Equatable {
     public var name: String
     public var role: TaskRole
-    public var loss: String                // ce|l1|cosine|bce
+    public var loss: String                // ce|l1|cosine|bce|normal_l1|balanced_bce (ATRC's normals / edges)
     public var classes: Int                // 0 = from the dataset
     public var weight: Double
     public var frozen: Bool
-    public var posWeight: Double           // bce only
+    public var posWeight: Double           // bce: PyTorch's pos_weight; balanced_bce: ATRC's w in (0, 1)
 
     /// A task with the per-task defaults (role auxiliary; loss from the task name).
     public init(name: String, role: TaskRole = .auxiliary, loss: String? = nil, classes: Int = 0,
@@ -136,7 +152,7 @@ public struct Config: Equatable {
     static let sections: [(String, [String])] = [
         ("data", ["path", "train_split", "val_split", "cache", "augment", "prefetch"]),
         ("model", ["encoder", "width", "output_stride", "head", "head_channels", "fuse_upsample", "pretrained", "sync_bn",
-                   "conv_backend", "freeze_encoder"]),
+                   "conv_backend", "freeze_encoder", "tif"]),
         ("tasks", []),
         ("train", ["steps", "batch_size", "seed", "eval_every", "threads", "nan_policy"]),
         ("optim", ["name", "lr", "momentum", "nesterov", "weight_decay", "beta1", "beta2", "eps"]),
@@ -148,10 +164,10 @@ public struct Config: Equatable {
     static let taskKeys = ["role", "loss", "classes", "weight", "frozen", "pos_weight"]
     static let encoders = ["resnet18", "resnet34", "resnet50", "resnet101", "bench", "hrnet18s", "hrnet18",
                            "swin_t", "swin_s", "swin_b"]
-    static let heads = ["deeplab", "bench", "multiscale"]
+    static let heads = ["deeplab", "bench", "multiscale", "tif"]
     static let fuseUpsamples = ["bilinear", "nearest"]
     public static let convBackends = ["auto", "onednn", "blas"]
-    static let losses = ["ce", "l1", "cosine", "bce"]
+    static let losses = ["ce", "l1", "cosine", "bce", "normal_l1", "balanced_bce"]
     static let optimizers = ["adam", "adamw", "sgd"]
     static let schedules = ["constant", "step", "poly", "cosine"]
     static let nanPolicies = ["stop", "skip"]
@@ -214,6 +230,8 @@ public struct Config: Equatable {
         case "method":
             // method.name / method.level are scalars; anything else is a parameter group (≤ 3 parts).
             if keys.contains(path[1]) ? path.count > 2 : path.count > 3 { throw unknown() }
+        case "model" where path[1] == "tif":
+            guard path.count == 2 || (path.count == 3 && TIFConfig.keys.contains(path[2])) else { throw unknown() }
         default:
             guard path.count == 2, keys.contains(path[1]) else { throw unknown() }
         }
@@ -236,6 +254,7 @@ public struct Config: Equatable {
             for k in keys { candidates.append([s, k]) }
         }
         for t in TaskConfig.names { candidates.append(["tasks", t]) }
+        for k in TIFConfig.keys { candidates.append(["model", "tif", k]) }
         let task = path.count >= 3 && path[0] == "tasks" ? path[1] : "seg"
         for k in taskKeys { candidates.append(["tasks", task, k]) }
         let leaf = path.last!, parent = Array(path.dropLast())
@@ -288,6 +307,10 @@ public struct Config: Equatable {
                           ("pretrained", yamlString(model.pretrained)),
                           ("sync_bn", "\(model.syncBN)"), ("conv_backend", yamlString(model.convBackend)),
                           ("freeze_encoder", "\(model.freezeEncoder)")])
+        if model.head == "tif" {
+            out += "  tif:\n"
+            for (k, v) in zip(TIFConfig.keys, model.tif.values) { out += "    \(k): \(v)\n" }
+        }
         out += tasks.isEmpty ? "tasks: {}\n" : "tasks:\n"
         for t in tasks {
             out += "  \(t.name):\n"
