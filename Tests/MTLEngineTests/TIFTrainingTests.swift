@@ -81,4 +81,15 @@ final class TIFTrainingTests: XCTestCase {
         let c = try series("ial1", "coef")
         XCTAssertTrue(c.joined().contains { abs($0 - c[0][0]) > 1e-3 }, "IAL's coefficients are all equal: \(c)")
     }
+
+    /// PCGrad at parameter level: one encoder (backbone + SAFF) backward per task on 2 ranks; two steps
+    /// with finite losses.
+    func testParameterLevelPCGradRuns() throws {
+        let r = try train(2, run: "pcgrad", ["--set", "method.name=pcgrad", "--set", "method.level=parameters",
+                                             "--set", "train.steps=2", "--set", "train.batch_size=4"])
+        XCTAssertEqual(r.status, 0, r.err)
+        let l = try series("pcgrad", "loss")
+        XCTAssertEqual(l.count, 2)
+        XCTAssertTrue(l.joined().allSatisfy { $0.isFinite }, "\(l)")
+    }
 }

@@ -101,6 +101,17 @@ final class TIFTests: XCTestCase {
         let m = try model("swin_t", Self.nyud)
         XCTAssertEqual(m.parameterCount, 32_971_175)
         XCTAssertLessThan(abs(Double(m.parameterCount) / 32.91e6 - 1), 0.03)
+        XCTAssertEqual(try model("swin_t", Self.nyud) { $0.lthd = false }.parameterCount, 31_835_815)
+        // The same decoder on Swin's four norm outputs (widths 96/128/128/128), forward and backward.
+        Threads.set(2)
+        var rng = Philox(seed: 4, stream: 1)
+        let z = m.encoder.forward(tifRandom([1, 3, 64, 96], &rng))
+        XCTAssertEqual(z.map { $0.shape }, [[1, 96, 16, 24], [1, 128, 8, 12], [1, 128, 4, 6], [1, 128, 2, 3]])
+        let ys = m.decoder.forward(z, height: 64, width: 96)
+        XCTAssertEqual(ys.map { $0.c }, [40, 1, 3, 1])
+        let dz = m.decoder.backward(ys.map { Optional($0.clone()) })
+        XCTAssertEqual(dz.map { $0.shape }, z.map { $0.shape })
+        XCTAssertTrue(dz.allSatisfy { $0.array.allSatisfy { $0.isFinite } } && dz[3].sumOfSquares() > 0)
     }
 
     /// The reference's stable names (docs/ARCHITECTURES.md §1.2), unique, and the feature widths.
