@@ -28,32 +28,51 @@ final class TIFTorchTests: XCTestCase {
     /// expression of m and the input list xs giving the list of outputs) on the inputs, with
     /// cotangents `dys`; compares against mtl's outputs `ys`, input gradients `dxs` and `params`' grads.
     func compare(_ label: String, construct: String, call: String, prefix: String, params: [Parameter],
-                 xs: [Tensor], ys: [Tensor], dys: [Tensor], dxs: [Tensor?]) throws {
+                 xs: [Tensor], ys: [Tensor], dys: [Tensor], dxs: [Tensor?], rename: (String) -> String = { $0 },
+                 float32Reference: Bool = false) throws {
         let ex = try TorchExchange()
-        for p in params { try ex.put(p.name, p.value) }
+        for p in params { try ex.put(rename(p.name), p.value) }
         for (i, x) in xs.enumerated() { try ex.put("x\(i)", x) }
         for (i, d) in dys.enumerated() { try ex.put("dy\(i)", d) }
         let body = """
         m = \(construct)
-        load_named(m, {k: v for k, v in T.items() if k.startswith("\(prefix)")}, prefix="\(prefix)")
+        load_named(m, {k: v for k, v in T.items() if k.startswith(\(prefix.hasPrefix("(") ? prefix : "\"" + prefix + "\""))},
+                   prefix=\(prefix.hasPrefix("(") ? "\"\"" : "\"" + prefix + "\""))
         xs = [leaf(f"x{i}") for i in range(\(xs.count))]
         ys = \(call)
         assert len(ys) == \(ys.count), f"{len(ys)} outputs"
         sum((y * T[f"dy{i}"]).sum() for i, y in enumerate(ys)).backward()
         for i, y in enumerate(ys): out(f"y{i}", y)
         for i, x in enumerate(xs): out(f"dx{i}", x.grad if x.grad is not None else torch.zeros_like(x))
-        for n, p in m.named_parameters(): out("g." + "\(prefix)" + n, p.grad if p.grad is not None else torch.zeros_like(p))
+        for n, p in m.named_parameters(): out("g." + \(prefix.hasPrefix("(") ? "\"\"" : "\"" + prefix + "\"") + n, p.grad if p.grad is not None else torch.zeros_like(p))
+        if \(float32Reference ? "True" : "False"):
+            # torch's own float32 on the same weights and inputs: how far float32 itself is from float64.
+            import copy
+            m32 = copy.deepcopy(m).float()
+            m32.zero_grad(set_to_none=True)
+            xs32 = [x.detach().float().requires_grad_(True) for x in xs]
+            ys32 = \(call.replacingOccurrences(of: "m(", with: "m32(").replacingOccurrences(of: "xs", with: "xs32"))
+            sum((y * T[f"dy{i}"].float()).sum() for i, y in enumerate(ys32)).backward()
+            for i, y in enumerate(ys32): out(f"y32_{i}", y)
+            for n, p in m32.named_parameters(): out("g32." + \(prefix.hasPrefix("(") ? "\"\"" : "\"" + prefix + "\"") + n, p.grad if p.grad is not None else torch.zeros_like(p))
 
         """
         let (status, log) = try ex.run(imports: "sys.path.insert(0, \"\(Self.tools)\"); import tif_reference as TR; from ref_layers import load_named", body)
         try XCTSkipIf(status == 77, "torch not importable by python3 (\(log.trimmingCharacters(in: .whitespacesAndNewlines))): TIF cross-check skipped")
         XCTAssertEqual(status, 0, "\(label): reference failed:\n\(log)")
         guard status == 0 else { return }
-        var worstY = 0.0, worstG = (name: "", e: 0.0)
+        var worstY = 0.0, worstG = (name: "", e: 0.0), worstDecoder = 0.0
+        // With `float32Reference`, where torch's own float32 is further from float64 than the bound, the
+        // bound is 4× that (the convention of HRNetTorchTests: batch statistics in HRNet amplify rounding).
+        func bound(_ base: Double, _ mine: [Float], _ ref: [Float], _ name32: String) throws -> (Double, Double) {
+            let e = relError(mine, ref)
+            guard float32Reference else { return (e, base) }
+            return (e, max(base, 4 * relError(try ex.get(name32), ref)))
+        }
         for (i, y) in ys.enumerated() {
-            let e = relError(y.array, try ex.get("y\(i)"))
+            let (e, b) = try bound(1e-5, y.array, try ex.get("y\(i)"), "y32_\(i)")
             worstY = max(worstY, e)
-            XCTAssertLessThanOrEqual(e, 1e-5, "\(label): output \(i)")
+            XCTAssertLessThanOrEqual(e, b, "\(label): output \(i)")
         }
         for (i, dx) in dxs.enumerated() {
             guard let dx else { continue }
@@ -64,15 +83,17 @@ final class TIFTorchTests: XCTestCase {
         // A parameter whose exact gradient is zero (LTHD's ffn.fc2.bias: a per-channel constant that the
         // 1×1 fuse keeps per channel and the batch-statistics BN removes) is measured against 1 % of the
         // largest reference gradient of the call instead of its own rounding-level maximum.
-        let refs = try params.map { try ex.get("g." + $0.name) }
+        let refs = try params.map { try ex.get("g." + rename($0.name)) }
         let floor = 1e-2 * refs.map { $0.map { Double(abs($0)) }.max() ?? 0 }.max()!
         for (p, ref) in zip(params, refs) {
             XCTAssertEqual(ref.count, p.grad.count, "\(label): \(p.name) size")
             let e = relError(p.grad.array, ref, floor: floor)
+            let b = float32Reference ? max(1e-4, 4 * relError(try ex.get("g32." + rename(p.name)), ref, floor: floor)) : 1e-4
             if e > worstG.e { worstG = (p.name, e) }
-            XCTAssertLessThanOrEqual(e, 1e-4, "\(label): gradient of \(p.name)")
+            if p.name.hasPrefix("decoder.") { worstDecoder = max(worstDecoder, e) }
+            XCTAssertLessThanOrEqual(e, b, "\(label): gradient of \(p.name)")
         }
-        print("TIF cross-check \(label): worst forward \(worstY), worst gradient \(worstG.e) (\(worstG.name)), \(params.count) parameters")
+        print("TIF cross-check \(label): worst forward \(worstY), worst gradient \(worstG.e) (\(worstG.name)), worst decoder.* gradient \(worstDecoder), \(params.count) parameters")
     }
 
     func testSAFF() throws {
@@ -178,5 +199,32 @@ final class TIFTorchTests: XCTestCase {
                         call: "list(m(xs, (32, 48)).values())", prefix: "decoder.", params: params, xs: xs, ys: ys,
                         dys: dys, dxs: dxs)
         }
+    }
+
+    /// The whole TIF-R: HRNet18-S (bilinear fuse) + SAFF + two tasks' decoders, built by MultiTaskModel
+    /// from `model.head: tif`, against the reference's TIFR (backbone `backbone.*` = mtl's `encoder.*`),
+    /// batch statistics everywhere; outputs and every parameter gradient.
+    func testWholeModelWithHRNet() throws {
+        Threads.set(2)
+        // oneDNN convolutions, as HRNetTorchTests' batch-statistics check (docs/ARCHITECTURE.md: the BLAS path
+        // is off by 1.5e-2 in HRNet's batch-statistics backward).
+        let saved = Conv2d.backend
+        Conv2d.backend = .onednn
+        defer { Conv2d.backend = saved }
+        let spec = ModelSpec(encoder: "hrnet18s", width: 64, outputStride: 8, head: "tif", headChannels: 0,
+                             tasks: [("seg", 4), ("depth", 1)])
+        let m = try MultiTaskModel(spec, seed: 5)
+        var rng = Philox(seed: 36, stream: 1)
+        tifPerturbNorms(m.parameters, &rng)
+        let x = tifRandom([2, 3, 64, 64], &rng)
+        let z = m.encoder.forward(x)
+        let ys = m.decoder.forward(z, height: 64, width: 64).map { $0.clone() }
+        let dys = ys.map { tifRandom($0.shape, &rng) }
+        m.zeroGrad()
+        m.encoder.backward(m.decoder.backward(dys.map { Optional($0) }))
+        try compare("TIF-R HRNet18-S", construct: "TR.TIFR(\"hrnet18s\", {\"seg\": 4, \"depth\": 1})",
+                    call: "list(m(xs[0]).values())", prefix: "(\"backbone.\", \"decoder.\")", params: m.parameters,
+                    xs: [x], ys: ys, dys: dys, dxs: [nil],
+                    rename: { $0.hasPrefix("encoder.") ? "backbone." + $0.dropFirst(8) : $0 }, float32Reference: true)
     }
 }
