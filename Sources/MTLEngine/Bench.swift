@@ -14,13 +14,14 @@ public struct BenchOptions {
     /// bench (ResNet-18-style encoder + bench heads) | resnet50-deeplab (dilated ResNet-50 + DeepLabV3 heads)
     /// | hrnet18s-baseline (HRNetV2-W18-Small-v2 + multiscale heads, hidden width 270; tools/bench_hrnet_torch.py)
     /// | swin_t-baseline (dense Swin-T + multiscale heads, hidden width --head-channels; tools/bench_swin_torch.py).
+    /// | tif-hrnet18 (TIF-R on HRNetV2-W18-Small-v2: SAFF + per-task SFD / LTHD / fusion / heads).
     public var model = "bench"
     public var headChannels = 256
     public var convBackend = "auto"
     /// Time every convolution pass of the timed steps (ConvProfile) and report them.
     public var profile = false
     public init() {}
-    public static let models = ["bench", "resnet50-deeplab", "hrnet18s-baseline", "swin_t-baseline"]
+    public static let models = ["bench", "resnet50-deeplab", "hrnet18s-baseline", "swin_t-baseline", "tif-hrnet18"]
 }
 
 public struct BenchResult {
@@ -121,6 +122,8 @@ public enum Bench {
         case "swin_t-baseline":
             spec = ModelSpec(encoder: "swin_t", width: o.width, outputStride: 8, head: "multiscale", headChannels: o.headChannels,
                              tasks: tasks)
+        case "tif-hrnet18":
+            spec = ModelSpec(encoder: "hrnet18s", width: o.width, outputStride: 8, head: "tif", headChannels: 0, tasks: tasks)
         default:
             spec = ModelSpec(encoder: "bench", width: o.width, outputStride: 8, head: "bench", headChannels: 64, tasks: tasks)
         }

@@ -19,7 +19,7 @@ public enum Evaluator {
         switch loss {
         case "ce": return SegmentationMetric(numClasses: classes, ignoreIndex: -1)
         case "l1": return DepthMetric()
-        case "cosine": return NormalsMetric()
+        case "cosine", "normal_l1": return NormalsMetric()
         default: return BinaryMetric()
         }
     }

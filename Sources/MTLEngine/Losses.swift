@@ -4,20 +4,28 @@ import MTLNN
 /// One task's loss behind one interface (the losses of MTLNN have different target layouts).
 /// `forward` returns the local sum and count; the trainer divides by the GLOBAL count.
 public final class TaskLoss {
-    public enum Kind: String { case ce, l1, cosine, bce }
+    /// normal_l1 and balanced_bce are ATRC's normals and edge losses (TIF's "fixed weights following ATRC").
+    public enum Kind: String { case ce, l1, cosine, bce, normalL1 = "normal_l1", balancedBCE = "balanced_bce" }
     public let kind: Kind
     let ce: CrossEntropyLoss?
     let l1: MaskedL1Loss?
     let cos: NormalCosineLoss?
     let bce: BCEWithLogitsLoss?
+    let nl1: NormalL1Loss?
+    let bbce: BalancedBCEWithLogitsLoss?
 
     public init(kind: String, posWeight: Float = 1) throws {
-        guard let k = Kind(rawValue: kind) else { throw MTLError("tasks.*.loss: expected ce|l1|cosine|bce, found '\(kind)'") }
+        guard let k = Kind(rawValue: kind) else {
+            throw MTLError("tasks.*.loss: expected ce|l1|cosine|bce|normal_l1|balanced_bce, found '\(kind)'")
+        }
         self.kind = k
         ce = k == .ce ? CrossEntropyLoss(ignoreIndex: -1) : nil
         l1 = k == .l1 ? MaskedL1Loss() : nil
         cos = k == .cosine ? NormalCosineLoss() : nil
         bce = k == .bce ? BCEWithLogitsLoss(posWeight: posWeight) : nil
+        nl1 = k == .normalL1 ? NormalL1Loss() : nil
+        // balanced_bce reads pos_weight as ATRC's positive-class weight w ∈ (0, 1).
+        bbce = k == .balancedBCE ? BalancedBCEWithLogitsLoss(positiveWeight: posWeight) : nil
     }
 
     public func forward(_ pred: Tensor, _ target: Tensor) -> LossSum {
@@ -26,6 +34,8 @@ public final class TaskLoss {
         case .l1: return l1!.forward(pred, target)
         case .cosine: return cos!.forward(pred, target)
         case .bce: return bce!.forward(pred, target)
+        case .normalL1: return nl1!.forward(pred, target)
+        case .balancedBCE: return bbce!.forward(pred, target)
         }
     }
 
@@ -35,6 +45,8 @@ public final class TaskLoss {
         case .l1: return l1!.backward(scale: scale)
         case .cosine: return cos!.backward(scale: scale)
         case .bce: return bce!.backward(scale: scale)
+        case .normalL1: return nl1!.backward(scale: scale)
+        case .balancedBCE: return bbce!.backward(scale: scale)
         }
     }
 
@@ -42,7 +54,7 @@ public final class TaskLoss {
     public static func channels(task: String, loss: String, classes: Int) -> Int {
         switch loss {
         case "ce": return classes
-        case "cosine": return 3
+        case "cosine", "normal_l1": return 3
         default: return 1
         }
     }

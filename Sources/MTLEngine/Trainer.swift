@@ -53,7 +53,8 @@ public struct RunSetup {
         var spec = ModelSpec(encoder: config.model.encoder, width: config.model.width,
                              outputStride: config.model.outputStride, head: config.model.head,
                              headChannels: config.model.headChannels,
-                             fuseUpsample: FuseUpsample(rawValue: config.model.fuseUpsample) ?? .bilinear, tasks: specTasks)
+                             fuseUpsample: FuseUpsample(rawValue: config.model.fuseUpsample) ?? .bilinear, tasks: specTasks,
+                             tif: RunSetup.tifOptions(config.model.tif))
         spec.swin = SwinOptions(window: config.model.swinWindow,
                                 shiftRule: SwinOptions.ShiftRule(rawValue: config.model.swinShiftRule) ?? .dense,
                                 dropPathRate: Float(config.model.dropPathRate))
@@ -69,6 +70,21 @@ public struct RunSetup {
             try Pretrained.loadEncoder(model: model, path: config.model.pretrained)
         }
         if config.model.freezeEncoder { model.freezeEncoder() }
+    }
+}
+
+extension RunSetup {
+    /// model.tif.* → the model's TIF switches (SFD off turns LTHD off, as in the reference).
+    static func tifOptions(_ c: TIFConfig) -> TIFOptions {
+        var o = TIFOptions()
+        o.saff = c.saff
+        o.sfd = c.sfd
+        o.lthd = c.lthd && c.sfd
+        o.sfdScale = c.sfdScale
+        o.kvSingle = c.kvSingle
+        o.lthdTranspose = c.lthdTranspose
+        o.fuseReLU = c.fuseReLU
+        return o
     }
 }
 

@@ -6,18 +6,21 @@ public struct ModelSpec: Sendable, Equatable {
     public var encoder: String            // resnet18 | resnet34 | resnet50 | resnet101 | bench | hrnet18s | hrnet18 | swin_t | swin_s | swin_b
     public var width: Int                 // ResNet base width (64 = torchvision); HRNets have their official widths
     public var outputStride: Int          // 8 | 16 (ResNet)
-    public var head: String               // deeplab | bench (one scale) | multiscale (several)
+    public var head: String               // deeplab | bench (one scale) | multiscale | tif (four scales)
     public var headChannels: Int          // ASPP channels (deeplab), branch channels (bench), hidden width (multiscale)
     public var fuseUpsample: FuseUpsample // HRNet fuse: bilinear (mmseg) | nearest (timm)
     public var tasks: [(name: String, channels: Int)]
     public var swin = SwinOptions()         // model.swin.*, model.drop_path_rate (Swin encoders)
+    /// TIF-R's switches (head tif only).
+    public var tif = TIFOptions()
 
     public static let encoders = ["resnet18", "resnet34", "resnet50", "resnet101", "bench", "hrnet18s", "hrnet18",
                                   "swin_t", "swin_s", "swin_b"]
-    public static let heads = ["deeplab", "bench", "multiscale"]
+    public static let heads = ["deeplab", "bench", "multiscale", "tif"]
 
     public init(encoder: String, width: Int, outputStride: Int, head: String, headChannels: Int,
-                fuseUpsample: FuseUpsample = .bilinear, tasks: [(name: String, channels: Int)]) {
+                fuseUpsample: FuseUpsample = .bilinear, tasks: [(name: String, channels: Int)],
+                tif: TIFOptions = TIFOptions()) {
         self.encoder = encoder
         self.width = width
         self.outputStride = outputStride
@@ -25,13 +28,14 @@ public struct ModelSpec: Sendable, Equatable {
         self.headChannels = headChannels
         self.fuseUpsample = fuseUpsample
         self.tasks = tasks
+        self.tif = tif
     }
 
     public static func == (a: ModelSpec, b: ModelSpec) -> Bool {
         a.encoder == b.encoder && a.width == b.width && a.outputStride == b.outputStride && a.head == b.head
             && a.headChannels == b.headChannels && a.fuseUpsample == b.fuseUpsample && a.swin == b.swin
             && a.tasks.map { $0.name } == b.tasks.map { $0.name }
-            && a.tasks.map { $0.channels } == b.tasks.map { $0.channels }
+            && a.tasks.map { $0.channels } == b.tasks.map { $0.channels } && a.tif == b.tif
     }
 }
 
@@ -75,19 +79,36 @@ public final class MultiTaskModel: HasParameters {
         case _ where swin != nil: break
         default: throw MTLError("model.encoder: expected \(ModelSpec.encoders.joined(separator: "|")), found '\(spec.encoder)'")
         }
+        let built: any FeatureEncoder
         if let hrnet {
-            encoder = HRNetEncoder(hrnet, fuse: spec.fuseUpsample, prefix: "encoder", rng: &rng)
+            built = HRNetEncoder(hrnet, fuse: spec.fuseUpsample, prefix: "encoder", rng: &rng)
         } else if let swin {
-            encoder = SwinEncoder(swin, options: spec.swin, prefix: "encoder", rng: &rng)
+            built = SwinEncoder(swin, options: spec.swin, prefix: "encoder", rng: &rng)
         } else {
             guard spec.outputStride == 8 || spec.outputStride == 16 else {
                 throw MTLError("model.output_stride: expected 8 or 16, found \(spec.outputStride)")
             }
             guard spec.width >= 1 else { throw MTLError("model.width: expected >= 1, found \(spec.width)") }
-            encoder = ResNetEncoder(depth: depth, width: spec.width, outputStride: spec.outputStride, style: style,
+            built = ResNetEncoder(depth: depth, width: spec.width, outputStride: spec.outputStride, style: style,
                                     prefix: "encoder", rng: &rng)
         }
-        let channels = encoder.featureChannels
+        if spec.head == "tif" {
+            // TIF: the shared SAFF neck joins the encoder (its outputs are the methods' z); per-task
+            // SFD / LTHD / fusion / heads are separable TaskHeads. Parameters `decoder.*` as the reference.
+            guard built.featureChannels.count == 4 else {
+                throw MTLError("model.head: tif needs a four-scale encoder (hrnet18s|hrnet18|swin_t|swin_s|swin_b), found model.encoder \(spec.encoder) with \(built.featureChannels.count) scale(s)")
+            }
+            let tif = TIFEncoder(backbone: built, options: spec.tif, rng: &rng)
+            encoder = tif
+            decoder = PerTaskHeads(spec.tasks.map { t in
+                TIFHead(task: t.name, widths: tif.featureChannels, tasks: spec.tasks.count, outChannels: t.channels,
+                        options: spec.tif, rng: &rng)
+            })
+            taskNames = spec.tasks.map { $0.name }
+            return
+        }
+        encoder = built
+        let channels = built.featureChannels
         if spec.head != "multiscale" && channels.count != 1 {
             throw MTLError("model.head: \(spec.head) reads one feature scale, model.encoder \(spec.encoder) gives \(channels.count) (use model.head: multiscale)")
         }

@@ -23,7 +23,7 @@ public struct ModelConfig: Equatable {
     public var encoder = "resnet18"        // resnet18|resnet34|resnet50|resnet101|bench|hrnet18s|hrnet18
     public var width = 64                  // ResNet base width (64 = torchvision); the HRNets have their official widths
     public var outputStride = 8            // 8|16 (ResNet; the HRNets give strides 4, 8, 16, 32)
-    public var head = "deeplab"            // deeplab|bench (one feature scale) | multiscale (MTI-Net's HRNet baseline head)
+    public var head = "deeplab"            // deeplab|bench (one feature scale) | multiscale (MTI-Net's HRNet baseline head) | tif (TIF-R)
     public var headChannels = 256
     public var fuseUpsample = "bilinear"   // HRNet fuse: bilinear (mmseg/ATRC) | nearest (timm)
     public var pretrained = ""             // HDF5 file of torchvision-named tensors, "" = random init
@@ -34,17 +34,33 @@ public struct ModelConfig: Equatable {
     public var dropPathRate = 0.0          // Swin stochastic depth of the last block (linear from 0), in [0, 1)
     public var swinWindow = 7              // model.swin.window
     public var swinShiftRule = "dense"     // model.swin.shift_rule: dense | classification (timm at 224²)
+    public var tif = TIFConfig()            // model.tif.*, only with head tif
     public init() {}
+}
+
+/// TIF-R's switches (`model.tif.*`; docs/ARCHITECTURES.md §1.3–1.4): the paper's ablations (SAFF, SFD,
+/// LTHD; SFD off turns LTHD off) and the alternative readings of eqs. 6, 8, 12 and 14.
+public struct TIFConfig: Equatable {
+    public var saff = true
+    public var sfd = true
+    public var lthd = true
+    public var sfdScale = false             // A = QKᵀ/√d instead of the paper's QKᵀ
+    public var kvSingle = false             // one K/V matrix instead of N
+    public var lthdTranspose = false        // softmax_rows(A0)ᵀ in eq. 12
+    public var fuseReLU = false             // ReLU after the final FeatureFuse
+    public init() {}
+    static let keys = ["saff", "sfd", "lthd", "sfd_scale", "kv_single", "lthd_transpose", "fuse_relu"]
+    var values: [Bool] { [saff, sfd, lthd, sfdScale, kvSingle, lthdTranspose, fuseReLU] }
 }
 
 public struct TaskConfig: Equatable {
     public var name: String
     public var role: TaskRole
-    public var loss: String                // ce|l1|cosine|bce
+    public var loss: String                // ce|l1|cosine|bce|normal_l1|balanced_bce (ATRC's normals / edges)
     public var classes: Int                // 0 = from the dataset
     public var weight: Double
     public var frozen: Bool
-    public var posWeight: Double           // bce only
+    public var posWeight: Double           // bce: PyTorch's pos_weight; balanced_bce: ATRC's w in (0, 1)
 
     /// A task with the per-task defaults (role auxiliary; loss from the task name).
     public init(name: String, role: TaskRole = .auxiliary, loss: String? = nil, classes: Int = 0,
@@ -148,7 +164,7 @@ public struct Config: Equatable {
     static let sections: [(String, [String])] = [
         ("data", ["path", "train_split", "val_split", "cache", "augment", "prefetch"]),
         ("model", ["encoder", "width", "output_stride", "head", "head_channels", "fuse_upsample", "pretrained", "sync_bn",
-                   "conv_backend", "conv_dx", "freeze_encoder", "drop_path_rate", "swin"]),
+                   "conv_backend", "conv_dx", "freeze_encoder", "drop_path_rate", "swin", "tif"]),
         ("tasks", []),
         ("train", ["steps", "batch_size", "seed", "eval_every", "threads", "nan_policy", "blas_threads"]),
         ("optim", ["name", "lr", "momentum", "nesterov", "weight_decay", "beta1", "beta2", "eps"]),
@@ -161,14 +177,14 @@ public struct Config: Equatable {
     static let taskKeys = ["role", "loss", "classes", "weight", "frozen", "pos_weight"]
     static let encoders = ["resnet18", "resnet34", "resnet50", "resnet101", "bench", "hrnet18s", "hrnet18",
                            "swin_t", "swin_s", "swin_b"]
-    static let heads = ["deeplab", "bench", "multiscale"]
+    static let heads = ["deeplab", "bench", "multiscale", "tif"]
     static let fuseUpsamples = ["bilinear", "nearest"]
     static let swinKeys = ["window", "shift_rule"]
     static let swinShiftRules = ["dense", "classification"]
     public static let convBackends = ["auto", "onednn", "blas"]
     public static let convDxs = ["transposed", "col2im"]
     public static let blasThreadOwners = ["mtl", "openblas"]
-    static let losses = ["ce", "l1", "cosine", "bce"]
+    static let losses = ["ce", "l1", "cosine", "bce", "normal_l1", "balanced_bce"]
     static let optimizers = ["adam", "adamw", "sgd"]
     static let schedules = ["constant", "step", "poly", "cosine"]
     static let nanPolicies = ["stop", "skip"]
@@ -234,6 +250,8 @@ public struct Config: Equatable {
         case "model" where path[1] == "swin":
             if path.count == 3, !swinKeys.contains(path[2]) { throw unknown() }
             if path.count > 3 { throw unknown() }
+        case "model" where path[1] == "tif":
+            guard path.count == 2 || (path.count == 3 && TIFConfig.keys.contains(path[2])) else { throw unknown() }
         default:
             guard path.count == 2, keys.contains(path[1]) else { throw unknown() }
         }
@@ -257,6 +275,7 @@ public struct Config: Equatable {
         }
         for k in swinKeys { candidates.append(["model", "swin", k]) }
         for t in TaskConfig.names { candidates.append(["tasks", t]) }
+        for k in TIFConfig.keys { candidates.append(["model", "tif", k]) }
         let task = path.count >= 3 && path[0] == "tasks" ? path[1] : "seg"
         for k in taskKeys { candidates.append(["tasks", task, k]) }
         let leaf = path.last!, parent = Array(path.dropLast())
@@ -311,6 +330,10 @@ public struct Config: Equatable {
                           ("conv_dx", yamlString(model.convDx)), ("freeze_encoder", "\(model.freezeEncoder)"),
                           ("drop_path_rate", yamlDouble(model.dropPathRate)),
                           ("swin", "\n    window: \(model.swinWindow)\n    shift_rule: \(yamlString(model.swinShiftRule))")])
+        if model.head == "tif" {
+            out += "  tif:\n"
+            for (k, v) in zip(TIFConfig.keys, model.tif.values) { out += "    \(k): \(v)\n" }
+        }
         out += tasks.isEmpty ? "tasks: {}\n" : "tasks:\n"
         for t in tasks {
             out += "  \(t.name):\n"

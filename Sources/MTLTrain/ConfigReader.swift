@@ -229,6 +229,25 @@ struct Reader {
             c.model.swinShiftRule = try oneOf(lookup(se, "shift_rule"), "model.swin.shift_rule", c.model.swinShiftRule,
                                               Config.swinShiftRules)
         }
+        if let tv = lookup(m, "tif") {
+            guard c.model.head == "tif" else {
+                throw fail("model.tif", "expected model.head: tif with TIF switches, found model.head \(c.model.head)")
+            }
+            let te = try entries(tv, "model.tif")
+            try checkKeys(te, allowed: TIFConfig.keys, prefix: ["model", "tif"])
+            var t = c.model.tif
+            t.saff = try bool(lookup(te, "saff"), "model.tif.saff", t.saff)
+            t.sfd = try bool(lookup(te, "sfd"), "model.tif.sfd", t.sfd)
+            t.lthd = try bool(lookup(te, "lthd"), "model.tif.lthd", t.lthd)
+            t.sfdScale = try bool(lookup(te, "sfd_scale"), "model.tif.sfd_scale", t.sfdScale)
+            t.kvSingle = try bool(lookup(te, "kv_single"), "model.tif.kv_single", t.kvSingle)
+            t.lthdTranspose = try bool(lookup(te, "lthd_transpose"), "model.tif.lthd_transpose", t.lthdTranspose)
+            t.fuseReLU = try bool(lookup(te, "fuse_relu"), "model.tif.fuse_relu", t.fuseReLU)
+            if !t.sfd && t.lthd && lookup(te, "lthd") != nil {
+                throw fail("model.tif.lthd", "expected false with model.tif.sfd false (LTHD diffuses SFD's affinities), found true")
+            }
+            c.model.tif = t
+        }
 
         if let tv = lookup(top, "tasks") {
             let te = try entries(tv, "tasks")
@@ -244,6 +263,9 @@ struct Reader {
                 t.weight = try double(lookup(e, "weight"), "\(k).weight", t.weight, ">= 0") { $0 >= 0 }
                 t.frozen = try bool(lookup(e, "frozen"), "\(k).frozen", t.frozen)
                 t.posWeight = try double(lookup(e, "pos_weight"), "\(k).pos_weight", t.posWeight, "> 0") { $0 > 0 }
+                if t.loss == "balanced_bce", !(t.posWeight > 0 && t.posWeight < 1) {
+                    throw fail("\(k).pos_weight", "expected a number in (0, 1) with loss balanced_bce (ATRC: 0.8 NYUD, 0.95 PASCAL), found \(t.posWeight)")
+                }
                 return t
             }
         }
