@@ -10,13 +10,14 @@ public struct ModelSpec: Sendable, Equatable {
     public var headChannels: Int          // ASPP channels (deeplab), branch channels (bench), hidden width (multiscale)
     public var fuseUpsample: FuseUpsample // HRNet fuse: bilinear (mmseg) | nearest (timm)
     public var tasks: [(name: String, channels: Int)]
+    public var kem: KEMOptions            // model.head kem: the KEM decoder's settings
 
     public static let encoders = ["resnet18", "resnet34", "resnet50", "resnet101", "bench", "hrnet18s", "hrnet18",
                                   "swin_t", "swin_s", "swin_b"]
-    public static let heads = ["deeplab", "bench", "multiscale"]
+    public static let heads = ["deeplab", "bench", "multiscale", "kem"]
 
     public init(encoder: String, width: Int, outputStride: Int, head: String, headChannels: Int,
-                fuseUpsample: FuseUpsample = .bilinear, tasks: [(name: String, channels: Int)]) {
+                fuseUpsample: FuseUpsample = .bilinear, tasks: [(name: String, channels: Int)], kem: KEMOptions = KEMOptions()) {
         self.encoder = encoder
         self.width = width
         self.outputStride = outputStride
@@ -24,13 +25,14 @@ public struct ModelSpec: Sendable, Equatable {
         self.headChannels = headChannels
         self.fuseUpsample = fuseUpsample
         self.tasks = tasks
+        self.kem = kem
     }
 
     public static func == (a: ModelSpec, b: ModelSpec) -> Bool {
         a.encoder == b.encoder && a.width == b.width && a.outputStride == b.outputStride && a.head == b.head
             && a.headChannels == b.headChannels && a.fuseUpsample == b.fuseUpsample
             && a.tasks.map { $0.name } == b.tasks.map { $0.name }
-            && a.tasks.map { $0.channels } == b.tasks.map { $0.channels }
+            && a.tasks.map { $0.channels } == b.tasks.map { $0.channels } && a.kem == b.kem
     }
 }
 
@@ -87,6 +89,15 @@ public final class MultiTaskModel: HasParameters {
                                     prefix: "encoder", rng: &rng)
         }
         let channels = encoder.featureChannels
+        if spec.head == "kem" {
+            guard channels.count == 4 else {
+                throw MTLError("model.head: kem reads scales 1–3 of a 4-scale encoder (swin_*, hrnet*), model.encoder \(spec.encoder) gives \(channels.count)")
+            }
+            try KEMDecoder.validate(spec.kem, tasks: spec.tasks.count)
+            decoder = KEMDecoder(tasks: spec.tasks, inChannels: channels, options: spec.kem, rng: &rng)
+            taskNames = spec.tasks.map { $0.name }
+            return
+        }
         if spec.head != "multiscale" && channels.count != 1 {
             throw MTLError("model.head: \(spec.head) reads one feature scale, model.encoder \(spec.encoder) gives \(channels.count) (use model.head: multiscale)")
         }
