@@ -53,7 +53,8 @@ public struct RunSetup {
         let spec = ModelSpec(encoder: config.model.encoder, width: config.model.width,
                              outputStride: config.model.outputStride, head: config.model.head,
                              headChannels: config.model.headChannels,
-                             fuseUpsample: FuseUpsample(rawValue: config.model.fuseUpsample) ?? .bilinear, tasks: specTasks)
+                             fuseUpsample: FuseUpsample(rawValue: config.model.fuseUpsample) ?? .bilinear, tasks: specTasks,
+                             kem: KEMOptions(config.model.kem))
         model = try MultiTaskModel(spec, seed: UInt64(config.train.seed))
         taskNames = config.tasks.map { $0.name }
         lossKinds = config.tasks.map { $0.loss }
@@ -384,5 +385,15 @@ public final class Trainer {
             log.record(rec)
         }
         return results
+    }
+}
+
+extension KEMOptions {
+    /// The config's `model.kem.*` (validated spellings) as the decoder's options.
+    init(_ c: KEMConfig) {
+        self.init()
+        mixer = c.mixer; dim = c.dim; heads = c.heads; window = c.window; depth = c.depth; slots = c.slots
+        topk = c.topk; topkVariant = c.topkVariant; topkAxis = c.topkAxis; stable = c.stable; etfRole = c.etfRole
+        etfProjection = c.etfProjection; etfSeed = UInt64(c.etfSeed); lambda = c.lambda; unusedPatchEmbed = c.unusedPatchEmbed
     }
 }

@@ -31,7 +31,35 @@ public struct ModelConfig: Equatable {
     public var convBackend = "auto"         // auto|onednn|blas (auto: oneDNN where it has a CPU engine)
     public var convDx = "transposed"       // stride-1 input gradient: transposed (forward conv of dy) | col2im
     public var freezeEncoder = false        // encoder forward only, in eval mode, never updated (KEM's frozen Swin)
+    public var kem = KEMConfig()            // model.kem.* (model.head: kem)
     public init() {}
+}
+
+/// `model.kem.*`: the KEM decoder's settings (MTLModels.KEMOptions; docs/ARCHITECTURE.md "KEM").
+public struct KEMConfig: Equatable {
+    public var mixer = "memory"            // memory (KEM/sKEM) | cross_attention | none (MTFormer-T)
+    public var dim = 256                   // decoder width (smaller only for tests)
+    public var heads = 4
+    public var window = 7
+    public var depth = 2                   // Swin blocks per transformer
+    public var slots = 20
+    public var topk = 3
+    public var topkVariant = "masked"      // masked (A, SGW) | renormalized (B)
+    public var topkAxis = "tokens"         // tokens (top-k in Retrieve) | slots (in Write)
+    public var stable = false              // sKEM
+    public var etfRole = "tasks"           // tasks (K = T) | slots (K = m)
+    public var etfProjection = true
+    public var etfSeed = 0
+    public var lambda = 1.0
+    public var unusedPatchEmbed = true     // MTFormer's allocated-but-unused patch embeddings (as-in-code counts)
+    public init() {}
+
+    static let keys = ["mixer", "dim", "heads", "window", "depth", "slots", "topk", "topk_variant", "topk_axis", "stable",
+                       "etf_role", "etf_projection", "etf_seed", "lambda", "unused_patch_embed"]
+    static let mixers = ["memory", "cross_attention", "none"]
+    static let variants = ["masked", "renormalized"]
+    static let axes = ["tokens", "slots"]
+    static let roles = ["tasks", "slots"]
 }
 
 public struct TaskConfig: Equatable {
@@ -145,7 +173,7 @@ public struct Config: Equatable {
     static let sections: [(String, [String])] = [
         ("data", ["path", "train_split", "val_split", "cache", "augment", "prefetch"]),
         ("model", ["encoder", "width", "output_stride", "head", "head_channels", "fuse_upsample", "pretrained", "sync_bn",
-                   "conv_backend", "conv_dx", "freeze_encoder"]),
+                   "conv_backend", "conv_dx", "freeze_encoder", "kem"]),
         ("tasks", []),
         ("train", ["steps", "batch_size", "seed", "eval_every", "threads", "nan_policy", "blas_threads"]),
         ("optim", ["name", "lr", "momentum", "nesterov", "weight_decay", "beta1", "beta2", "eps"]),
@@ -158,7 +186,7 @@ public struct Config: Equatable {
     static let taskKeys = ["role", "loss", "classes", "weight", "frozen", "pos_weight"]
     static let encoders = ["resnet18", "resnet34", "resnet50", "resnet101", "bench", "hrnet18s", "hrnet18",
                            "swin_t", "swin_s", "swin_b"]
-    static let heads = ["deeplab", "bench", "multiscale"]
+    static let heads = ["deeplab", "bench", "multiscale", "kem"]
     static let fuseUpsamples = ["bilinear", "nearest"]
     public static let convBackends = ["auto", "onednn", "blas"]
     public static let convDxs = ["transposed", "col2im"]
@@ -299,7 +327,8 @@ public struct Config: Equatable {
                           ("head_channels", "\(model.headChannels)"), ("fuse_upsample", yamlString(model.fuseUpsample)),
                           ("pretrained", yamlString(model.pretrained)),
                           ("sync_bn", "\(model.syncBN)"), ("conv_backend", yamlString(model.convBackend)),
-                          ("conv_dx", yamlString(model.convDx)), ("freeze_encoder", "\(model.freezeEncoder)")])
+                          ("conv_dx", yamlString(model.convDx)), ("freeze_encoder", "\(model.freezeEncoder)")]
+                        + (model.head == "kem" || model.kem != KEMConfig() ? [("kem", model.kem.flowYAML)] : []))
         out += tasks.isEmpty ? "tasks: {}\n" : "tasks:\n"
         for t in tasks {
             out += "  \(t.name):\n"
@@ -375,4 +404,17 @@ private func quoted(_ s: String) -> String {
         }
     }
     return out + "\""
+}
+
+extension KEMConfig {
+    /// `{mixer: memory, dim: 256, …}`: one flow mapping under `model:` in the resolved config.
+    var flowYAML: String {
+        let pairs: [(String, String)] = [
+            ("mixer", yamlString(mixer)), ("dim", "\(dim)"), ("heads", "\(heads)"), ("window", "\(window)"),
+            ("depth", "\(depth)"), ("slots", "\(slots)"), ("topk", "\(topk)"), ("topk_variant", yamlString(topkVariant)),
+            ("topk_axis", yamlString(topkAxis)), ("stable", "\(stable)"), ("etf_role", yamlString(etfRole)),
+            ("etf_projection", "\(etfProjection)"), ("etf_seed", "\(etfSeed)"), ("lambda", yamlDouble(lambda)),
+            ("unused_patch_embed", "\(unusedPatchEmbed)")]
+        return "{" + pairs.map { "\($0.0): \($0.1)" }.joined(separator: ", ") + "}"
+    }
 }
