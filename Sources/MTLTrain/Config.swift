@@ -254,6 +254,9 @@ public struct Config: Equatable {
         case "method":
             // method.name / method.level are scalars; anything else is a parameter group (≤ 3 parts).
             if keys.contains(path[1]) ? path.count > 2 : path.count > 3 { throw unknown() }
+        case "model" where path[1] == "kem" && path.count > 2:
+            // model.kem is a mapping of its own (model.kem.slots=...).
+            guard path.count == 3, KEMConfig.keys.contains(path[2]) else { throw unknown() }
         default:
             guard path.count == 2, keys.contains(path[1]) else { throw unknown() }
         }
@@ -276,6 +279,7 @@ public struct Config: Equatable {
             for k in keys { candidates.append([s, k]) }
         }
         for t in TaskConfig.names { candidates.append(["tasks", t]) }
+        for k in KEMConfig.keys { candidates.append(["model", "kem", k]) }
         let task = path.count >= 3 && path[0] == "tasks" ? path[1] : "seg"
         for k in taskKeys { candidates.append(["tasks", task, k]) }
         let leaf = path.last!, parent = Array(path.dropLast())
