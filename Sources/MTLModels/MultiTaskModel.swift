@@ -6,7 +6,7 @@ public struct ModelSpec: Sendable, Equatable {
     public var encoder: String            // resnet18 | resnet34 | resnet50 | resnet101 | bench | hrnet18s | hrnet18 | swin_t | swin_s | swin_b
     public var width: Int                 // ResNet base width (64 = torchvision); HRNets have their official widths
     public var outputStride: Int          // 8 | 16 (ResNet)
-    public var head: String               // deeplab | bench (one scale) | multiscale (several)
+    public var head: String               // deeplab | bench (one scale) | multiscale (several) | kem (joint, 4 scales)
     public var headChannels: Int          // ASPP channels (deeplab), branch channels (bench), hidden width (multiscale)
     public var fuseUpsample: FuseUpsample // HRNet fuse: bilinear (mmseg) | nearest (timm)
     public var tasks: [(name: String, channels: Int)]

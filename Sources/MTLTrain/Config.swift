@@ -23,7 +23,7 @@ public struct ModelConfig: Equatable {
     public var encoder = "resnet18"        // resnet18|resnet34|resnet50|resnet101|bench|hrnet18s|hrnet18
     public var width = 64                  // ResNet base width (64 = torchvision); the HRNets have their official widths
     public var outputStride = 8            // 8|16 (ResNet; the HRNets give strides 4, 8, 16, 32)
-    public var head = "deeplab"            // deeplab|bench (one feature scale) | multiscale (MTI-Net's HRNet baseline head)
+    public var head = "deeplab"            // deeplab|bench (one feature scale) | multiscale (MTI-Net's HRNet baseline head) | kem (KEM-R's joint decoder, model.kem.*)
     public var headChannels = 256
     public var fuseUpsample = "bilinear"   // HRNet fuse: bilinear (mmseg/ATRC) | nearest (timm)
     public var pretrained = ""             // HDF5 file of torchvision-named tensors, "" = random init
