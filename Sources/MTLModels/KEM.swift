@@ -141,7 +141,6 @@ public final class KEMDecoder: Decoder {
         precondition(dPreds.count == taskNames.count, "KEMDecoder: \(dPreds.count) gradients for \(taskNames.count) tasks")
         let active = dPreds.indices.filter { dPreds[$0] != nil }
         precondition(!active.isEmpty, "KEMDecoder.backward: no task gradient")
-        let (h, w) = grid
         var dxs = [Tensor?](repeating: nil, count: taskNames.count)
         for t in active {
             dxs[t] = taskDecoders[t].backward(toMaps[t].backward(heads[t].backward(outputs[t].backward(dPreds[t]!))))
@@ -155,7 +154,6 @@ public final class KEMDecoder: Decoder {
             let dt = taskEncoders[t].backward(g)
             if first { dz.copy(from: dt); first = false } else { dz.add(dt) }
         }
-        _ = (h, w)
         let parts = concat.backward(reduce.backward(toTokens.backward(shared.backward(dz))))
         zeroFeature.resize(inputShapes[0])
         zeroFeature.zero()
