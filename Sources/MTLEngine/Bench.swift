@@ -20,8 +20,12 @@ public struct BenchOptions {
     public var convBackend = "auto"
     /// Time every convolution pass of the timed steps (ConvProfile) and report them.
     public var profile = false
+    /// kem-swin_s: the mixer between the task encoders and decoders (the paper's Table 6 rows).
+    public var kemMixer = "memory"
     public init() {}
-    public static let models = ["bench", "resnet50-deeplab", "hrnet18s-baseline", "swin_t-baseline", "tif-hrnet18"]
+    public static let models = ["bench", "resnet50-deeplab", "hrnet18s-baseline", "swin_t-baseline", "tif-hrnet18", "kem-swin_s"]
+    /// memory (KEM) | skem (sKEM, ETF over the tasks) | cross_attention (KEM w/ CA) | none (MTFormer-T)
+    public static let kemMixers = ["memory", "skem", "cross_attention", "none"]
 }
 
 public struct BenchResult {
@@ -110,9 +114,19 @@ public enum Bench {
         // The config's defaults, with the environment's debugging overrides (MTL_BLAS_THREADS, ...).
         let (syncOptions, _) = try Runtime.applyPerformanceSwitches(Config(), threads: o.threads)
         try Runtime.selectConvBackend(o.convBackend)
-        let tasks: [(name: String, channels: Int)] = [("seg", 13), ("depth", 1), ("normals", 3)]
+        let kem = o.model == "kem-swin_s"
+        // KEM-R is the NYUD 2-task model (seg + depth) with the Swin-S frozen.
+        let tasks: [(name: String, channels: Int)] = kem ? [("seg", 13), ("depth", 1)] : [("seg", 13), ("depth", 1), ("normals", 3)]
         let spec: ModelSpec
         switch o.model {
+        case "kem-swin_s":
+            guard BenchOptions.kemMixers.contains(o.kemMixer) else {
+                throw MTLError("--kem-mixer: expected \(BenchOptions.kemMixers.joined(separator: " | ")), found \(o.kemMixer)")
+            }
+            var k = KEMOptions()
+            k.mixer = o.kemMixer == "skem" ? "memory" : o.kemMixer
+            k.stable = o.kemMixer == "skem"
+            spec = ModelSpec(encoder: "swin_s", width: o.width, outputStride: 4, head: "kem", headChannels: 256, tasks: tasks, kem: k)
         case "resnet50-deeplab":
             spec = ModelSpec(encoder: "resnet50", width: o.width, outputStride: 8, head: "deeplab",
                              headChannels: o.headChannels, tasks: tasks)
@@ -128,15 +142,15 @@ public enum Bench {
             spec = ModelSpec(encoder: "bench", width: o.width, outputStride: 8, head: "bench", headChannels: 64, tasks: tasks)
         }
         let model = try MultiTaskModel(spec, seed: 0)
-        let names = ["seg", "depth", "normals"]
-        let roles: [TaskRole] = [.primary, .auxiliary, .auxiliary]
+        if kem { model.freezeEncoder() }
+        let names = tasks.map { $0.name }
+        let roles: [TaskRole] = [.primary] + Array(repeating: .auxiliary, count: names.count - 1)
         let method = try makeMethod(name: o.method, taskNames: names, roles: roles, params: [:])
         // torch_ref runs PCGrad on the shared parameters and IAL on the representation.
-        let level: GradientLevel = o.method == "pcgrad" ? .parameters : .representation
+        let level: GradientLevel = o.method == "pcgrad" && !kem ? .parameters : .representation
         let adam = Adam(model.parameters, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0, decoupled: false)
-        let engine = StepEngine(model: model, losses: [try TaskLoss(kind: "ce"), try TaskLoss(kind: "l1"),
-                                                       try TaskLoss(kind: "cosine")],
-                                lossWeights: [1, 1, 1], roles: roles, method: method, level: level,
+        let engine = StepEngine(model: model, losses: try ["ce", "l1", "cosine"].prefix(names.count).map { try TaskLoss(kind: $0) },
+                                lossWeights: names.map { _ in 1 }, roles: roles, method: method, level: level,
                                 optimizer: adam, comm: SingleProcessCommunicator(), seed: 0, skipNonFinite: true,
                                 sync: syncOptions)
         let batch = randomBatch(o)

@@ -54,7 +54,7 @@ public struct RunSetup {
                              outputStride: config.model.outputStride, head: config.model.head,
                              headChannels: config.model.headChannels,
                              fuseUpsample: FuseUpsample(rawValue: config.model.fuseUpsample) ?? .bilinear, tasks: specTasks,
-                             tif: RunSetup.tifOptions(config.model.tif))
+                             tif: RunSetup.tifOptions(config.model.tif), kem: KEMOptions(config.model.kem))
         spec.swin = SwinOptions(window: config.model.swinWindow,
                                 shiftRule: SwinOptions.ShiftRule(rawValue: config.model.swinShiftRule) ?? .dense,
                                 dropPathRate: Float(config.model.dropPathRate))
@@ -407,5 +407,15 @@ public final class Trainer {
             log.record(rec)
         }
         return results
+    }
+}
+
+extension KEMOptions {
+    /// The config's `model.kem.*` (validated spellings) as the decoder's options.
+    init(_ c: KEMConfig) {
+        self.init()
+        mixer = c.mixer; dim = c.dim; heads = c.heads; window = c.window; depth = c.depth; slots = c.slots
+        topk = c.topk; topkVariant = c.topkVariant; topkAxis = c.topkAxis; stable = c.stable; etfRole = c.etfRole
+        etfProjection = c.etfProjection; etfSeed = UInt64(c.etfSeed); lambda = c.lambda; unusedPatchEmbed = c.unusedPatchEmbed
     }
 }

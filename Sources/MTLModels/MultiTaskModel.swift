@@ -6,21 +6,22 @@ public struct ModelSpec: Sendable, Equatable {
     public var encoder: String            // resnet18 | resnet34 | resnet50 | resnet101 | bench | hrnet18s | hrnet18 | swin_t | swin_s | swin_b
     public var width: Int                 // ResNet base width (64 = torchvision); HRNets have their official widths
     public var outputStride: Int          // 8 | 16 (ResNet)
-    public var head: String               // deeplab | bench (one scale) | multiscale | tif (four scales)
+    public var head: String               // deeplab | bench (one scale) | multiscale | tif (four scales) | kem (joint, 4 scales)
     public var headChannels: Int          // ASPP channels (deeplab), branch channels (bench), hidden width (multiscale)
     public var fuseUpsample: FuseUpsample // HRNet fuse: bilinear (mmseg) | nearest (timm)
     public var tasks: [(name: String, channels: Int)]
     public var swin = SwinOptions()         // model.swin.*, model.drop_path_rate (Swin encoders)
     /// TIF-R's switches (head tif only).
     public var tif = TIFOptions()
+    public var kem: KEMOptions            // model.head kem: the KEM decoder's settings
 
     public static let encoders = ["resnet18", "resnet34", "resnet50", "resnet101", "bench", "hrnet18s", "hrnet18",
                                   "swin_t", "swin_s", "swin_b"]
-    public static let heads = ["deeplab", "bench", "multiscale", "tif"]
+    public static let heads = ["deeplab", "bench", "multiscale", "tif", "kem"]
 
     public init(encoder: String, width: Int, outputStride: Int, head: String, headChannels: Int,
                 fuseUpsample: FuseUpsample = .bilinear, tasks: [(name: String, channels: Int)],
-                tif: TIFOptions = TIFOptions()) {
+                tif: TIFOptions = TIFOptions(), kem: KEMOptions = KEMOptions()) {
         self.encoder = encoder
         self.width = width
         self.outputStride = outputStride
@@ -29,13 +30,14 @@ public struct ModelSpec: Sendable, Equatable {
         self.fuseUpsample = fuseUpsample
         self.tasks = tasks
         self.tif = tif
+        self.kem = kem
     }
 
     public static func == (a: ModelSpec, b: ModelSpec) -> Bool {
         a.encoder == b.encoder && a.width == b.width && a.outputStride == b.outputStride && a.head == b.head
             && a.headChannels == b.headChannels && a.fuseUpsample == b.fuseUpsample && a.swin == b.swin
             && a.tasks.map { $0.name } == b.tasks.map { $0.name }
-            && a.tasks.map { $0.channels } == b.tasks.map { $0.channels } && a.tif == b.tif
+            && a.tasks.map { $0.channels } == b.tasks.map { $0.channels } && a.tif == b.tif && a.kem == b.kem
     }
 }
 
@@ -109,6 +111,15 @@ public final class MultiTaskModel: HasParameters {
         }
         encoder = built
         let channels = built.featureChannels
+        if spec.head == "kem" {
+            guard channels.count == 4 else {
+                throw MTLError("model.head: kem reads scales 1–3 of a 4-scale encoder (swin_*, hrnet*), model.encoder \(spec.encoder) gives \(channels.count)")
+            }
+            try KEMDecoder.validate(spec.kem, tasks: spec.tasks.count)
+            decoder = KEMDecoder(tasks: spec.tasks, inChannels: channels, options: spec.kem, rng: &rng)
+            taskNames = spec.tasks.map { $0.name }
+            return
+        }
         if spec.head != "multiscale" && channels.count != 1 {
             throw MTLError("model.head: \(spec.head) reads one feature scale, model.encoder \(spec.encoder) gives \(channels.count) (use model.head: multiscale)")
         }

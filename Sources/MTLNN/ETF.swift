@@ -9,7 +9,12 @@ import MTLCore
 public enum ETF {
     /// E row-major [d, K] in Double.
     public static func matrix(dimension d: Int, classes K: Int, seed: UInt64) -> [Double] {
-        precondition(K >= 2 && d >= K, "ETF: need K ≥ 2 classes and dimension d ≥ K, got d = \(d), K = \(K)")
+        matrix(gaussian: gaussian(dimension: d, classes: K, seed: seed), dimension: d, classes: K)
+    }
+
+    /// The Philox-seeded standard Gaussian d×K draw (row-major, Double) the ETF is built from;
+    /// exposed so that a reference implementation can be given the same matrix.
+    public static func gaussian(dimension d: Int, classes K: Int, seed: UInt64) -> [Double] {
         var rng = Philox(seed: seed, stream: RNGStream.initialization.rawValue, index: 0xE7F)
         var a = [Double](repeating: 0, count: d * K)
         for i in 0..<(d * K) {
@@ -18,6 +23,12 @@ public enum ETF {
             if u1 < 1e-300 { u1 = 1e-300 }
             a[i] = (-2 * log(u1)).squareRoot() * cos(2 * Double.pi * rng.uniformDouble())
         }
+        return a
+    }
+
+    /// E from a given d×K matrix (row-major).
+    public static func matrix(gaussian a: [Double], dimension d: Int, classes K: Int) -> [Double] {
+        precondition(K >= 2 && d >= K && a.count == d * K, "ETF: need K ≥ 2 classes, dimension d ≥ K and a d×K matrix, got d = \(d), K = \(K), \(a.count) values")
         let q = orthonormalColumns(a, rows: d, columns: K)
         let scale = (Double(K) / Double(K - 1)).squareRoot()
         var e = [Double](repeating: 0, count: d * K)

@@ -23,7 +23,7 @@ public struct ModelConfig: Equatable {
     public var encoder = "resnet18"        // resnet18|resnet34|resnet50|resnet101|bench|hrnet18s|hrnet18
     public var width = 64                  // ResNet base width (64 = torchvision); the HRNets have their official widths
     public var outputStride = 8            // 8|16 (ResNet; the HRNets give strides 4, 8, 16, 32)
-    public var head = "deeplab"            // deeplab|bench (one feature scale) | multiscale (MTI-Net's HRNet baseline head) | tif (TIF-R)
+    public var head = "deeplab"            // deeplab|bench (one feature scale) | multiscale (MTI-Net's HRNet baseline head) | tif (TIF-R) | kem (KEM-R's joint decoder, model.kem.*)
     public var headChannels = 256
     public var fuseUpsample = "bilinear"   // HRNet fuse: bilinear (mmseg/ATRC) | nearest (timm)
     public var pretrained = ""             // HDF5 file of torchvision-named tensors, "" = random init
@@ -35,6 +35,7 @@ public struct ModelConfig: Equatable {
     public var swinWindow = 7              // model.swin.window
     public var swinShiftRule = "dense"     // model.swin.shift_rule: dense | classification (timm at 224²)
     public var tif = TIFConfig()            // model.tif.*, only with head tif
+    public var kem = KEMConfig()            // model.kem.* (model.head: kem)
     public init() {}
 }
 
@@ -51,6 +52,33 @@ public struct TIFConfig: Equatable {
     public init() {}
     static let keys = ["saff", "sfd", "lthd", "sfd_scale", "kv_single", "lthd_transpose", "fuse_relu"]
     var values: [Bool] { [saff, sfd, lthd, sfdScale, kvSingle, lthdTranspose, fuseReLU] }
+}
+
+/// `model.kem.*`: the KEM decoder's settings (MTLModels.KEMOptions; docs/ARCHITECTURE.md "KEM").
+public struct KEMConfig: Equatable {
+    public var mixer = "memory"            // memory (KEM/sKEM) | cross_attention | none (MTFormer-T)
+    public var dim = 256                   // decoder width (smaller only for tests)
+    public var heads = 4
+    public var window = 7
+    public var depth = 2                   // Swin blocks per transformer
+    public var slots = 20
+    public var topk = 3
+    public var topkVariant = "masked"      // masked (A, SGW) | renormalized (B)
+    public var topkAxis = "tokens"         // tokens (top-k in Retrieve) | slots (in Write)
+    public var stable = false              // sKEM
+    public var etfRole = "tasks"           // tasks (K = T) | slots (K = m)
+    public var etfProjection = true
+    public var etfSeed = 0
+    public var lambda = 1.0
+    public var unusedPatchEmbed = true     // MTFormer's allocated-but-unused patch embeddings (as-in-code counts)
+    public init() {}
+
+    static let keys = ["mixer", "dim", "heads", "window", "depth", "slots", "topk", "topk_variant", "topk_axis", "stable",
+                       "etf_role", "etf_projection", "etf_seed", "lambda", "unused_patch_embed"]
+    static let mixers = ["memory", "cross_attention", "none"]
+    static let variants = ["masked", "renormalized"]
+    static let axes = ["tokens", "slots"]
+    static let roles = ["tasks", "slots"]
 }
 
 public struct TaskConfig: Equatable {
@@ -164,7 +192,7 @@ public struct Config: Equatable {
     static let sections: [(String, [String])] = [
         ("data", ["path", "train_split", "val_split", "cache", "augment", "prefetch"]),
         ("model", ["encoder", "width", "output_stride", "head", "head_channels", "fuse_upsample", "pretrained", "sync_bn",
-                   "conv_backend", "conv_dx", "freeze_encoder", "drop_path_rate", "swin", "tif"]),
+                   "conv_backend", "conv_dx", "freeze_encoder", "drop_path_rate", "swin", "tif", "kem"]),
         ("tasks", []),
         ("train", ["steps", "batch_size", "seed", "eval_every", "threads", "nan_policy", "blas_threads"]),
         ("optim", ["name", "lr", "momentum", "nesterov", "weight_decay", "beta1", "beta2", "eps"]),
@@ -177,7 +205,7 @@ public struct Config: Equatable {
     static let taskKeys = ["role", "loss", "classes", "weight", "frozen", "pos_weight"]
     static let encoders = ["resnet18", "resnet34", "resnet50", "resnet101", "bench", "hrnet18s", "hrnet18",
                            "swin_t", "swin_s", "swin_b"]
-    static let heads = ["deeplab", "bench", "multiscale", "tif"]
+    static let heads = ["deeplab", "bench", "multiscale", "tif", "kem"]
     static let fuseUpsamples = ["bilinear", "nearest"]
     static let swinKeys = ["window", "shift_rule"]
     static let swinShiftRules = ["dense", "classification"]
@@ -252,6 +280,9 @@ public struct Config: Equatable {
             if path.count > 3 { throw unknown() }
         case "model" where path[1] == "tif":
             guard path.count == 2 || (path.count == 3 && TIFConfig.keys.contains(path[2])) else { throw unknown() }
+        case "model" where path[1] == "kem" && path.count > 2:
+            // model.kem is a mapping of its own (model.kem.slots=...).
+            guard path.count == 3, KEMConfig.keys.contains(path[2]) else { throw unknown() }
         default:
             guard path.count == 2, keys.contains(path[1]) else { throw unknown() }
         }
@@ -276,6 +307,7 @@ public struct Config: Equatable {
         for k in swinKeys { candidates.append(["model", "swin", k]) }
         for t in TaskConfig.names { candidates.append(["tasks", t]) }
         for k in TIFConfig.keys { candidates.append(["model", "tif", k]) }
+        for k in KEMConfig.keys { candidates.append(["model", "kem", k]) }
         let task = path.count >= 3 && path[0] == "tasks" ? path[1] : "seg"
         for k in taskKeys { candidates.append(["tasks", task, k]) }
         let leaf = path.last!, parent = Array(path.dropLast())
@@ -329,7 +361,8 @@ public struct Config: Equatable {
                           ("sync_bn", "\(model.syncBN)"), ("conv_backend", yamlString(model.convBackend)),
                           ("conv_dx", yamlString(model.convDx)), ("freeze_encoder", "\(model.freezeEncoder)"),
                           ("drop_path_rate", yamlDouble(model.dropPathRate)),
-                          ("swin", "\n    window: \(model.swinWindow)\n    shift_rule: \(yamlString(model.swinShiftRule))")])
+                          ("swin", "\n    window: \(model.swinWindow)\n    shift_rule: \(yamlString(model.swinShiftRule))")]
+                        + (model.head == "kem" || model.kem != KEMConfig() ? [("kem", model.kem.flowYAML)] : []))
         if model.head == "tif" {
             out += "  tif:\n"
             for (k, v) in zip(TIFConfig.keys, model.tif.values) { out += "    \(k): \(v)\n" }
@@ -409,4 +442,17 @@ private func quoted(_ s: String) -> String {
         }
     }
     return out + "\""
+}
+
+extension KEMConfig {
+    /// `{mixer: memory, dim: 256, …}`: one flow mapping under `model:` in the resolved config.
+    var flowYAML: String {
+        let pairs: [(String, String)] = [
+            ("mixer", yamlString(mixer)), ("dim", "\(dim)"), ("heads", "\(heads)"), ("window", "\(window)"),
+            ("depth", "\(depth)"), ("slots", "\(slots)"), ("topk", "\(topk)"), ("topk_variant", yamlString(topkVariant)),
+            ("topk_axis", yamlString(topkAxis)), ("stable", "\(stable)"), ("etf_role", yamlString(etfRole)),
+            ("etf_projection", "\(etfProjection)"), ("etf_seed", "\(etfSeed)"), ("lambda", yamlDouble(lambda)),
+            ("unused_patch_embed", "\(unusedPatchEmbed)")]
+        return "{" + pairs.map { "\($0.0): \($0.1)" }.joined(separator: ", ") + "}"
+    }
 }

@@ -248,6 +248,33 @@ struct Reader {
             }
             c.model.tif = t
         }
+        if let kv = lookup(m, "kem") {
+            let e = try entries(kv, "model.kem")
+            try checkKeys(e, allowed: KEMConfig.keys, prefix: ["model", "kem"])
+            var k = c.model.kem
+            k.mixer = try oneOf(lookup(e, "mixer"), "model.kem.mixer", k.mixer, KEMConfig.mixers)
+            k.dim = try int(lookup(e, "dim"), "model.kem.dim", k.dim, min: 1)
+            k.heads = try int(lookup(e, "heads"), "model.kem.heads", k.heads, min: 1)
+            k.window = try int(lookup(e, "window"), "model.kem.window", k.window, min: 1)
+            k.depth = try int(lookup(e, "depth"), "model.kem.depth", k.depth, min: 1)
+            k.slots = try int(lookup(e, "slots"), "model.kem.slots", k.slots, min: 1)
+            k.topk = try int(lookup(e, "topk"), "model.kem.topk", k.topk, min: 1)
+            k.topkVariant = try oneOf(lookup(e, "topk_variant"), "model.kem.topk_variant", k.topkVariant, KEMConfig.variants)
+            k.topkAxis = try oneOf(lookup(e, "topk_axis"), "model.kem.topk_axis", k.topkAxis, KEMConfig.axes)
+            k.stable = try bool(lookup(e, "stable"), "model.kem.stable", k.stable)
+            k.etfRole = try oneOf(lookup(e, "etf_role"), "model.kem.etf_role", k.etfRole, KEMConfig.roles)
+            k.etfProjection = try bool(lookup(e, "etf_projection"), "model.kem.etf_projection", k.etfProjection)
+            k.etfSeed = try int(lookup(e, "etf_seed"), "model.kem.etf_seed", k.etfSeed, min: 0)
+            k.lambda = try double(lookup(e, "lambda"), "model.kem.lambda", k.lambda, ">= 0") { $0 >= 0 }
+            k.unusedPatchEmbed = try bool(lookup(e, "unused_patch_embed"), "model.kem.unused_patch_embed", k.unusedPatchEmbed)
+            if k.heads > 0 && k.dim % k.heads != 0 {
+                throw fail("model.kem.dim", "expected a multiple of model.kem.heads (\(k.heads)), found \(k.dim)")
+            }
+            if k.topkAxis == "slots" && k.topk > k.slots {
+                throw fail("model.kem.topk", "expected <= model.kem.slots (\(k.slots)) with topk_axis slots, found \(k.topk)")
+            }
+            c.model.kem = k
+        }
 
         if let tv = lookup(top, "tasks") {
             let te = try entries(tv, "tasks")

@@ -36,6 +36,29 @@ final class LossMethodTests: XCTestCase {
         XCTAssertEqual(m.stateValues()["s"]![0], -0.5 + 0.1, accuracy: 1e-8)
     }
 
+    /// KEM's loss Σ_t (λ_t·10·e^{−s_t}·L_t + s_t) (SEED-ARCHITECTURES §3.3): weights 10 e^{−s}, ∂/∂s =
+    /// 1 − 10 e^{−s} L, optimum e^s = 10 L (λ_t is already in the losses the method sees).
+    func testUWScaleAndRegularizerGiveTheKEMLoss() throws {
+        let m = try make("uw", T: 2, ["method.uw.scale": "10", "method.uw.reg": "1", "init": "0.2"])
+        let r0 = try m.apply(context(T: 2, losses: [0.05, 0.3]))
+        assertClose(r0.encoderCoefficients, [10 * exp(-0.2), 10 * exp(-0.2)], 1e-15)
+        XCTAssertEqual(r0.decoderWeights, r0.encoderCoefficients)
+        // ∂/∂s = 1 − 10 e^{−0.2}·0.05 > 0 (s falls by lr), 1 − 10 e^{−0.2}·0.3 < 0 (s rises by lr).
+        let s1 = m.stateValues()["s"]!
+        XCTAssertEqual(s1[0], 0.2 - 0.025, accuracy: 1e-8)
+        XCTAssertEqual(s1[1], 0.2 + 0.025, accuracy: 1e-8)
+        for step in 1..<2000 { _ = try m.apply(context(step: step, T: 2, losses: [0.05, 0.3])) }
+        let s = m.stateValues()["s"]!
+        XCTAssertEqual(s[0], log(0.5), accuracy: 0.03)
+        XCTAssertEqual(s[1], log(3.0), accuracy: 0.03)
+        XCTAssertThrowsError(try make("uw", T: 2, ["method.uw.scale": "0"])) {
+            XCTAssertTrue("\($0)".contains("method.uw.scale"), "\($0)")
+        }
+        XCTAssertThrowsError(try make("uw", T: 2, ["method.uw.reg": "-1"])) {
+            XCTAssertTrue("\($0)".contains("method.uw.reg: expected a number >= 0"), "\($0)")
+        }
+    }
+
     func testDWAByHand() throws {
         let m = try make("dwa", T: 2)
         // Epoch 0: losses (1,2) and (3,2) → means (2, 2). Epoch 1: (1, 2) → means (1, 2).
