@@ -75,7 +75,11 @@ final class TIFTrainingTests: XCTestCase {
             XCTAssertEqual(a.count, 1, key)
             XCTAssertEqual(b.count, 1, key)
             for (u, v) in zip(a.joined(), b.joined()) {
-                XCTAssertEqual(u, v, accuracy: 1e-5 * max(1, abs(u)), "\(key): \(a) vs \(b)")
+                // IAL's α_k = w_k‖g_p‖/(‖g_k‖ + ε) is ill-conditioned when a task's representation
+                // gradient is at rounding level (at initialisation the depth head's gradient can be
+                // ~1e-7 of the primary's, α ~ 1e7): compare 1/α, whose rounding is absolute.
+                let (x, y) = key == "coef" ? (1 / u, 1 / v) : (u, v)
+                XCTAssertEqual(x, y, accuracy: 1e-5 * max(1, abs(x)), "\(key): \(a) vs \(b)")
             }
         }
         let c = try series("ial1", "coef")
