@@ -91,7 +91,7 @@ def run_bench(a, modules, forward, **fields):
 
     if hasattr(a, "channels_last"):
         fields["channels_last"] = channels_last
-    report(time_steps(step, a.steps), batch=a.batch, height=a.height, width_px=a.wide, threads=a.threads, **fields)
+    report(time_steps(step, a.steps), **fields, batch=a.batch, height=a.height, width_px=a.wide, threads=a.threads)
 
 
 def time_steps(step, steps, warmup=2):
@@ -108,7 +108,8 @@ def time_steps(step, steps, warmup=2):
 
 def report(times, **fields):
     """Prints one JSON line: the fields (method defaults to ew), then the median and minimum ms per step."""
-    out = {"method": "ew", **fields}
+    out = dict(fields)
+    out.setdefault("method", "ew")
     out["ms_per_step_median"] = round(statistics.median(times), 2)
     out["ms_per_step_min"] = round(min(times), 2)
     print(json.dumps(out))
