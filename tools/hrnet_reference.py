@@ -226,40 +226,36 @@ def main():
         return [y.detach().double() for y in ys], xx.grad.double(), grads
 
     # The float32 yardstick is for the checks that do not take mtl's decisions.
-    ys32, dx32, grads32 = run(torch.float32) if masks is None else (None, None, None)
-    ys, dx, grads = run(torch.float64)
+    result32 = run(torch.float32) if masks is None else None
+    result = run(torch.float64)
     if masks is not None:
         if kind != "spec":
             sys.exit("relu_mask: only the spec reference takes mtl's ReLU decisions")
         plain = F.relu
         F.relu, flips = forced_relu(masks)   # nn.ReLU calls F.relu too
         try:
-            ysm, dxm, gradsm = run(torch.float64)
+            result_masked = run(torch.float64)
         finally:
             F.relu = plain
         if len(flips) != len(masks):
             sys.exit(f"relu_mask: mtl recorded {len(masks)} ReLU calls, the reference made {len(flips)}")
-    with h5py.File(path, "a") as f:
+    def write(f, suffix, r):
+        ys, dx, grads = r
         for s, y in enumerate(ys):
-            f.create_dataset(f"y{s}", data=y.numpy().astype(np.float32))
-        f.create_dataset("dx", data=dx.numpy().astype(np.float32))
+            f.create_dataset(f"y{s}{suffix}", data=y.numpy().astype(np.float32))
+        f.create_dataset(f"dx{suffix}", data=dx.numpy().astype(np.float32))
         for k in grads:
-            f.create_dataset("grad/" + k, data=grads[k].numpy().astype(np.float32))
-        if ys32 is not None:
-            for s, y32 in enumerate(ys32):
-                f.create_dataset(f"y{s}_f32", data=y32.numpy().astype(np.float32))
-            f.create_dataset("dx_f32", data=dx32.numpy().astype(np.float32))
-            for k in grads32:
-                f.create_dataset("grad_f32/" + k, data=grads32[k].numpy().astype(np.float32))
+            f.create_dataset(f"grad{suffix}/" + k, data=grads[k].numpy().astype(np.float32))
+
+    with h5py.File(path, "a") as f:
+        write(f, "", result)
+        if result32 is not None:
+            write(f, "_f32", result32)
         if masks is not None:
-            for s, y in enumerate(ysm):
-                f.create_dataset(f"y{s}_masked", data=y.numpy().astype(np.float32))
-            f.create_dataset("dx_masked", data=dxm.numpy().astype(np.float32))
-            for k in gradsm:
-                f.create_dataset("grad_masked/" + k, data=gradsm[k].numpy().astype(np.float32))
+            write(f, "_masked", result_masked)
             f.attrs["relu_calls"] = len(flips)
             f.attrs["relu_flips"] = sum(flips)
-    print(f"{kind} {arch}: {len(state)} tensors loaded, outputs {[tuple(y.shape) for y in ys]}")
+    print(f"{kind} {arch}: {len(state)} tensors loaded, outputs {[tuple(y.shape) for y in result[0]]}")
 
 
 if __name__ == "__main__":
