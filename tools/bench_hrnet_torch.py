@@ -11,85 +11,30 @@ ignore -1), depth (L1 on depth > 0), normals (1 - cos on valid pixels); Adam lr 
 Usage: python3 tools/bench_hrnet_torch.py --height 128 --wide 256 --batch 4 --threads 2 [--channels-last]
 Prints one JSON line with the median and minimum milliseconds per step.
 """
-import argparse
-import json
 import os
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import hrnet_reference  # noqa: E402
-
-
-class MultiScaleHead(nn.Module):
-    def __init__(self, widths, cout, hidden=270):
-        super().__init__()
-        self.last_layer = nn.Sequential(nn.Conv2d(sum(widths), hidden, 1), nn.BatchNorm2d(hidden), nn.ReLU(),
-                                        nn.Conv2d(hidden, cout, 1))
-
-    def forward(self, xs, size):
-        h, w = xs[0].shape[-2:]
-        ys = [xs[0]] + [F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False) for x in xs[1:]]
-        return F.interpolate(self.last_layer(torch.cat(ys, 1)), size=size, mode="bilinear", align_corners=False)
-
-
-def task_losses(preds, seg, depth, normals):
-    ls = F.cross_entropy(preds["seg"], seg, ignore_index=-1)
-    valid = depth > 0
-    ld = (preds["depth"] - depth).abs()[valid].mean()
-    n = F.normalize(preds["normals"], dim=1)
-    nvalid = normals.abs().sum(1) > 0
-    ln = (1 - (n * normals).sum(1))[nvalid].mean()
-    return [ls, ld, ln]
+from bench_torch_common import TASK_CHANNELS, MultiScaleHead, bench_parser, run_bench  # noqa: E402
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--height", type=int, default=128)
-    p.add_argument("--wide", type=int, default=256)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--channels-last", action="store_true")
-    a = p.parse_args()
+    a = bench_parser(height=128, wide=256, batch=4).parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     arch = hrnet_reference.ARCHS["w18_small"]
     enc = hrnet_reference.SpecHRNet(arch)
-    heads = nn.ModuleDict({k: MultiScaleHead(arch["widths"], c) for k, c in (("seg", 13), ("depth", 1), ("normals", 3))})
-    opt = torch.optim.Adam(list(enc.parameters()) + list(heads.parameters()), lr=1e-4)
-    B, H, W = a.batch, a.height, a.wide
-    x = torch.randn(B, 3, H, W)
-    seg = torch.randint(-1, 13, (B, H, W))
-    depth = torch.rand(B, 1, H, W)
-    normals = F.normalize(torch.randn(B, 3, H, W), dim=1)
-    if a.channels_last:
-        enc.to(memory_format=torch.channels_last)
-        heads.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
+    heads = nn.ModuleDict({k: MultiScaleHead(arch["widths"], c) for k, c in TASK_CHANNELS})
 
-    def step():
-        opt.zero_grad(set_to_none=True)
+    def forward(x):
         z = enc(x)
-        preds = {k: h(z, (H, W)) for k, h in heads.items()}
-        sum(task_losses(preds, seg, depth, normals)).backward()
-        opt.step()
+        return {k: h(z, (a.height, a.wide)) for k, h in heads.items()}
 
-    for _ in range(2):
-        step()
-    times = []
-    for _ in range(a.steps):
-        t = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - t) * 1e3)
-    print(json.dumps({"model": "hrnet18s-baseline", "method": "ew", "batch": B, "height": H, "width_px": W,
-                      "threads": a.threads, "channels_last": a.channels_last,
-                      "ms_per_step_median": round(statistics.median(times), 2), "ms_per_step_min": round(min(times), 2)}))
+    run_bench(a, [enc, heads], forward, model="hrnet18s-baseline")
 
 
 if __name__ == "__main__":

@@ -9,9 +9,17 @@ the checkpoint names: conv1.weight, layer1.0.bn1.running_mean, stage2.0.fuse_lay
 `x` [N, 3, H, W] and `dy0`..`dy3` (upstream gradients of the four outputs). Writes into the same
 file `y0`..`y3` (the outputs, strides 4/8/16/32) and `dx` = ∂(Σ_s <dy_s, y_s>)/∂x, and the same
 computed by torch in float32 (`y0_f32`.., `dx_f32`), and the parameter gradients `grad/<name>`,
-`grad_f32/<name>`. The float32 results tell how far float32 itself is from float64 on this
-network and input (large for dx with batch statistics on the 2×2 stride-32 maps), the yardstick for
-mtl's float32 errors.
+`grad_f32/<name>`. The float32 results (not computed with `relu_mask`) tell how far float32 itself
+is from float64 on this network and input.
+
+With `relu_mask/0`, `relu_mask/1`, ... in EXCHANGE.h5 (mtl's ReLU outputs > 0, one per ReLU call in
+forward order; `spec` only), the float64 network is also run with those decisions instead of its own
+signs (`y<s>_masked`, `dx_masked`, `grad_masked/<name>`; attributes `relu_calls`, `relu_flips`). A
+ReLU input within float32 rounding of 0 may be decided either way, and one such decision can move a
+gradient by percents (through batch statistics and cancelling sums); on mtl's decisions the float64
+gradients are those of the same piecewise-linear branch, so mtl must agree with them to float32
+accuracy. A decision that differs where |input| > 1e-4 of that ReLU's largest input means the calls
+are out of order: exit status 1.
 
   timm: timm's hrnet_w18_small_v2 / hrnet_w18 (nearest fuse upsampling), weights loaded by name;
         every backbone key must be present, only the classification head's keys may be missing.
@@ -149,6 +157,28 @@ class SpecHRNet(nn.Module):
         return xs
 
 
+def forced_relu(masks):
+    """An F.relu that multiplies call k's input by masks[k]; returns it and the list of flips per call."""
+    flips = []
+
+    def relu(v, inplace=False):
+        k = len(flips)
+        if k >= len(masks):
+            sys.exit(f"relu_mask: mtl recorded {len(masks)} ReLU calls, the reference makes more")
+        m = masks[k].to(v.dtype)
+        if tuple(m.shape) != tuple(v.shape):
+            sys.exit(f"relu_mask/{k}: shape {tuple(m.shape)}, but the reference's ReLU input is {tuple(v.shape)}")
+        a = v.detach().abs()
+        differ = (m > 0) != (v.detach() > 0)
+        far = differ & (a > 1e-4 * a.max())
+        if far.any():
+            sys.exit(f"relu_mask/{k}: {int(far.sum())} decisions differ where |input| > 1e-4 of its largest (calls out of order?)")
+        flips.append(int(differ.sum()))
+        return v * m
+
+    return relu, flips
+
+
 def main():
     if len(sys.argv) != 3 or sys.argv[2] not in ("timm", "spec"):
         sys.exit(__doc__)
@@ -161,6 +191,8 @@ def main():
         state = {k: torch.from_numpy(np.asarray(v, dtype=np.float64)) for k, v in f["state"].items()}
         x = torch.from_numpy(np.asarray(f["x"], dtype=np.float64))
         dys = [torch.from_numpy(np.asarray(f[f"dy{s}"], dtype=np.float64)) for s in range(4)]
+        masks = [torch.from_numpy(np.asarray(f["relu_mask"][str(k)], dtype=np.float64)) for k in range(len(f["relu_mask"]))] \
+            if "relu_mask" in f else None
     a = ARCHS[arch]
     if kind == "timm":
         try:
@@ -193,18 +225,37 @@ def main():
         grads = {k: p.grad.double().clone() for k, p in m.named_parameters() if p.grad is not None}
         return [y.detach().double() for y in ys], xx.grad.double(), grads
 
-    ys32, dx32, grads32 = run(torch.float32)
-    ys, dx, grads = run(torch.float64)
-    with h5py.File(path, "a") as f:
-        for s, (y, y32) in enumerate(zip(ys, ys32)):
-            f.create_dataset(f"y{s}", data=y.numpy().astype(np.float32))
-            f.create_dataset(f"y{s}_f32", data=y32.numpy().astype(np.float32))
-        f.create_dataset("dx", data=dx.numpy().astype(np.float32))
-        f.create_dataset("dx_f32", data=dx32.numpy().astype(np.float32))
+    # The float32 yardstick is for the checks that do not take mtl's decisions.
+    result32 = run(torch.float32) if masks is None else None
+    result = run(torch.float64)
+    if masks is not None:
+        if kind != "spec":
+            sys.exit("relu_mask: only the spec reference takes mtl's ReLU decisions")
+        plain = F.relu
+        F.relu, flips = forced_relu(masks)   # nn.ReLU calls F.relu too
+        try:
+            result_masked = run(torch.float64)
+        finally:
+            F.relu = plain
+        if len(flips) != len(masks):
+            sys.exit(f"relu_mask: mtl recorded {len(masks)} ReLU calls, the reference made {len(flips)}")
+    def write(f, suffix, r):
+        ys, dx, grads = r
+        for s, y in enumerate(ys):
+            f.create_dataset(f"y{s}{suffix}", data=y.numpy().astype(np.float32))
+        f.create_dataset(f"dx{suffix}", data=dx.numpy().astype(np.float32))
         for k in grads:
-            f.create_dataset("grad/" + k, data=grads[k].numpy().astype(np.float32))
-            f.create_dataset("grad_f32/" + k, data=grads32[k].numpy().astype(np.float32))
-    print(f"{kind} {arch}: {len(state)} tensors loaded, outputs {[tuple(y.shape) for y in ys]}")
+            f.create_dataset(f"grad{suffix}/" + k, data=grads[k].numpy().astype(np.float32))
+
+    with h5py.File(path, "a") as f:
+        write(f, "", result)
+        if result32 is not None:
+            write(f, "_f32", result32)
+        if masks is not None:
+            write(f, "_masked", result_masked)
+            f.attrs["relu_calls"] = len(flips)
+            f.attrs["relu_flips"] = sum(flips)
+    print(f"{kind} {arch}: {len(state)} tensors loaded, outputs {[tuple(y.shape) for y in result[0]]}")
 
 
 if __name__ == "__main__":

@@ -154,23 +154,28 @@ public final class StepEngine {
         let result: MethodResult
         if level == .parameters {
             result = try parameterLevel(&ctx, inv: inv)
-            pass.weightDecoder(taskWeights: scaled(result.decoderWeights, inv), sharedWeights: nil)
+            pass.weightDecoder(taskWeights: scaled(result.output.decoderWeights, inv), sharedWeights: nil)
         } else if method.needsGradients {
             result = try representationVectors(&ctx, z: z, inv: inv)
-            pass.weightDecoder(taskWeights: scaled(result.decoderWeights, inv),
-                               sharedWeights: scaled(result.encoderCoefficients, inv))
+            // Multipliers act on ∂L/∂z only: a joint decoder's shared parameters get the decoder weights.
+            let shared = result.output.sharedCoefficients ?? result.output.decoderWeights
+            pass.weightDecoder(taskWeights: scaled(result.output.decoderWeights, inv), sharedWeights: scaled(shared, inv))
         } else {
-            result = try method.apply(ctx)
-            let alpha = scaled(result.encoderCoefficients, inv), w = scaled(result.decoderWeights, inv)
+            result = try applyMethod(ctx)
+            let w = scaled(result.output.decoderWeights, inv)
             let dz: Features
-            if !eachTask && alpha == w && w.contains(where: { $0 != 0 }) {
+            switch result.output {
+            case .lossWeights where !eachTask && w.contains(where: { $0 != 0 }):
                 // Joint decoder, one weight per loss: one backward of Σ_t w_t/N_t L_t gives every
                 // decoder parameter and ∂/∂z exactly.
                 dz = pass.backwardWeighted(w)
-            } else {
+            case .lossWeights(let coefficients), .coefficients(let coefficients, _):
                 if !eachTask { pass.backwardEachTask() }
+                let alpha = scaled(coefficients, inv)
                 pass.weightDecoder(taskWeights: w, sharedWeights: alpha)
                 dz = pass.combine(alpha)
+            case .combinedGradient, .multipliers:
+                throw MTLError("method \(method.name): returned a non-linear result without asking for the per-task vectors (needsGradients)")
             }
             // The decoder's gradients are final: with overlap their buckets start reducing during
             // the encoder backward.
@@ -190,6 +195,13 @@ public final class StepEngine {
                               computeTime: Date().timeIntervalSince(t0) - sync.seconds, commTime: sync.seconds)
     }
 
+    /// The method's result, its arrays checked to have one value per task.
+    private func applyMethod(_ ctx: MethodContext) throws -> MethodResult {
+        let result = try method.apply(ctx)
+        try result.output.check(taskCount: taskNames.count, method: method.name)
+        return result
+    }
+
     /// w_t / N_t.
     private func scaled(_ weights: [Double], _ inv: [Double]) -> [Double] { zip(weights, inv).map { $0 * $1 } }
 
@@ -207,8 +219,10 @@ public final class StepEngine {
         // Every rank holds the same reduced values, so every rank takes the same decision here.
         let finite = sq.isFinite && globalLosses.allSatisfy { $0.isFinite }
         if !finite && !skipNonFinite { throw nonFiniteError(stepIndex: stepIndex, globalLosses: globalLosses) }
+        // A non-linear method has no coefficients: 1 per task keeps the same record keys for every method.
+        let ones = [Double](repeating: 1, count: taskNames.count)
         return StepStats(losses: globalLosses, counts: counts, methodLogs: result.logs,
-                         coefficients: result.encoderCoefficients, gradNorm: sq.squareRoot(), skipped: !finite,
+                         coefficients: result.output.sharedCoefficients ?? ones, gradNorm: sq.squareRoot(), skipped: !finite,
                          computeSeconds: computeTime, commSeconds: commTime)
     }
 
@@ -234,17 +248,19 @@ public final class StepEngine {
         }
         for t in 0..<T { sync.allReduce(taskParamGrads[t].buffer) }
         ctx.grads = taskParamGrads.map { $0.buffer }
-        let result = try method.apply(ctx)
-        for s in z.indices {
-            pass.combined[s].resize(pass.taskGrads[0][s].shape)
-            if result.multipliersWritten {
+        let result = try applyMethod(ctx)
+        switch result.output {
+        case .multipliers:
+            for s in z.indices {
+                pass.combined[s].resize(pass.taskGrads[0][s].shape)
                 GradDrop.combine(multipliers: taskParamGrads.map { UnsafeBufferPointer(start: $0.data + offsets[s], count: perScale[s]) },
                                  h: pass.taskGrads.map { UnsafePointer($0[s].data) }, batch: batch, perSample: perScale[s],
                                  into: pass.combined[s].data)
-            } else {
-                pass.combined[s].zero()
-                for t in 0..<T { pass.combined[s].add(pass.taskGrads[t][s], alpha: Float(result.encoderCoefficients[t])) }
             }
+        case .lossWeights(let alpha), .coefficients(let alpha, _):
+            _ = pass.combine(alpha)   // the task gradients already carry 1/N_t
+        case .combinedGradient:
+            throw MTLError("method \(method.name): returned a combined parameter gradient at the representation level")
         }
         if !model.encoderFrozen { model.encoder.backward(pass.combined) }
         return result
@@ -288,16 +304,19 @@ public final class StepEngine {
         ctx.gram = gram
         ctx.grads = taskSlices.map { UnsafeMutableBufferPointer(start: $0.data, count: valid) }
         ctx.gradsOffset = offset
-        let result = try method.apply(ctx)
+        let result = try applyMethod(ctx)
 
         // This rank's slice of the combined gradient, then all-gathered.
         combinedSlice.resize([block])
         let out = combinedSlice.data
-        if result.combinedGradientWritten {
+        switch result.output {
+        case .combinedGradient:
             out.update(from: taskSlices[0].data, count: valid)
-        } else {
-            combineGradients(result.encoderCoefficients, taskSlices.map { UnsafeBufferPointer(start: $0.data, count: valid) },
+        case .lossWeights(let alpha), .coefficients(let alpha, _):
+            combineGradients(alpha, taskSlices.map { UnsafeBufferPointer(start: $0.data, count: valid) },
                              into: UnsafeMutableBufferPointer(start: out, count: valid))
+        case .multipliers:
+            throw MTLError("method \(method.name): returned representation-level multipliers at the parameter level")
         }
         (out + valid).update(repeating: 0, count: block - valid)
         let full = taskParamGrads[0]

@@ -49,8 +49,7 @@ final class Aligned: MultiTaskMethod {
         try check(ctx, name, tasks, gram: true)
         let T = tasks.count
         let (alpha, rank) = Aligned.weights(ctx.gram!, T, scaleMode: scaleMode)
-        return MethodResult(encoderCoefficients: alpha,
-                            decoderWeights: scaleDecoder ? alpha : [Double](repeating: 1, count: T),
+        return MethodResult(scaleDecoder ? .lossWeights(alpha) : .coefficients(shared: alpha, decoder: [Double](repeating: 1, count: T)),
                             logs: taskLogs("w", alpha, tasks.names) + [("aligned.rank", Double(rank))])
     }
 

@@ -43,7 +43,7 @@ public final class AutoLambda: MultiTaskMethod {
         try check(ctx, name, tasks)
         let logs = taskLogs("lambda", lambda, tasks.names) + taskLogs("metagrad", lastMetaGradient, tasks.names)
             + [("d_norm", lastDirectionNorm)]
-        return MethodResult(encoderCoefficients: lambda, decoderWeights: lambda, logs: logs)
+        return MethodResult(.lossWeights(lambda), logs: logs)
     }
 
     /// One Adam step on λ with the meta-gradient ∂L_primary(θ'(λ))/∂λ (torch.optim.Adam defaults).

@@ -61,25 +61,30 @@ public enum Balance {
             let gram = gramMatrix(vectors.map { UnsafeBufferPointer($0) })
             let ctx = MethodContext(step: step, epoch: 0, seed: seed, roles: roles, losses: losses, gram: gram,
                                     grads: vectors, epochEnded: false, level: .parameters)
-            let r = try m.apply(ctx)
-            if r.combinedGradientWritten {
-                for i in 0..<P { combined[i] = vectors[0][i] }
-            }
-            return r
+            return try m.apply(ctx)
         }
-        if !result.combinedGradientWritten {
+        try result.output.check(taskCount: T, method: m.name)
+        let coefficients: [Double]?
+        switch result.output {
+        case .lossWeights(let alpha), .coefficients(let alpha, _):
+            coefficients = alpha
             original.withUnsafeBufferPointer { all in
                 let vectors = (0..<T).map { UnsafeBufferPointer(rebasing: all[($0 * P)..<(($0 + 1) * P)]) }
-                combined.withUnsafeMutableBufferPointer { combineGradients(result.encoderCoefficients, vectors, into: $0) }
+                combined.withUnsafeMutableBufferPointer { combineGradients(alpha, vectors, into: $0) }
             }
+        case .combinedGradient:
+            coefficients = nil
+            combined = Array(values[0..<P])   // the method wrote it over the first vector
+        case .multipliers:
+            throw MTLError("balance: method \(m.name) returned representation-level multipliers at the parameter level")
         }
 
         let out = try H5File.create(outPath)
         defer { out.close() }
         try out.write("combined", combined, shape: [P])
-        if !result.combinedGradientWritten {
-            try out.write("coefficients", result.encoderCoefficients, shape: [T])
-            try out.write("decoder_weights", result.decoderWeights, shape: [T])
+        if let coefficients {
+            try out.write("coefficients", coefficients, shape: [T])
+            try out.write("decoder_weights", result.output.decoderWeights, shape: [T])
         }
         try out.setAttribute("/", "method", m.name)
         try out.setAttribute("/", "seed", [UInt64(seed)].map { Int64(bitPattern: $0) })
@@ -90,10 +95,10 @@ public enum Balance {
         for v in combined { norm += Double(v) * Double(v) }
         func fmt(_ x: Double) -> String { String(format: "%.6g", x) }
         var lines = ["\(m.name): T=\(T) tasks (\(names.enumerated().map { $0.offset == primary ? $0.element + "*" : $0.element }.joined(separator: ", "))), P=\(P), seed \(seed), step \(step)\(haveLosses ? "" : ", losses absent (1.0 used)")"]
-        if result.combinedGradientWritten {
-            lines.append("non-linear: combined gradient written directly")
+        if let coefficients {
+            lines.append("coefficients: " + coefficients.map(fmt).joined(separator: " "))
         } else {
-            lines.append("coefficients: " + result.encoderCoefficients.map(fmt).joined(separator: " "))
+            lines.append("non-linear: combined gradient written directly")
         }
         lines.append("|combined| = \(fmt(norm.squareRoot()))")
         if !result.logs.isEmpty { lines.append(result.logs.map { "\($0.0)=\(fmt($0.1))" }.joined(separator: " ")) }

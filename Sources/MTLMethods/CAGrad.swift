@@ -71,7 +71,7 @@ final class CAGrad: MultiTaskMethod {
         let divisor = rescale == 1 ? 1 + c * c : (rescale == 2 ? 1 + c : 1)
         let factor = timesTasks ? Double(T) : 1
         let alpha = (0..<T).map { (1 / Double(T) + lambda * w[$0]) / divisor * factor }
-        return MethodResult(encoderCoefficients: alpha, decoderWeights: [Double](repeating: 1, count: T),
+        return MethodResult(.coefficients(shared: alpha, decoder: [Double](repeating: 1, count: T)),
                             logs: taskLogs("w", w, tasks.names) + [("cagrad.lambda", lambda), ("cagrad.kkt", residual)])
     }
 

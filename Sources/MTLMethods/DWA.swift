@@ -34,7 +34,7 @@ final class DWA: MultiTaskMethod {
             w = e.map { Double(T) * $0 / z }
         }
         means.add(ctx.losses)
-        return MethodResult(encoderCoefficients: w, decoderWeights: w, logs: taskLogs("w", w, tasks.names))
+        return MethodResult(.lossWeights(w), logs: taskLogs("w", w, tasks.names))
     }
 
     func stateValues() -> [String: [Double]] { means.state }

@@ -12,8 +12,7 @@ final class EW: MultiTaskMethod {
 
     func apply(_ ctx: MethodContext) throws -> MethodResult {
         try check(ctx, name, tasks)
-        let ones = [Double](repeating: 1, count: tasks.count)
-        return MethodResult(encoderCoefficients: ones, decoderWeights: ones)
+        return MethodResult(.lossWeights([Double](repeating: 1, count: tasks.count)))
     }
 
     func stateValues() -> [String: [Double]] { [:] }

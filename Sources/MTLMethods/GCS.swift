@@ -31,7 +31,7 @@ final class GCS: MultiTaskMethod {
             alpha[k] = weighted ? max(0, cos) : (cos > 0 ? 1 : 0)
         }
         let aux = tasks.auxiliaries
-        return MethodResult(encoderCoefficients: alpha, decoderWeights: [Double](repeating: 1, count: T),
+        return MethodResult(.coefficients(shared: alpha, decoder: [Double](repeating: 1, count: T)),
                             logs: taskLogs("cos", cosines, tasks.names, only: aux) + taskLogs("w", alpha, tasks.names, only: aux))
     }
 

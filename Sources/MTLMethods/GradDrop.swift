@@ -8,11 +8,11 @@ import MTLCore
 ///   m_t[j] = leak + (1 − leak) M_t[j];  new ∂/∂z[b,j] = Σ_t m_t[j] h_t[b,j]   (`combine`)
 /// Not a linear combination, so it needs the vectors (`needsGradients`):
 ///   level = representation: ctx.grads hold the GLOBAL q_t (length C·H·W); they are overwritten
-///     by the multipliers m_t and `multipliersWritten` is set; each rank then calls `combine`
+///     by the multipliers m_t (`MethodOutput.multipliers`); each rank then calls `combine`
 ///     on its local h_t.
 ///   level = parameters (and `mtl balance`): the sign-free variant on the vectors themselves
 ///     (q_t = g_t, as CAGrad/auto-lambda apply it to parameter gradients); the combined
-///     Σ_t m_t ⊙ g_t is written into grads[0] (`combinedGradientWritten`). A rank may pass just
+///     Σ_t m_t ⊙ g_t is written into grads[0] (`MethodOutput.combinedGradient`). A rank may pass just
 ///     its slice of the vectors with `gradsOffset` = the slice's global start.
 /// U[j] is lane j%4 of Philox block j/4 of methodRNG(seed, step): the same on every rank and
 /// independent of the thread count. Decoders: weight 1. Key: leak (0.0).
@@ -79,8 +79,7 @@ public final class GradDrop: MultiTaskMethod {
         let combined = ctx.level == .parameters
         GradDrop.drop(ctx.grads!, leak: leak, seed: ctx.seed, step: ctx.step, combined: combined, offset: ctx.gradsOffset)
         let ones = [Double](repeating: 1, count: tasks.count)
-        return MethodResult(encoderCoefficients: ones, decoderWeights: ones,
-                            combinedGradientWritten: combined, multipliersWritten: !combined)
+        return MethodResult(combined ? .combinedGradient(decoder: ones) : .multipliers(decoder: ones))
     }
 
     /// One rank's contribution to q_t: out[j] (+)= Σ_b sign(z[b,j]) h[b,j] for a [batch, perSample]

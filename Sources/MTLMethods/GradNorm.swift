@@ -47,7 +47,7 @@ final class GradNorm: MultiTaskMethod {
         for t in 0..<T { w[t] = max(w[t], 1e-6) }
         let sum = w.reduce(0, +)
         w = w.map { $0 * Double(T) / sum }
-        return MethodResult(encoderCoefficients: current, decoderWeights: current, logs: taskLogs("w", current, tasks.names))
+        return MethodResult(.lossWeights(current), logs: taskLogs("w", current, tasks.names))
     }
 
     func stateValues() -> [String: [Double]] {

@@ -81,7 +81,7 @@ final class IAL: MultiTaskMethod {
 
         if tasks.primaries.count == T {  // "Normal" setting: plain UW
             logs += taskLogs("w", decoder, tasks.names)
-            return MethodResult(encoderCoefficients: decoder, decoderWeights: decoder, logs: logs)
+            return MethodResult(.lossWeights(decoder), logs: logs)
         }
         let p = tasks.primaries[0]
         let K = ctx.gram!
@@ -91,7 +91,7 @@ final class IAL: MultiTaskMethod {
         alpha[p] = 1
         for k in 0..<T where k != p { alpha[k] = w[k] * norm[p] / (norm[k] + eps) }
         logs += taskLogs("w", w, tasks.names, only: tasks.auxiliaries)
-        return MethodResult(encoderCoefficients: alpha, decoderWeights: decoder, logs: logs)
+        return MethodResult(.coefficients(shared: alpha, decoder: decoder), logs: logs)
     }
 
     /// w_k for every task (the primary's entry is unused).

@@ -65,14 +65,13 @@ final class IMTL: MultiTaskMethod {
         try check(ctx, name, tasks, gram: needsGram)
         let T = tasks.count
         let scale = variant == .gradient ? [Double](repeating: 1, count: T) : s.map { exp($0) }
-        var encoder = scale, decoder = scale
+        var encoder = scale
         if variant != .loss {
             let K = ctx.gram!
             var Ks = K
             for i in 0..<T { for j in 0..<T { Ks[i * T + j] = scale[i] * K[i * T + j] * scale[j] } }
             let alpha = IMTL.gradientWeights(Ks, T)
             encoder = (0..<T).map { alpha[$0] * scale[$0] }
-            decoder = scale
         }
         var logs = taskLogs("w", encoder, tasks.names)
         if variant != .gradient {
@@ -80,7 +79,7 @@ final class IMTL: MultiTaskMethod {
             let grad = (0..<T).map { scale[$0] * ctx.losses[$0] - 1 }
             adam.step(&s, grad: grad)
         }
-        return MethodResult(encoderCoefficients: encoder, decoderWeights: decoder, logs: logs)
+        return MethodResult(variant == .loss ? .lossWeights(scale) : .coefficients(shared: encoder, decoder: scale), logs: logs)
     }
 
     func stateValues() -> [String: [Double]] {

@@ -85,7 +85,7 @@ final class LPS: MultiTaskMethod {
             coefficients = [Double](repeating: 1, count: tasks.count)
             means.add(ctx.losses)
         }
-        return MethodResult(encoderCoefficients: coefficients, decoderWeights: coefficients,
+        return MethodResult(.lossWeights(coefficients),
                             logs: taskLogs("w", w, tasks.names))
     }
 

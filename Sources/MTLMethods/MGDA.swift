@@ -38,7 +38,7 @@ final class MGDA: MultiTaskMethod {
         for s in 0..<T { for t in 0..<T { Kn[s * T + t] = K[s * T + t] / (n[s] * n[t]) } }
         var alpha = MinNorm.frankWolfe(Kn, T)
         if timesTasks { alpha = alpha.map { $0 * Double(T) } }
-        return MethodResult(encoderCoefficients: alpha, decoderWeights: alpha,
+        return MethodResult(.lossWeights(alpha),
                             logs: taskLogs("w", alpha, tasks.names))
     }
 

@@ -25,7 +25,7 @@ public struct MethodContext {
     /// inner products summed over ranks; parameter level: of the reduced parameter gradients).
     public var gram: [Double]?
     /// The per-task (global) gradients, length P each, for methods with `needsGradients`.
-    /// A method may overwrite them (see `MethodResult.combinedGradientWritten`, `multipliersWritten`).
+    /// A method may overwrite them (`MethodOutput.combinedGradient`, `.multipliers`).
     public var grads: [UnsafeMutableBufferPointer<Float>]?
     /// True on the first step of a new epoch (DWA and LPS close their epoch means then).
     public var epochEnded: Bool
@@ -52,28 +52,61 @@ public struct MethodContext {
     }
 }
 
-/// What a method returns.
+/// What a method produces, by kind: the trainer, `mtl balance` and the tests switch over it
+/// exhaustively, and a method cannot hand back an inconsistent combination (coefficients next to
+/// a gradient it wrote, multipliers at the parameter level, ...). Shared parameters are the
+/// encoder and a joint decoder's shared modules; g_t is task t's gradient of them.
+public enum MethodOutput: Equatable {
+    /// One weight per task loss, the same for the shared and the decoder parameters (α = w):
+    /// the step's gradient is that of Σ_t w_t L_t, so a joint decoder needs one backward.
+    /// EW, UW, DWA, RLW, GradNorm, MGDA, LPS, OL-AUX, Auto-λ, IMTL-L; IAL with every task primary (plain UW).
+    case lossWeights([Double])
+    /// Shared gradient Σ_t α_t g_t; task t's decoder parameters get weight w_t (α ≠ w in general).
+    /// IAL, PCGrad, CAGrad, GCS, IMTL(-G), Nash, Aligned.
+    case coefficients(shared: [Double], decoder: [Double])
+    /// Non-linear, parameter level: the method wrote the combined shared gradient into grads[0]
+    /// (GradDrop's sign-free variant).
+    case combinedGradient(decoder: [Double])
+    /// Non-linear, representation level: the method overwrote grads[t] with per-element
+    /// multipliers m_t; each rank forms Σ_t m_t ⊙ h_t of its own samples (`GradDrop.combine`).
+    case multipliers(decoder: [Double])
+
+    /// The weight of each task's loss for its own decoder parameters.
+    public var decoderWeights: [Double] {
+        switch self {
+        case .lossWeights(let w): return w
+        case .coefficients(_, let w), .combinedGradient(let w), .multipliers(let w): return w
+        }
+    }
+
+    /// α of the linear kinds (the shared gradient is Σ_t α_t g_t); nil for the non-linear ones.
+    public var sharedCoefficients: [Double]? {
+        switch self {
+        case .lossWeights(let w): return w
+        case .coefficients(let alpha, _): return alpha
+        case .combinedGradient, .multipliers: return nil
+        }
+    }
+
+    /// One value per task in every array; a one-line error naming the method otherwise.
+    public func check(taskCount T: Int, method: String) throws {
+        if decoderWeights.count != T {
+            throw MTLError("method \(method): returned \(decoderWeights.count) decoder weights, expected \(T) (one per task)")
+        }
+        if let alpha = sharedCoefficients, alpha.count != T {
+            throw MTLError("method \(method): returned \(alpha.count) shared coefficients, expected \(T) (one per task)")
+        }
+    }
+}
+
+/// What a method returns: its output and what it logs.
 public struct MethodResult {
-    /// α: the shared (encoder) gradient is Σ_t α_t g_t (linear methods).
-    public var encoderCoefficients: [Double]
-    /// The weight on each task's loss for its own head/decoder.
-    public var decoderWeights: [Double]
-    /// True if a non-linear method wrote the combined gradient into grads[0] instead of α.
-    public var combinedGradientWritten: Bool
-    /// Added to the brief's interface: true if GradDrop (representation level) overwrote
-    /// grads[t] with per-element multipliers m_t; the trainer then forms Σ_t m_t ⊙ h_t per
-    /// sample with `GradDrop.combine`.
-    public var multipliersWritten: Bool
+    public var output: MethodOutput
     /// Logged every step, in a fixed order, e.g. ("w.depth", 0.43), ("sigma.seg", 1.2).
     public var logs: [(String, Double)]
 
-    public init(encoderCoefficients: [Double], decoderWeights: [Double],
-                combinedGradientWritten: Bool = false, multipliersWritten: Bool = false,
-                logs: [(String, Double)] = []) {
-        self.encoderCoefficients = encoderCoefficients
-        self.decoderWeights = decoderWeights
-        self.combinedGradientWritten = combinedGradientWritten
-        self.multipliersWritten = multipliersWritten
+    public init(_ output: MethodOutput, logs: [(String, Double)] = []) {
+        self.output = output
         self.logs = logs
     }
 }

@@ -110,7 +110,7 @@ final class Nash: MultiTaskMethod {
         let alpha = alphaRaw!
         let norm = max(Dense.quad(K, alpha), 0).squareRoot()
         let clip = maxNorm > 0 && norm > maxNorm ? maxNorm / norm : 1
-        return MethodResult(encoderCoefficients: alpha.map { $0 * clip }, decoderWeights: alpha,
+        return MethodResult(.coefficients(shared: alpha.map { $0 * clip }, decoder: alpha),
                             logs: taskLogs("w", alpha, tasks.names) + logs + [("nash.clip", clip)])
     }
 

@@ -48,7 +48,7 @@ final class OLAux: MultiTaskMethod {
             accumulator = [Double](repeating: 0, count: T)
             accumulated = 0
         }
-        return MethodResult(encoderCoefficients: current, decoderWeights: current,
+        return MethodResult(.lossWeights(current),
                             logs: taskLogs("w", current, tasks.names, only: tasks.auxiliaries))
     }
 

@@ -49,7 +49,7 @@ final class PCGrad: MultiTaskMethod {
         let T = tasks.count
         let orders = PCGrad.permutations(seed: ctx.seed, step: ctx.step, taskCount: T)
         let (beta, projections) = PCGrad.coefficients(ctx.gram!, T, orders: orders)
-        return MethodResult(encoderCoefficients: beta, decoderWeights: [Double](repeating: 1, count: T),
+        return MethodResult(.coefficients(shared: beta, decoder: [Double](repeating: 1, count: T)),
                             logs: [("pcgrad.projections", Double(projections))])
     }
 

@@ -54,7 +54,7 @@ final class RLW: MultiTaskMethod {
     func apply(_ ctx: MethodContext) throws -> MethodResult {
         try check(ctx, name, tasks)
         let w = RLW.weights(distribution, taskCount: tasks.count, seed: ctx.seed, step: ctx.step)
-        return MethodResult(encoderCoefficients: w, decoderWeights: w, logs: taskLogs("w", w, tasks.names))
+        return MethodResult(.lossWeights(w), logs: taskLogs("w", w, tasks.names))
     }
 
     func stateValues() -> [String: [Double]] { [:] }

@@ -65,7 +65,7 @@ final class UW: MultiTaskMethod {
         let w = uncertainty.weights
         let logs = taskLogs("w", w, tasks.names) + taskLogs("sigma", uncertainty.sigmas, tasks.names)
         uncertainty.update(losses: ctx.losses)
-        return MethodResult(encoderCoefficients: w, decoderWeights: w, logs: logs)
+        return MethodResult(.lossWeights(w), logs: logs)
     }
 
     func stateValues() -> [String: [Double]] { uncertainty.state }

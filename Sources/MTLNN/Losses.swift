@@ -45,15 +45,11 @@ public final class CrossEntropyLoss {
         maxLogit.resize([n, hw])
         sumExp.resize([n, hw])
         classIndex.resize(n * hw)
-        // One task per (sample, block of pixels): the loops over a channel row stay contiguous.
-        let blocksPerSample = (hw + elementBlock - 1) / elementBlock
-        partials.resize(2 * n * blocksPerSample)
         let z = logits.data, t = target.data, prob = probability.data, mx = maxLogit.data
-        let cls = classIndex.data, part = partials.data, se = sumExp.data
+        let cls = classIndex.data, se = sumExp.data
         let ignore = ignoreIndex, ignoreValue = Float(ignoreIndex)
-        parallelFor(n * blocksPerSample) { task in
-            let s = task / blocksPerSample, lo = (task % blocksPerSample) * elementBlock
-            let len = min(hw, lo + elementBlock) - lo
+        return sumPixelBlocks(partials, samples: n, pixels: hw) { s, lo, hi in
+            let len = hi - lo
             let zs = z + s * c * hw + lo, ps = prob + s * c * hw + lo
             let m = mx + s * hw + lo, sum = se + s * hw + lo
             // m = max_c z; e_c = exp(z_c − m) into the probability rows, summed per pixel;
@@ -87,10 +83,8 @@ public final class CrossEntropyLoss {
                 let e = ps + ch * hw
                 for i in 0..<len { e[i] *= sum[i] }
             }
-            part[2 * task] = loss
-            part[2 * task + 1] = Double(valid)
+            return (loss, valid)
         }
-        return sumPartials(part, n * blocksPerSample)
     }
 
     /// scale · (softmax(z) − onehot(target)) on valid pixels, 0 on ignored ones.
@@ -113,19 +107,14 @@ public final class CrossEntropyLoss {
 /// |pred − target| on pixels with target ≠ 0 (0 marks missing depth). pred, target [N, 1, H, W].
 /// Gradient sign(pred − target), 0 where they are equal (as torch.abs).
 public final class MaskedL1Loss {
-    private let sign = Tensor([0])
-    private let inputGrad = Tensor([0])
-    private let partials = DoubleBuffer()
+    private let store = StoredGradient()   // the gradient is sign(pred − target)
     public init() {}
 
     public func forward(_ pred: Tensor, _ target: Tensor) -> LossSum {
         precondition(pred.count == target.count, "MaskedL1Loss: pred \(shapeString(pred.shape)) and target \(shapeString(target.shape)) differ")
-        sign.resize(pred.shape)
-        let count = pred.count, blocks = (count + elementBlock - 1) / elementBlock
-        partials.resize(2 * blocks)
-        let p = pred.data, t = target.data, sg = sign.data, part = partials.data
-        parallelFor(blocks) { b in
-            let lo = b * elementBlock, hi = min(count, lo + elementBlock)
+        store.gradient.resize(pred.shape)
+        let p = pred.data, t = target.data, sg = store.gradient.data
+        return sumBlocks(store.partials, count: pred.count) { lo, hi in
             var loss = 0.0, valid = 0
             for i in lo..<hi {
                 if t[i] == 0 { sg[i] = 0; continue }
@@ -134,15 +123,11 @@ public final class MaskedL1Loss {
                 sg[i] = d > 0 ? 1 : (d < 0 ? -1 : 0)
                 valid += 1
             }
-            part[2 * b] = loss
-            part[2 * b + 1] = Double(valid)
+            return (loss, valid)
         }
-        return sumPartials(part, blocks)
     }
 
-    public func backward(scale: Float) -> Tensor {
-        scaledCopy(sign, scale, into: inputGrad)
-    }
+    public func backward(scale: Float) -> Tensor { store.backward(scale: scale) }
 }
 
 /// 1 − ⟨pred/‖pred‖, target⟩ per valid pixel, pred and target [N, 3, H, W]; pred is normalised
@@ -150,99 +135,48 @@ public final class MaskedL1Loss {
 /// target is the zero vector is invalid.
 public final class NormalCosineLoss {
     public static let eps: Float = 1e-12
-    /// d(loss)/d(pred) per element, computed in forward.
-    private let gradient = Tensor([0])
-    private let inputGrad = Tensor([0])
-    private let partials = DoubleBuffer()
+    private let store = StoredGradient()
     public init() {}
 
     public func forward(_ pred: Tensor, _ target: Tensor) -> LossSum {
         precondition(pred.rank == 4 && pred.c == 3 && target.shape == pred.shape,
                      "NormalCosineLoss: expected pred and target [N, 3, H, W], got \(shapeString(pred.shape)) and \(shapeString(target.shape))")
-        let n = pred.n, hw = pred.h * pred.w
-        gradient.resize(pred.shape)
-        let blocksPerSample = (hw + elementBlock - 1) / elementBlock
-        partials.resize(2 * n * blocksPerSample)
-        let p = pred.data, t = target.data, gr = gradient.data, part = partials.data
-        parallelFor(n * blocksPerSample) { task in
-            let s = task / blocksPerSample, lo = (task % blocksPerSample) * elementBlock
-            let hi = min(hw, lo + elementBlock)
-            let p0 = p + s * 3 * hw, p1 = p0 + hw, p2 = p1 + hw
-            let t0 = t + s * 3 * hw, t1 = t0 + hw, t2 = t1 + hw
-            let g0 = gr + s * 3 * hw, g1 = g0 + hw, g2 = g1 + hw
-            var loss = 0.0, valid = 0
-            for i in lo..<hi {
-                let a = t0[i], b = t1[i], c = t2[i]
-                if a == 0 && b == 0 && c == 0 { g0[i] = 0; g1[i] = 0; g2[i] = 0; continue }
-                let x = p0[i], y = p1[i], z = p2[i]
-                let norm = (x * x + y * y + z * z).squareRoot()
-                if norm > NormalCosineLoss.eps {
-                    // u = p/‖p‖: d⟨u, t⟩/dp = (t − u⟨u, t⟩)/‖p‖
-                    let inv = 1 / norm
-                    let ux = x * inv, uy = y * inv, uz = z * inv
-                    let cosine = ux * a + uy * b + uz * c
-                    loss += Double(1 - cosine)
-                    g0[i] = -(a - ux * cosine) * inv
-                    g1[i] = -(b - uy * cosine) * inv
-                    g2[i] = -(c - uz * cosine) * inv
-                } else {
-                    // u = p/eps, linear in p
-                    let inv = 1 / NormalCosineLoss.eps
-                    loss += Double(1 - (x * a + y * b + z * c) * inv)
-                    g0[i] = -a * inv; g1[i] = -b * inv; g2[i] = -c * inv
-                }
-                valid += 1
+        return normalPixels(pred, target, store, valid: { a, b, c in !(a == 0 && b == 0 && c == 0) }) { x, y, z, a, b, c in
+            let norm = (x * x + y * y + z * z).squareRoot()
+            if norm > NormalCosineLoss.eps {
+                // u = p/‖p‖: d⟨u, t⟩/dp = (t − u⟨u, t⟩)/‖p‖
+                let inv = 1 / norm
+                let ux = x * inv, uy = y * inv, uz = z * inv
+                let cosine = ux * a + uy * b + uz * c
+                return (Double(1 - cosine), -(a - ux * cosine) * inv, -(b - uy * cosine) * inv, -(c - uz * cosine) * inv)
             }
-            part[2 * task] = loss
-            part[2 * task + 1] = Double(valid)
+            // u = p/eps, linear in p
+            let inv = 1 / NormalCosineLoss.eps
+            return (Double(1 - (x * a + y * b + z * c) * inv), -a * inv, -b * inv, -c * inv)
         }
-        return sumPartials(part, n * blocksPerSample)
     }
 
-    public func backward(scale: Float) -> Tensor {
-        scaledCopy(gradient, scale, into: inputGrad)
-    }
+    public func backward(scale: Float) -> Tensor { store.backward(scale: scale) }
 }
 
-/// Binary cross-entropy on logits, PyTorch's numerically stable form with pos_weight:
-/// ℓ = (1 − t)·x + (1 + (pw − 1)·t)·(log(1 + e^−|x|) + max(−x, 0)),
-/// dℓ/dx = σ(x)·(1 − t + pw·t) − pw·t. Targets other than 0 or 1 (−1, 255, ...) are ignored.
+/// Binary cross-entropy on logits with pos_weight (PyTorch's BCEWithLogitsLoss):
+/// ℓ = (1 − t)·softplus(x) + pw·t·softplus(−x), dℓ/dx = (1 − t)·σ(x) − pw·t·(1 − σ(x)) (`weightedBCE`
+/// with a = 1, b = pw). Targets other than 0 or 1 (−1, 255, ...) are ignored.
 public final class BCEWithLogitsLoss {
     public let posWeight: Float
-    private let gradient = Tensor([0])
-    private let inputGrad = Tensor([0])
-    private let partials = DoubleBuffer()
+    private let store = StoredGradient()
     public init(posWeight: Float = 1) { self.posWeight = posWeight }
 
     public func forward(_ logits: Tensor, _ target: Tensor) -> LossSum {
         precondition(logits.count == target.count, "BCEWithLogitsLoss: logits \(shapeString(logits.shape)) and target \(shapeString(target.shape)) differ")
-        gradient.resize(logits.shape)
-        let count = logits.count, blocks = (count + elementBlock - 1) / elementBlock
-        partials.resize(2 * blocks)
-        let x = logits.data, t = target.data, gr = gradient.data, part = partials.data, pw = posWeight
-        parallelFor(blocks) { b in
-            let lo = b * elementBlock, hi = min(count, lo + elementBlock)
-            var loss = 0.0, valid = 0
-            for i in lo..<hi {
-                let y = t[i]
-                if y != 0 && y != 1 { gr[i] = 0; continue }
-                let v = x[i]
-                let e = expf(-abs(v))
-                let softplusNeg = log1pf(e) + max(-v, 0)          // −log σ(v)
-                loss += Double((1 - y) * v + (1 + (pw - 1) * y) * softplusNeg)
-                let sigma = v >= 0 ? 1 / (1 + e) : e / (1 + e)
-                gr[i] = sigma * (1 - y + pw * y) - pw * y
-                valid += 1
-            }
-            part[2 * b] = loss
-            part[2 * b + 1] = Double(valid)
+        store.gradient.resize(logits.shape)
+        let x = logits.data, t = target.data, gr = store.gradient.data, pw = posWeight
+        return sumBlocks(store.partials, count: logits.count) { lo, hi in
+            weightedBCE(x, t, gr, lo, hi, negative: 1, positive: pw, soft: false)
         }
-        return sumPartials(part, blocks)
     }
 
-    public func backward(scale: Float) -> Tensor {
-        scaledCopy(gradient, scale, into: inputGrad)
-    }
+    public func backward(scale: Float) -> Tensor { store.backward(scale: scale) }
 }
 
 /// ATRC's surface-normal loss: L1 between the L2-normalised prediction and the target,
@@ -254,55 +188,29 @@ public final class BCEWithLogitsLoss {
 /// where the norm is clamped.
 public final class NormalL1Loss {
     public let ignoreValue: Float
-    private let gradient = Tensor([0])
-    private let inputGrad = Tensor([0])
-    private let partials = DoubleBuffer()
+    private let store = StoredGradient()
     public init(ignoreValue: Float = 255) { self.ignoreValue = ignoreValue }
 
     public func forward(_ pred: Tensor, _ target: Tensor) -> LossSum {
         precondition(pred.rank == 4 && pred.c == 3 && target.shape == pred.shape,
                      "NormalL1Loss: expected pred and target [N, 3, H, W], got \(shapeString(pred.shape)) and \(shapeString(target.shape))")
-        let n = pred.n, hw = pred.h * pred.w
-        gradient.resize(pred.shape)
-        let blocksPerSample = (hw + elementBlock - 1) / elementBlock
-        partials.resize(2 * n * blocksPerSample)
-        let p = pred.data, t = target.data, gr = gradient.data, part = partials.data, ignore = ignoreValue
-        parallelFor(n * blocksPerSample) { task in
-            let s = task / blocksPerSample, lo = (task % blocksPerSample) * elementBlock
-            let hi = min(hw, lo + elementBlock)
-            let p0 = p + s * 3 * hw, p1 = p0 + hw, p2 = p1 + hw
-            let t0 = t + s * 3 * hw, t1 = t0 + hw, t2 = t1 + hw
-            let g0 = gr + s * 3 * hw, g1 = g0 + hw, g2 = g1 + hw
-            var loss = 0.0, valid = 0
-            for i in lo..<hi {
-                let a = t0[i], b = t1[i], c = t2[i]
-                if (a == 0 && b == 0 && c == 0) || a == ignore || b == ignore || c == ignore {
-                    g0[i] = 0; g1[i] = 0; g2[i] = 0; continue
-                }
-                let x = p0[i], y = p1[i], z = p2[i]
-                let norm = (x * x + y * y + z * z).squareRoot()
-                let clamped = !(norm > L2Normalize.eps)
-                let inv = 1 / (clamped ? L2Normalize.eps : norm)
-                let ux = x * inv, uy = y * inv, uz = z * inv
-                loss += Double(abs(ux - a)) + Double(abs(uy - b)) + Double(abs(uz - c))
-                let sx: Float = ux > a ? 1 : (ux < a ? -1 : 0)
-                let sy: Float = uy > b ? 1 : (uy < b ? -1 : 0)
-                let sz: Float = uz > c ? 1 : (uz < c ? -1 : 0)
-                let dot = clamped ? 0 : ux * sx + uy * sy + uz * sz
-                g0[i] = (sx - ux * dot) * inv
-                g1[i] = (sy - uy * dot) * inv
-                g2[i] = (sz - uz * dot) * inv
-                valid += 1
-            }
-            part[2 * task] = loss
-            part[2 * task + 1] = Double(valid)
+        let ignore = ignoreValue
+        let valid = { (a: Float, b: Float, c: Float) in !(a == 0 && b == 0 && c == 0) && a != ignore && b != ignore && c != ignore }
+        return normalPixels(pred, target, store, valid: valid) { x, y, z, a, b, c in
+            let norm = (x * x + y * y + z * z).squareRoot()
+            let clamped = !(norm > L2Normalize.eps)
+            let inv = 1 / (clamped ? L2Normalize.eps : norm)
+            let ux = x * inv, uy = y * inv, uz = z * inv
+            let loss = Double(abs(ux - a)) + Double(abs(uy - b)) + Double(abs(uz - c))
+            let sx: Float = ux > a ? 1 : (ux < a ? -1 : 0)
+            let sy: Float = uy > b ? 1 : (uy < b ? -1 : 0)
+            let sz: Float = uz > c ? 1 : (uz < c ? -1 : 0)
+            let dot = clamped ? 0 : ux * sx + uy * sy + uz * sz
+            return (loss, (sx - ux * dot) * inv, (sy - uy * dot) * inv, (sz - uz * dot) * inv)
         }
-        return sumPartials(part, n * blocksPerSample)
     }
 
-    public func backward(scale: Float) -> Tensor {
-        scaledCopy(gradient, scale, into: inputGrad)
-    }
+    public func backward(scale: Float) -> Tensor { store.backward(scale: scale) }
 }
 
 /// Class-balanced binary cross-entropy on logits (ATRC/MTFormer edges and saliency):
@@ -321,9 +229,7 @@ public final class BalancedBCEWithLogitsLoss {
     public let positiveWeight: Float?
     /// The w of the last forward.
     public private(set) var weight: Float = 0
-    private let gradient = Tensor([0])
-    private let inputGrad = Tensor([0])
-    private let partials = DoubleBuffer()
+    private let store = StoredGradient()
     public init(positiveWeight: Float? = nil) {
         precondition(positiveWeight.map { $0 >= 0 && $0 < 1 } ?? true, "BalancedBCEWithLogitsLoss: the positive weight must be in [0, 1)")
         self.positiveWeight = positiveWeight
@@ -331,49 +237,28 @@ public final class BalancedBCEWithLogitsLoss {
 
     public func forward(_ logits: Tensor, _ target: Tensor) -> LossSum {
         precondition(logits.count == target.count, "BalancedBCEWithLogitsLoss: logits \(shapeString(logits.shape)) and target \(shapeString(target.shape)) differ")
-        gradient.resize(logits.shape)
-        let count = logits.count, blocks = (count + elementBlock - 1) / elementBlock
-        partials.resize(2 * blocks)
-        let x = logits.data, t = target.data, gr = gradient.data, part = partials.data
+        store.gradient.resize(logits.shape)
+        let x = logits.data, t = target.data, gr = store.gradient.data
         if let w = positiveWeight {
             weight = w
         } else {
-            parallelFor(blocks) { b in
+            let totals = sumBlocks(store.partials, count: logits.count) { lo, hi in
                 var negatives = 0.0, valid = 0
-                for i in (b * elementBlock)..<min(count, (b + 1) * elementBlock) {
+                for i in lo..<hi {
                     let y = t[i]
                     if y >= 0 && y <= 1 { negatives += Double(1 - y); valid += 1 }
                 }
-                part[2 * b] = negatives
-                part[2 * b + 1] = Double(valid)
+                return (negatives, valid)
             }
-            let totals = sumPartials(part, blocks)
             weight = totals.count > 0 ? Float(totals.sum / Double(totals.count)) : 0
         }
         let w = weight
-        parallelFor(blocks) { b in
-            let lo = b * elementBlock, hi = min(count, lo + elementBlock)
-            var loss = 0.0, valid = 0
-            for i in lo..<hi {
-                let y = t[i]
-                if !(y >= 0 && y <= 1) { gr[i] = 0; continue }
-                let v = x[i], e = expf(-abs(v))
-                let softplusNeg = log1pf(e) + max(-v, 0)        // −log σ(v)
-                let softplusPos = softplusNeg + v               // −log(1 − σ(v))
-                loss += Double(w * y * softplusNeg + (1 - w) * (1 - y) * softplusPos)
-                let sigma = v >= 0 ? 1 / (1 + e) : e / (1 + e)
-                gr[i] = (1 - w) * (1 - y) * sigma - w * y * (1 - sigma)
-                valid += 1
-            }
-            part[2 * b] = loss
-            part[2 * b + 1] = Double(valid)
+        return sumBlocks(store.partials, count: logits.count) { lo, hi in
+            weightedBCE(x, t, gr, lo, hi, negative: 1 - w, positive: w, soft: true)
         }
-        return sumPartials(part, blocks)
     }
 
-    public func backward(scale: Float) -> Tensor {
-        scaledCopy(gradient, scale, into: inputGrad)
-    }
+    public func backward(scale: Float) -> Tensor { store.backward(scale: scale) }
 }
 
 /// ATRC's saliency loss: 2-channel softmax cross-entropy with batch-computed class weights
@@ -388,10 +273,8 @@ public final class BalancedCrossEntropyLoss {
     public let ignoreIndex: Int
     /// The w of the last forward.
     public private(set) var weight: Float = 0
-    private let gradient = Tensor([0])
-    private let inputGrad = Tensor([0])
+    private let store = StoredGradient()
     private let classIndex = Int32Buffer()
-    private let partials = DoubleBuffer()
     public init(ignoreIndex: Int = 255) { self.ignoreIndex = ignoreIndex }
 
     public func forward(_ logits: Tensor, _ target: Tensor) -> LossSum {
@@ -399,32 +282,26 @@ public final class BalancedCrossEntropyLoss {
         let n = logits.n, hw = logits.h * logits.w
         precondition(target.count == n * hw && (target.rank == 3 || (target.rank == 4 && target.c == 1)),
                      "BalancedCrossEntropyLoss: target \(shapeString(target.shape)) does not match logits \(shapeString(logits.shape)) (expected [N, H, W])")
-        gradient.resize(logits.shape)
+        store.gradient.resize(logits.shape)
         classIndex.resize(n * hw)
-        let blocksPerSample = (hw + elementBlock - 1) / elementBlock, tasks = n * blocksPerSample
-        partials.resize(2 * tasks)
-        let z = logits.data, t = target.data, gr = gradient.data, cls = classIndex.data, part = partials.data
-        let ignoreValue = Float(ignoreIndex)
+        let z = logits.data, t = target.data, gr = store.gradient.data, cls = classIndex.data
+        let ignoreValue = Float(ignoreIndex), ignore = ignoreIndex
         // Pass 1: class per pixel, and the background count.
-        parallelFor(tasks) { task in
-            let s = task / blocksPerSample, lo = (task % blocksPerSample) * elementBlock, hi = min(hw, lo + elementBlock)
+        let totals = sumPixelBlocks(store.partials, samples: n, pixels: hw) { s, lo, hi in
             var background = 0, valid = 0
             for i in lo..<hi {
                 let label = t[s * hw + i]
                 if label == ignoreValue { cls[s * hw + i] = -1; continue }
-                precondition(label == 0 || label == 1, "BalancedCrossEntropyLoss: target \(label) at sample \(s), pixel \(i) is neither 0, 1 nor ignoreIndex \(ignoreIndex)")
+                precondition(label == 0 || label == 1, "BalancedCrossEntropyLoss: target \(label) at sample \(s), pixel \(i) is neither 0, 1 nor ignoreIndex \(ignore)")
                 cls[s * hw + i] = Int32(label)
                 if label == 0 { background += 1 }
                 valid += 1
             }
-            part[2 * task] = Double(background)
-            part[2 * task + 1] = Double(valid)
+            return (Double(background), valid)
         }
-        let totals = sumPartials(part, tasks)
         weight = totals.count > 0 ? Float(totals.sum / Double(totals.count)) : 0
         let classWeight = (1 - weight, weight)
-        parallelFor(tasks) { task in
-            let s = task / blocksPerSample, lo = (task % blocksPerSample) * elementBlock, hi = min(hw, lo + elementBlock)
+        return sumPixelBlocks(store.partials, samples: n, pixels: hw) { s, lo, hi in
             let z0 = z + s * 2 * hw, z1 = z0 + hw, g0 = gr + s * 2 * hw, g1 = g0 + hw
             var loss = 0.0, valid = 0
             for i in lo..<hi {
@@ -440,15 +317,54 @@ public final class BalancedCrossEntropyLoss {
                 g1[i] = wk * (k == 1 ? p1 - 1 : p1)
                 valid += 1
             }
-            part[2 * task] = loss
-            part[2 * task + 1] = Double(valid)
+            return (loss, valid)
         }
-        return sumPartials(part, tasks)
     }
 
-    public func backward(scale: Float) -> Tensor {
-        scaledCopy(gradient, scale, into: inputGrad)
+    public func backward(scale: Float) -> Tensor { store.backward(scale: scale) }
+}
+
+/// The buffers of a loss whose forward also writes dℓ/d(input) per element: that gradient, the
+/// per-block partial sums, and the dx that backward returns (scale × the gradient).
+final class StoredGradient {
+    let gradient = Tensor([0])
+    let partials = DoubleBuffer()
+    private let inputGrad = Tensor([0])
+
+    func backward(scale: Float) -> Tensor { scaledCopy(gradient, scale, into: inputGrad) }
+}
+
+/// Σ of `block(lo, hi)` = (loss sum, valid count) over [0, count) in blocks of `elementBlock`,
+/// run in parallel and added in block order (the result does not depend on the thread count).
+@inline(__always)
+func sumBlocks(_ partials: DoubleBuffer, count: Int, _ block: (Int, Int) -> (Double, Int)) -> LossSum {
+    let blocks = (count + elementBlock - 1) / elementBlock
+    partials.resize(2 * blocks)
+    let part = partials.data
+    parallelFor(blocks) { b in
+        let lo = b * elementBlock
+        let (loss, valid) = block(lo, min(count, lo + elementBlock))
+        part[2 * b] = loss
+        part[2 * b + 1] = Double(valid)
     }
+    return sumPartials(part, blocks)
+}
+
+/// The same over the pixels of each sample of an [N, ·, H, W] tensor: `block(sample, lo, hi)` for
+/// pixel blocks [lo, hi) of one sample (the loops over a channel row stay contiguous).
+@inline(__always)
+func sumPixelBlocks(_ partials: DoubleBuffer, samples n: Int, pixels hw: Int,
+                    _ block: (Int, Int, Int) -> (Double, Int)) -> LossSum {
+    let blocksPerSample = (hw + elementBlock - 1) / elementBlock
+    partials.resize(2 * n * blocksPerSample)
+    let part = partials.data
+    parallelFor(n * blocksPerSample) { task in
+        let s = task / blocksPerSample, lo = (task % blocksPerSample) * elementBlock
+        let (loss, valid) = block(s, lo, min(hw, lo + elementBlock))
+        part[2 * task] = loss
+        part[2 * task + 1] = Double(valid)
+    }
+    return sumPartials(part, n * blocksPerSample)
 }
 
 /// Adds (loss, count) pairs of the blocks in order.
@@ -471,4 +387,55 @@ func scaledCopy(_ source: Tensor, _ scale: Float, into dx: Tensor) -> Tensor {
         for i in lo..<hi { g[i] = scale * src[i] }
     }
     return dx
+}
+
+/// The weighted binary cross-entropy on logits that BCEWithLogitsLoss and BalancedBCEWithLogitsLoss
+/// share, over elements [lo, hi):
+///   ℓ = a·(1 − y)·softplus(x) + b·y·softplus(−x),   dℓ/dx = a·(1 − y)·σ(x) − b·y·(1 − σ(x)),
+/// in the stable form softplus(−x) = log(1 + e^−|x|) + max(−x, 0), softplus(x) = softplus(−x) + x.
+/// Valid targets: 0 and 1 (`soft` false) or all of [0, 1]; others get gradient 0 and are not counted.
+@inline(__always)
+func weightedBCE(_ x: UnsafePointer<Float>, _ t: UnsafePointer<Float>, _ gr: UnsafeMutablePointer<Float>,
+                 _ lo: Int, _ hi: Int, negative a: Float, positive b: Float, soft: Bool) -> (Double, Int) {
+    var loss = 0.0, valid = 0
+    for i in lo..<hi {
+        let y = t[i]
+        if soft ? !(y >= 0 && y <= 1) : (y != 0 && y != 1) { gr[i] = 0; continue }
+        let v = x[i], e = expf(-abs(v))
+        let softplusNeg = log1pf(e) + max(-v, 0)        // −log σ(v)
+        let softplusPos = softplusNeg + v               // −log(1 − σ(v))
+        loss += Double(a * (1 - y) * softplusPos + b * y * softplusNeg)
+        let sigma = v >= 0 ? 1 / (1 + e) : e / (1 + e)
+        gr[i] = a * (1 - y) * sigma - b * y * (1 - sigma)
+        valid += 1
+    }
+    return (loss, valid)
+}
+
+/// The per-pixel loop of the surface-normal losses over pred, target [N, 3, H, W]: a pixel for which
+/// `valid(t)` is false gets gradient 0 and is not counted; otherwise `pixel(p, t)` gives its loss and
+/// dℓ/dp (components x, y, z = channels 0, 1, 2).
+@inline(__always)
+func normalPixels(_ pred: Tensor, _ target: Tensor, _ store: StoredGradient,
+                  valid: (Float, Float, Float) -> Bool,
+                  pixel: (_ x: Float, _ y: Float, _ z: Float, _ a: Float, _ b: Float, _ c: Float)
+                      -> (loss: Double, dx: Float, dy: Float, dz: Float)) -> LossSum {
+    let n = pred.n, hw = pred.h * pred.w
+    store.gradient.resize(pred.shape)
+    let p = pred.data, t = target.data, gr = store.gradient.data
+    return sumPixelBlocks(store.partials, samples: n, pixels: hw) { s, lo, hi in
+        let p0 = p + s * 3 * hw, p1 = p0 + hw, p2 = p1 + hw
+        let t0 = t + s * 3 * hw, t1 = t0 + hw, t2 = t1 + hw
+        let g0 = gr + s * 3 * hw, g1 = g0 + hw, g2 = g1 + hw
+        var loss = 0.0, count = 0
+        for i in lo..<hi {
+            let a = t0[i], b = t1[i], c = t2[i]
+            if !valid(a, b, c) { g0[i] = 0; g1[i] = 0; g2[i] = 0; continue }
+            let r = pixel(p0[i], p1[i], p2[i], a, b, c)
+            loss += r.loss
+            g0[i] = r.dx; g1[i] = r.dy; g2[i] = r.dz
+            count += 1
+        }
+        return (loss, count)
+    }
 }

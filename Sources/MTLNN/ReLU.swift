@@ -7,12 +7,18 @@ public final class ReLU {
     private let inputGrad = Tensor([0])
     public init() {}
 
+    /// Called with every forward's output, in call order (nil unless a test sets it): the float64
+    /// cross-checks differentiate the reference on mtl's own ReLU decisions, since an input within
+    /// float32 rounding of 0 may be decided either way (HRNetTorchTests).
+    nonisolated(unsafe) public static var forwardObserver: ((Tensor) -> Void)?
+
     public func forward(_ x: Tensor) -> Tensor {
         output.resize(x.shape)
         let src = x.data, dst = output.data
         parallelBlocks(x.count) { lo, hi in
             for i in lo..<hi { let v = src[i]; dst[i] = v < 0 ? 0 : v }
         }
+        ReLU.forwardObserver?(output)
         return output
     }
 

@@ -220,7 +220,7 @@ final class JointDecoderTests: XCTestCase {
         let method = try makeMethod(name: "pcgrad", taskNames: f.names, roles: f.roles, params: [:])
         var ctx = MethodContext(step: 0, seed: 4, roles: f.roles, losses: [1, 1, 1], gram: gram, level: .parameters)
         ctx.epoch = 0
-        let alpha = try method.apply(ctx).encoderCoefficients
+        let alpha = try XCTUnwrap(method.apply(ctx).output.sharedCoefficients)
         let (g, stats) = try gradients(try engine(f, method: "pcgrad", level: .parameters), f)
         XCTAssertEqual(stats.coefficients.count, 3)
         for t in 0..<3 { XCTAssertEqual(stats.coefficients[t], alpha[t], accuracy: 1e-5 * max(1, abs(alpha[t]))) }
@@ -250,7 +250,7 @@ final class JointDecoderTests: XCTestCase {
             let fresh = try makeMethod(name: name, taskNames: f.names, roles: f.roles, params: [:])
             let identity = (0..<9).map { $0 % 4 == 0 ? 1.0 : 0.0 }
             let w = try fresh.apply(MethodContext(step: 0, seed: 4, roles: f.roles, losses: stats.losses,
-                                                  gram: identity)).decoderWeights
+                                                  gram: identity)).output.decoderWeights
             XCTAssertTrue(alpha.contains { abs($0 - w[0]) > 1e-3 } || name == "pcgrad",
                           "\(name): α = \(alpha) must differ from w = \(w) for the check to tell them apart")
             let want = (0..<ref[0].count).map { k in (0..<3).reduce(0.0) { $0 + alpha[$1] * ref[$1][k] } }

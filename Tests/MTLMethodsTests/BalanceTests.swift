@@ -36,7 +36,7 @@ final class BalanceTests: XCTestCase {
         let combined: [Float] = try f.read("combined")
         let ctx = MethodContext(step: 17, seed: 4, roles: roles(3), losses: [1, 1, 1], gram: v.gram())
         let direct = try make("pcgrad", T: 3).apply(ctx)
-        XCTAssertEqual(coefficients, direct.encoderCoefficients)
+        XCTAssertEqual(coefficients, direct.alpha)
         let expected = v.combine(coefficients)
         for i in 0..<v.P { XCTAssertEqual(Double(combined[i]), expected[i], accuracy: 1e-5 * max(1, abs(expected[i]))) }
         XCTAssertEqual(f.intAttribute("/", "step"), 17)

@@ -78,3 +78,9 @@ func assertClose(_ a: [Double], _ b: [Double], _ tol: Double, _ msg: String = ""
 }
 
 func logValue(_ r: MethodResult, _ key: String) -> Double? { r.logs.first { $0.0 == key }?.1 }
+
+extension MethodResult {
+    /// α of a linear result; empty for a non-linear one, so that comparisons with it fail.
+    var alpha: [Double] { output.sharedCoefficients ?? [] }
+    var decoderWeights: [Double] { output.decoderWeights }
+}

@@ -11,14 +11,14 @@ final class IALTests: XCTestCase {
         let m = try make("ial", T: 3)
         let K = v.gram()
         let r = try m.apply(context(T: 3, losses: [2, 0.5, 1], gram: K))
-        XCTAssertEqual(r.encoderCoefficients[0], 1)  // exactly
+        XCTAssertEqual(r.alpha[0], 1)  // exactly
         // s = 0: w = f(0) = 1/(1+1) = 0.5 and α_k = 0.5·‖h_p‖/(‖h_k‖ + 1e-8).
         let np = norm(v.double(0))
         for k in 1..<3 {
             let nk = norm(v.double(k))
-            XCTAssertEqual(r.encoderCoefficients[k], 0.5 * np / (nk + 1e-8), accuracy: 1e-12 * r.encoderCoefficients[k])
+            XCTAssertEqual(r.alpha[k], 0.5 * np / (nk + 1e-8), accuracy: 1e-12 * r.alpha[k])
             // ‖α_k h_k‖ = w_k ‖h_p‖: the auxiliary gradient is rescaled to the primary's norm.
-            XCTAssertEqual(norm(v.double(k).map { $0 * r.encoderCoefficients[k] }), 0.5 * np, accuracy: 1e-6 * np)
+            XCTAssertEqual(norm(v.double(k).map { $0 * r.alpha[k] }), 0.5 * np, accuracy: 1e-6 * np)
             XCTAssertEqual(logValue(r, "w.\(names(3)[k])")!, 0.5)
         }
         XCTAssertNil(logValue(r, "w.seg"))  // the primary has no w
@@ -39,7 +39,7 @@ final class IALTests: XCTestCase {
         XCTAssertEqual(logValue(r, "sigma.seg")!, exp(0.5 * s[0]), accuracy: 1e-15)
         // Auxiliary weights follow their own uncertainty: w_depth = 1/(1 + e^{s_depth}) > 0.5.
         XCTAssertEqual(logValue(r, "w.depth")!, 1 / (1 + exp(s[1])), accuracy: 1e-15)
-        XCTAssertEqual(r.encoderCoefficients[0], 1)
+        XCTAssertEqual(r.alpha[0], 1)
     }
 
     func testMappingsAtZeroAndRangeAndMonotone() {
@@ -68,7 +68,7 @@ final class IALTests: XCTestCase {
                 let w = logValue(r, k)!
                 XCTAssertTrue(w >= 0 && w < 1, "\(f) \(k) = \(w)")
             }
-            XCTAssertEqual(r.encoderCoefficients[0], 1)
+            XCTAssertEqual(r.alpha[0], 1)
         }
     }
 
@@ -77,7 +77,7 @@ final class IALTests: XCTestCase {
         let np = norm(v.double(0))
         // none: w = 1, pure norm matching.
         let none = try make("ial", T: 3, ["source": "none"]).apply(context(T: 3, gram: K))
-        for k in 1..<3 { XCTAssertEqual(none.encoderCoefficients[k], np / (norm(v.double(k)) + 1e-8), accuracy: 1e-12 * none.encoderCoefficients[k]) }
+        for k in 1..<3 { XCTAssertEqual(none.alpha[k], np / (norm(v.double(k)) + 1e-8), accuracy: 1e-12 * none.alpha[k]) }
         // cosine: w_k = max(0, cos(h_p, h_k)) computed from the vectors.
         let cos = try make("ial", T: 3, ["source": "cosine"]).apply(context(T: 3, gram: K))
         for k in 1..<3 {
@@ -97,7 +97,7 @@ final class IALTests: XCTestCase {
     func testAllPrimaryFallsBackToUWAndRoleErrors() throws {
         let m = try makeMethod(name: "ial", taskNames: names(3), roles: [.primary, .primary, .primary], params: [:])
         let r = try m.apply(MethodContext(step: 0, roles: [.primary, .primary, .primary], losses: [1, 2, 3], gram: v.gram()))
-        XCTAssertEqual(r.encoderCoefficients, [0.5, 0.5, 0.5])
+        XCTAssertEqual(r.alpha, [0.5, 0.5, 0.5])
         XCTAssertEqual(r.decoderWeights, [0.5, 0.5, 0.5])
         XCTAssertThrowsError(try makeMethod(name: "ial", taskNames: names(3), roles: [.primary, .primary, .auxiliary], params: [:]))
         XCTAssertThrowsError(try makeMethod(name: "ial", taskNames: names(2), roles: [.auxiliary, .auxiliary], params: [:]))
@@ -106,7 +106,7 @@ final class IALTests: XCTestCase {
     func testZeroAuxiliaryGradientGivesZeroCoefficient() throws {
         let K = [4.0, 0, 0, 0]  // auxiliary has no gradient this step (e.g. no valid pixels)
         let r = try make("ial", T: 2).apply(context(T: 2, gram: K))
-        XCTAssertEqual(r.encoderCoefficients, [1, 0.5 * 2 / 1e-8])  // finite; multiplies a zero vector
-        XCTAssertTrue(r.encoderCoefficients.allSatisfy { $0.isFinite })
+        XCTAssertEqual(r.alpha, [1, 0.5 * 2 / 1e-8])  // finite; multiplies a zero vector
+        XCTAssertTrue(r.alpha.allSatisfy { $0.isFinite })
     }
 }

@@ -24,11 +24,46 @@ final class InterfaceTests: XCTestCase {
     }
 
     func flat(_ rs: [MethodResult]) -> [Double] {
-        rs.flatMap { $0.encoderCoefficients + $0.decoderWeights + $0.logs.map { $0.1 } }
+        rs.flatMap { $0.alpha + $0.decoderWeights + $0.logs.map { $0.1 } }
     }
 
     func testEveryNameBuilds() throws {
         for name in methodNames { XCTAssertEqual(try make(name, T: T).name, name) }
+    }
+
+    /// The kind of output each method gives (the engine's path depends on it: a joint decoder under a
+    /// `.lossWeights` method runs one backward of Σ_t w_t L_t, under `.coefficients` one per task).
+    func testOutputKinds() throws {
+        let lossWeights: Set = ["ew", "uw", "dwa", "rlw", "gradnorm", "mgda", "lps", "olaux", "autol", "imtl-l"]
+        let coefficients: Set = ["pcgrad", "cagrad", "imtl", "imtl-g", "nash", "aligned", "gcs", "ial"]
+        XCTAssertEqual(lossWeights.union(coefficients).union(["graddrop"]), Set(methodNames))
+        for name in methodNames {
+            for r in try run(make(name, T: T), gram: v.gram(), steps: 3) {
+                switch r.output {
+                case .lossWeights(let w):
+                    XCTAssertTrue(lossWeights.contains(name), "\(name) gave loss weights")
+                    XCTAssertEqual(w.count, T, name)
+                case .coefficients(let alpha, let w):
+                    XCTAssertTrue(coefficients.contains(name), "\(name) gave coefficients")
+                    XCTAssertEqual(alpha.count, T, name)
+                    XCTAssertEqual(w.count, T, name)
+                case .combinedGradient(let w):  // `run` passes GradDrop the vectors at the parameter level
+                    XCTAssertEqual(name, "graddrop")
+                    XCTAssertEqual(w, [1, 1, 1])
+                case .multipliers:
+                    XCTFail("\(name) gave multipliers at the parameter level")
+                }
+            }
+        }
+        // IAL with every task primary is plain UW: loss weights.
+        let allPrimary = try makeMethod(name: "ial", taskNames: names(T), roles: [TaskRole](repeating: .primary, count: T), params: [:])
+        let r = try allPrimary.apply(MethodContext(step: 0, roles: [TaskRole](repeating: .primary, count: T),
+                                                    losses: [1, 1, 1], gram: v.gram()))
+        XCTAssertEqual(r.output, .lossWeights([0.5, 0.5, 0.5]))
+        // Wrong lengths are a one-line error naming the method.
+        XCTAssertThrowsError(try MethodOutput.coefficients(shared: [1, 1], decoder: [1, 1, 1]).check(taskCount: 3, method: "x")) {
+            XCTAssertEqual("\($0)", "method x: returned 2 shared coefficients, expected 3 (one per task)")
+        }
     }
 
     func testDeterministicForIdenticalInputs() throws {
@@ -49,9 +84,9 @@ final class InterfaceTests: XCTestCase {
             guard m1.needsGram else { continue }
             let a = try run(m1, gram: whole), b = try run(m2, gram: split)
             for (ra, rb) in zip(a, b) {
-                let scale = ra.encoderCoefficients.map(abs).max()!
+                let scale = ra.alpha.map(abs).max()!
                 for t in 0..<T {
-                    XCTAssertEqual(ra.encoderCoefficients[t], rb.encoderCoefficients[t], accuracy: 1e-9 * max(scale, 1e-300), name)
+                    XCTAssertEqual(ra.alpha[t], rb.alpha[t], accuracy: 1e-9 * max(scale, 1e-300), name)
                     XCTAssertEqual(ra.decoderWeights[t], rb.decoderWeights[t], accuracy: 1e-9 * max(abs(ra.decoderWeights[t]), 1), name)
                 }
             }
@@ -142,7 +177,7 @@ final class AutoLambdaMethodTests: XCTestCase {
     func testWeightsAreLambdaAndAdamMovesThem() throws {
         let m = try XCTUnwrap(try make("autol", T: 3, ["lr": "0.01", "init": "0.2"]) as? AutoLambda)
         let r = try m.apply(context(T: 3))
-        XCTAssertEqual(r.encoderCoefficients, [0.2, 0.2, 0.2])
+        XCTAssertEqual(r.alpha, [0.2, 0.2, 0.2])
         XCTAssertEqual(r.decoderWeights, [0.2, 0.2, 0.2])
         XCTAssertEqual(r.logs.map { $0.0 }, ["lambda.seg", "lambda.depth", "lambda.normal",
                                              "metagrad.seg", "metagrad.depth", "metagrad.normal", "d_norm"])
@@ -152,9 +187,9 @@ final class AutoLambdaMethodTests: XCTestCase {
         XCTAssertEqual(m.lambda[0], 0.21, accuracy: 1e-9)
         XCTAssertEqual(m.lambda[1], 0.19, accuracy: 1e-9)
         XCTAssertEqual(m.lambda[2], 0.2)
-        XCTAssertEqual(try m.apply(context(T: 3)).encoderCoefficients, m.lambda)
+        XCTAssertEqual(try m.apply(context(T: 3)).alpha, m.lambda)
         // apply() does not change anything: the look-ahead alone moves λ.
-        XCTAssertEqual(try m.apply(context(T: 3)).encoderCoefficients, m.lambda)
+        XCTAssertEqual(try m.apply(context(T: 3)).alpha, m.lambda)
     }
 
     func testStateHoldsLambdaAdamAndValPosition() throws {

@@ -51,7 +51,7 @@ final class LPSTests: XCTestCase {
             for (i, L) in steps.enumerated() {
                 let r = try m.apply(context(step: step, epoch: e, T: 3, losses: L, epochEnded: e > 0 && i == 0))
                 XCTAssertEqual(r.logs.map { $0.0 }, ["w.seg", "w.depth", "w.normal"])
-                res.append((e, L, r.logs.map { $0.1 }, r.encoderCoefficients, r.decoderWeights))
+                res.append((e, L, r.logs.map { $0.1 }, r.alpha, r.decoderWeights))
                 step += 1
             }
         }
@@ -110,7 +110,7 @@ final class LPSTests: XCTestCase {
         XCTAssertTrue(raw.joined().contains { $0 < 0 }, "the scripted run should show the code's unclamped negative weights")
         for (i, r) in rows.enumerated() {
             let e = try ew.apply(context(step: i, epoch: r.epoch, T: 3, losses: r.losses))
-            XCTAssertEqual(r.coef, e.encoderCoefficients, "code mode trains EW")
+            XCTAssertEqual(r.coef, e.alpha, "code mode trains EW")
             XCTAssertEqual(r.dec, e.decoderWeights)
             assertClose(r.w, raw[r.epoch], 1e-13, "epoch \(r.epoch) code weights (logged, unused)")
         }
@@ -133,7 +133,7 @@ final class LPSTests: XCTestCase {
             for s in flatSteps[8...] {
                 let ra = try a.apply(context(step: step, epoch: s.0, T: 3, losses: s.1, epochEnded: s.2))
                 let rb = try b.apply(context(step: step, epoch: s.0, T: 3, losses: s.1, epochEnded: s.2))
-                XCTAssertEqual(ra.encoderCoefficients, rb.encoderCoefficients)
+                XCTAssertEqual(ra.alpha, rb.alpha)
                 XCTAssertEqual(ra.logs.map { $0.1 }, rb.logs.map { $0.1 })
                 step += 1
             }
