@@ -7,6 +7,26 @@ import PackageDescription
 // MPI: Open MPI by default; MTL_MPI=mpich at build time builds against MPICH (libmpich-dev, its
 // pkg-config name `mpich`) — use a separate build directory (--scratch-path) for it.
 let mpich = ProcessInfo.processInfo.environment["MTL_MPI"] == "mpich"
+
+// The CPU mtl's own loops are compiled for (GEMMs and convolutions come from OpenBLAS and oneDNN,
+// which pick their kernels at run time). Swift's default, baseline x86-64, has no AVX and no
+// FMA: every `addingProduct` becomes a call into libm and vector loops are 4 wide. So on an
+// x86-64 host with AVX2 + FMA (Haswell and later, every AMD Zen) we compile for `haswell`,
+// which runs on every such CPU — results are the same bits, since Swift never fuses a·b + c on
+// its own. MTL_TARGET_CPU overrides it: `x86-64` for a binary that also runs on older CPUs,
+// or any `-target-cpu` name (e.g. `skylake-avx512`, only for nodes that all have AVX-512).
+func targetCPU() -> String? {
+    if let cpu = ProcessInfo.processInfo.environment["MTL_TARGET_CPU"], !cpu.isEmpty { return cpu }
+    #if arch(x86_64) && os(Linux)
+    guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
+          let flags = info.split(separator: "\n").first(where: { $0.hasPrefix("flags") }) else { return nil }
+    let have = Set(flags.split(separator: " ").map(String.init))
+    return have.isSuperset(of: ["avx2", "fma", "f16c", "bmi2"]) ? "haswell" : nil
+    #else
+    return nil
+    #endif
+}
+let cpuSettings: [SwiftSetting] = targetCPU().map { [.unsafeFlags(["-target-cpu", $0])] } ?? []
 let package = Package(
     name: "mtl",
     platforms: [.macOS(.v13)],
@@ -65,3 +85,7 @@ let package = Package(
     ],
     swiftLanguageModes: [.v5]
 )
+
+for target in package.targets where target.type != .system {
+    target.swiftSettings = (target.swiftSettings ?? []) + cpuSettings
+}

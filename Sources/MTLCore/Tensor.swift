@@ -87,16 +87,24 @@ public final class Tensor: @unchecked Sendable {
     }
 
     /// Sum of squares in double precision.
-    public func sumOfSquares() -> Double {
-        var s = 0.0
-        for i in 0..<count { let v = Double(data[i]); s += v * v }
-        return s
-    }
+    /// Σ x² in Double, in eight interleaved partial sums (element i into lane i mod 8), added in a
+    /// fixed order: the same bits for any thread count, without a serial chain of dependent adds.
+    public func sumOfSquares() -> Double { dot(self) }
 
+    /// Σ xᵢyᵢ in Double, summed like `sumOfSquares`.
     public func dot(_ other: Tensor) -> Double {
         precondition(other.count == count)
-        var s = 0.0
-        for i in 0..<count { s += Double(data[i]) * Double(other.data[i]) }
+        let x = data, y = other.data
+        var lo = SIMD4<Double>(repeating: 0), hi = lo
+        var i = 0
+        while i + 8 <= count {
+            let a = SIMD8<Double>(load8(x + i)), b = SIMD8<Double>(load8(y + i))
+            lo = lo.addingProduct(a.lowHalf, b.lowHalf)
+            hi = hi.addingProduct(a.highHalf, b.highHalf)
+            i += 8
+        }
+        var s = (lo + hi).sum()
+        while i < count { s += Double(x[i]) * Double(y[i]); i += 1 }
         return s
     }
 }

@@ -19,6 +19,10 @@ public final class Upsample {
     private var rowIndex0: [Int] = [], rowIndex1: [Int] = [], rowWeight0: [Float] = [], rowWeight1: [Float] = []
     private var colIndex0: [Int] = [], colIndex1: [Int] = [], colWeight0: [Float] = [], colWeight1: [Float] = []
     private var tableKey = (0, 0, 0, 0)
+    /// The horizontal adjoint as a gather: for source column j, the (output column, weight) pairs
+    /// that read it, at [start[j], start[j + 1]), in the order the scatter would add them (output
+    /// columns ascending, the left tap before the right one) so the sums are the scatter's.
+    private var colReaderStart: [Int] = [], colReaderColumn: [Int] = [], colReaderWeight: [Float] = []
     /// One source-width row per (sample, channel) plane: the blended rows (forward) and the
     /// horizontally spread gradients (backward).
     private let rowScratch = Tensor([0])
@@ -48,6 +52,20 @@ public final class Upsample {
         return (i0, i1, w0, w1)
     }
 
+    static func readers(input: Int, index0: [Int], index1: [Int], weight0: [Float], weight1: [Float]) -> ([Int], [Int], [Float]) {
+        var lists = [[(Int, Float)]](repeating: [], count: input)
+        for d in 0..<index0.count {
+            lists[index0[d]].append((d, weight0[d]))
+            lists[index1[d]].append((d, weight1[d]))
+        }
+        var start = [0], column: [Int] = [], weight: [Float] = []
+        for list in lists {
+            for (d, w) in list { column.append(d); weight.append(w) }
+            start.append(column.count)
+        }
+        return (start, column, weight)
+    }
+
     public func forward(_ x: Tensor, height: Int, width: Int) -> Tensor {
         precondition(x.rank == 4 && height > 0 && width > 0, "Upsample: expected [N, C, H, W] and a positive size, got \(shapeString(x.shape)) → \(height)x\(width)")
         inputShape = x.shape
@@ -55,6 +73,8 @@ public final class Upsample {
         if tableKey != (hi, wi, height, width) {
             (rowIndex0, rowIndex1, rowWeight0, rowWeight1) = Upsample.table(input: hi, output: height, alignCorners: alignCorners)
             (colIndex0, colIndex1, colWeight0, colWeight1) = Upsample.table(input: wi, output: width, alignCorners: alignCorners)
+            (colReaderStart, colReaderColumn, colReaderWeight) = Upsample.readers(input: wi, index0: colIndex0, index1: colIndex1,
+                                                                                   weight0: colWeight0, weight1: colWeight1)
             tableKey = (hi, wi, height, width)
         }
         output.resize([x.n, x.c, height, width])
@@ -89,19 +109,18 @@ public final class Upsample {
         let g = dy.data, dx = inputGrad.data, tmp = rowScratch.data
         rowIndex0.withUnsafeBufferPointer { r0 in rowIndex1.withUnsafeBufferPointer { r1 in
         rowWeight0.withUnsafeBufferPointer { rw0 in rowWeight1.withUnsafeBufferPointer { rw1 in
-        colIndex0.withUnsafeBufferPointer { c0 in colIndex1.withUnsafeBufferPointer { c1 in
-        colWeight0.withUnsafeBufferPointer { cw0 in colWeight1.withUnsafeBufferPointer { cw1 in
+        colReaderStart.withUnsafeBufferPointer { start in colReaderColumn.withUnsafeBufferPointer { column in
+        colReaderWeight.withUnsafeBufferPointer { weight in
             parallelFor(dy.n * dy.c) { q in
-                // Separable adjoint: scatter the row's gradient onto a source-width row, then add
-                // that row into the two source rows with the vertical weights.
+                // Separable adjoint: gather each source column's gradient from the output columns
+                // that read it, then add that row into the two source rows with the vertical weights.
                 let plane = dx + q * hi * wi, src = g + q * height * width, spread = tmp + q * wi
                 for oh in 0..<height {
-                    spread.update(repeating: 0, count: wi)
                     let row = src + oh * width
-                    for ow in 0..<width {
-                        let v = row[ow]
-                        spread[c0[ow]] += cw0[ow] * v
-                        spread[c1[ow]] += cw1[ow] * v
+                    for j in 0..<wi {
+                        var s: Float = 0
+                        for k in start[j]..<start[j + 1] { s += weight[k] * row[column[k]] }
+                        spread[j] = s
                     }
                     let top = plane + r0[oh] * wi, bottom = plane + r1[oh] * wi
                     let a0 = rw0[oh], a1 = rw1[oh]
@@ -109,7 +128,7 @@ public final class Upsample {
                     for j in 0..<wi { bottom[j] += a1 * spread[j] }
                 }
             }
-        }}}}}}}}
+        }}}}}}}
         return inputGrad
     }
 }

@@ -203,7 +203,24 @@ public final class Adam: Optimizer {
             let p = prm.value.data, g = prm.grad.data
             let m = expAvg[i].data, v = expAvgSq[i].data
             elementwise(prm.value.count) { lo, hi in
-                for j in lo..<hi {
+                // Eight lanes at a time with the scalar loop's operations per lane (bit-identical to it),
+                // then the scalar tail.
+                var j = lo
+                while j + 8 <= hi {
+                    var grad = load8(g + j), pj = load8(p + j)
+                    let m0 = load8(m + j), v0 = load8(v + j)
+                    if coupledWD { grad = grad.addingProduct(wd, pj) }
+                    if applyDecay { pj = pj * decay }
+                    let mj = m0.addingProduct(oneMinusBeta1, grad - m0)
+                    let vj = (v0 * beta2).addingProduct(oneMinusBeta2 * grad, grad)
+                    let denom = vj.squareRoot() / biasCorrection2Sqrt + eps
+                    pj = pj + negStepSize * mj / denom
+                    store8(mj, m + j)
+                    store8(vj, v + j)
+                    store8(pj, p + j)
+                    j += 8
+                }
+                while j < hi {
                     var grad = g[j]
                     if coupledWD { grad = grad.addingProduct(wd, p[j]) }
                     if applyDecay { p[j] = p[j] * decay }
@@ -215,6 +232,7 @@ public final class Adam: Optimizer {
                     v[j] = vj
                     let denom = vj.squareRoot() / biasCorrection2Sqrt + eps
                     p[j] = p[j] + negStepSize * mj / denom
+                    j += 1
                 }
             }
         }

@@ -93,6 +93,38 @@ final class OptimizerTests: XCTestCase {
         assertClose(run(make), [[0.42085955, -0.9244882, 1.8019499], [-0.04126013, 0.31856346]])
     }
 
+    /// Adam's update runs eight lanes at a time plus a scalar tail; both must give the bits of
+    /// the scalar rule (written out here in the same operation order) for every element, for
+    /// the three weight-decay forms. 37 elements = four vectors and a tail of 5.
+    func testAdamVectorLanesEqualTheScalarRule() {
+        for (wd, decoupled) in [(Float(0), false), (Float(0.1), false), (Float(0.1), true)] {
+            let n = 37
+            var rng = Philox(seed: 7, stream: 0)
+            let p = Parameter("w", Tensor([n], (0..<n).map { _ in rng.normal() }))
+            let adam = Adam([p], beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: wd, decoupled: decoupled)
+            var want = p.value.array, m = [Float](repeating: 0, count: n), v = m
+            for step in 1...3 {
+                let g = (0..<n).map { _ in rng.normal() }
+                p.grad.copy(from: Tensor([n], g))
+                let lr: Float = 0.01 * Float(step)
+                adam.step(lr: lr)
+                let b1 = 0.9, b2 = 0.999, lrD = decimal(lr)
+                let negStepSize = Float(-(lrD / (1 - pow(b1, Double(step)))))
+                let bc2 = Float(sqrt(1 - pow(b2, Double(step))))
+                let decay = Float(1 - lrD * decimal(wd))
+                for j in 0..<n {
+                    var grad = g[j]
+                    if !decoupled && wd != 0 { grad = grad.addingProduct(wd, want[j]) }
+                    if decoupled { want[j] = want[j] * decay }
+                    m[j] = m[j].addingProduct(Float(1 - b1), grad - m[j])
+                    v[j] = (v[j] * Float(0.999)).addingProduct(Float(1 - b2) * grad, grad)
+                    want[j] = want[j] + negStepSize * m[j] / (v[j].squareRoot() / bc2 + 1e-8)
+                }
+                XCTAssertEqual(p.value.array, want, "wd \(wd) decoupled \(decoupled) step \(step)")
+            }
+        }
+    }
+
     /// Auto-λ's virtual step: for SGD with momentum it is the update the next real step makes (same
     /// numbers up to FMA rounding), for Adam p − lr·(g + wd·p); neither advances the optimizer state.
     func testVirtualStep() {
