@@ -179,8 +179,8 @@ final class MTCPEngineTests: XCTestCase {
         XCTAssertTrue(m2.contains("unknown key 'model.mtcp.strde' (did you mean 'model.mtcp.cfm_stride'?)") || m2.contains("unknown key 'model.mtcp.strde'"), m2)
         let m3 = message(["model.mtcp.variant=dynamic"])
         XCTAssertTrue(m3.contains("model.mtcp.variant: expected one of code|paper"), m3)
-        let m4 = message(["model.mtcp.dim=30"])
-        XCTAssertTrue(m4.contains("model.mtcp.heads"), m4)
+        let m4 = message(["model.mtcp.dim=15"])
+        XCTAssertTrue(m4.contains("model.mtcp.dim: expected an even width"), m4)
         let m5 = message(["model.head=kem"])
         XCTAssertTrue(m5.contains("model.mtcp: expected model.head: mtcp"), m5)
         for m in [m1, m2, m3, m4, m5] { XCTAssertFalse(m.contains("\n"), m) }

