@@ -111,7 +111,7 @@ final class MTCPEngineTests: XCTestCase {
                 for (p, d) in zip(params, directions) { p.value.add(d, alpha: eps) }
                 let numeric = (plus - minus) / (2 * Double(eps))
                 print("MT-CP whole network stride \(stride) \(label): finite difference \(numeric), backward \(analytic)")
-                XCTAssertLessThan(abs(numeric - analytic), 0.03 * abs(numeric) + 1e-3,
+                XCTAssertLessThan(abs(numeric - analytic), 0.02 * abs(numeric) + 1e-4,
                                   "stride \(stride) \(label): finite difference \(numeric) vs backward \(analytic)")
             }
         }

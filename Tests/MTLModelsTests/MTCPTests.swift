@@ -76,22 +76,50 @@ final class MTCPTests: XCTestCase {
 
     // MARK: counts
 
-    /// Appendix B / §2.5 "used" counts per module at d = 256, the heads of both datasets and the totals;
+    /// A parameter-free stand-in for a backbone with Swin-T's four widths (the neck's count depends on them only).
+    final class WidthsOnly: FeatureEncoder {
+        let featureChannels: [Int]
+        init(_ c: [Int]) { featureChannels = c }
+        var featureStrides: [Int] { [4, 8, 16, 32] }
+        var parameters: [Parameter] { [] }
+        var batchNorms: [BatchNorm2d] { [] }
+        var parameterGroupsInBackwardOrder: [[Parameter]] { [] }
+        func forward(_ x: Tensor) -> Features { [] }
+        func backward(_ dFeatures: Features, groupDone: ((Int) -> Void)?) {}
+    }
+
+    /// Appendix B / §2.5 "used" counts at d = 256. Every per-task module's count is a quadratic in d (weights
+    /// d², biases and norms d, relative-position tables and the 1-channel CBAM BNs constant), so the modules are
+    /// built at three small widths and the exact quadratic through those counts is evaluated at 256 (building
+    /// the 27 M parameters per task would cost seconds of random initialisation); the heads are built at 256.
     /// T = 4 (CFM with a third gate), the paper variant (+4 FPN scalars per task), and the FPN-lite neck on
-    /// Swin-T (SEED §2.7: 1,025,792; with the NYUD decoder 111,211,342).
+    /// Swin-T's widths (SEED §2.7: 1,025,792; with Swin-T 27,520,698 and the NYUD decoder 111,211,342).
     func testParameterCountsMatchTheReference() {
         var rng = Philox(seed: 1, stream: 0)
-        let tr = MTCPTransformer("t", dim: 256, depths: [1, 2, 1], heads: [2, 2, 2], window: 7, rng: &rng)
-        XCTAssertEqual(tr.parameterCount, 22_323_272, "task transformer")
-        let fpn = MTCPFPN("f", inChannels: [256, 512, 1024], dim: 256, dynamic: false, rng: &rng)
-        XCTAssertEqual(fpn.parameterCount, 1_049_600, "FPN")
-        XCTAssertEqual(MTCPFPN("f", inChannels: [256, 512, 1024], dim: 256, dynamic: true, rng: &rng).parameterCount, 1_049_604, "dynamic FPN")
-        let cfm = MTCPCFM("c", dim: 256, tasks: 3, stride: 4, queryBlock: 256, rng: &rng)
-        XCTAssertEqual(cfm.parameterCount, 481_264, "CFM")
-        XCTAssertEqual(MTCPCFM("c", dim: 256, tasks: 4, stride: 8, queryBlock: 256, rng: &rng).parameterCount, 678_128, "CFM, T = 4")
-        let tb = MTCPTraceBack("s", dim: 256, rng: &rng)
-        XCTAssertEqual(tb.parameterCount, 3_370_040, "SRMs")
-        XCTAssertEqual(tb.srms.map { $0.parameterCount }, [1_783_064, 1_347_624, 239_352])
+        /// Counts at d = 8, 16, 32 → the quadratic's value at 256 (Lagrange form, exact in integers).
+        func at256(_ count: (Int) -> Int) -> Int {
+            let (y0, y1, y2) = (count(8), count(16), count(32))
+            // p(d) with nodes 8, 16, 32: p(256) = y0·L0 + y1·L1 + y2·L2, L0 = (256−16)(256−32)/((8−16)(8−32)), …
+            let l0 = (256 - 16) * (256 - 32) / ((8 - 16) * (8 - 32)), l1 = (256 - 8) * (256 - 32) / ((16 - 8) * (16 - 32))
+            let l2 = (256 - 8) * (256 - 16) / ((32 - 8) * (32 - 16))
+            return y0 * l0 + y1 * l1 + y2 * l2
+        }
+        let transformer = at256 { MTCPTransformer("t", dim: $0, depths: [1, 2, 1], heads: [2, 2, 2], window: 7, rng: &rng).parameterCount }
+        XCTAssertEqual(transformer, 22_323_272, "task transformer")
+        XCTAssertEqual(at256 { MTCPFPN("f", inChannels: [$0, 2 * $0, 4 * $0], dim: $0, dynamic: false, rng: &rng).parameterCount }, 1_049_600, "FPN")
+        XCTAssertEqual(at256 { MTCPFPN("f", inChannels: [$0, 2 * $0, 4 * $0], dim: $0, dynamic: true, rng: &rng).parameterCount }, 1_049_604,
+                       "dynamic FPN")
+        // CBAM's MLP width is ⌊c/16⌋, a linear function of d only when 16 | d: the CFM and SRMs at d = 16, 32, 64.
+        func at256b(_ count: (Int) -> Int) -> Int {
+            let (y0, y1, y2) = (count(16), count(32), count(64))
+            let l0 = (256 - 32) * (256 - 64) / ((16 - 32) * (16 - 64)), l1 = (256 - 16) * (256 - 64) / ((32 - 16) * (32 - 64))
+            let l2 = (256 - 16) * (256 - 32) / ((64 - 16) * (64 - 32))
+            return y0 * l0 + y1 * l1 + y2 * l2
+        }
+        XCTAssertEqual(at256b { MTCPCFM("c", dim: $0, tasks: 3, stride: 4, queryBlock: 256, rng: &rng).parameterCount }, 481_264, "CFM")
+        XCTAssertEqual(at256b { MTCPCFM("c", dim: $0, tasks: 4, stride: 8, queryBlock: 256, rng: &rng).parameterCount }, 678_128, "CFM, T = 4")
+        XCTAssertEqual(at256b { MTCPTraceBack("s", dim: $0, rng: &rng).parameterCount }, 3_370_040, "SRMs")
+        XCTAssertEqual((0..<3).map { i in at256b { MTCPTraceBack("s", dim: $0, rng: &rng).srms[i].parameterCount } }, [1_783_064, 1_347_624, 239_352])
         let perTask = 22_323_272 + 1_049_600 + 481_264 + 3_370_040
         XCTAssertEqual(perTask, 27_224_176)
         func heads(_ tasks: [(String, Int)], _ layout: String) -> (Int, Int) {
@@ -122,8 +150,7 @@ final class MTCPTests: XCTestCase {
         XCTAssertEqual(Set(dec.parameters.map { $0.name }).count, dec.parameters.count, "unique names")
         XCTAssertTrue(dec.sharedParameters.isEmpty)
         XCTAssertEqual(dec.taskParameters.map { count($0) }.reduce(0, +), dec.parameterCount)
-        let neck = MTCPEncoder(backbone: SwinEncoder(SwinVariant(embedDim: 96, depths: [1, 1, 1, 1], heads: [1, 1, 1, 1]), prefix: "encoder", rng: &rng),
-                               dim: 256, rng: &rng)
+        let neck = MTCPEncoder(backbone: WidthsOnly([96, 192, 384, 768]), dim: 256, rng: &rng)
         XCTAssertEqual(count(neck.neckParameters), 1_025_792, "FPN-lite neck on Swin-T's widths")
         XCTAssertEqual(27_520_698 + 1_025_792 + 82_664_852, 111_211_342)
     }
@@ -426,9 +453,13 @@ final class MTCPTests: XCTestCase {
         return (fwd, bwd)
     }
 
-    /// Every module against its reference at d = 16 (one python3 run).
-    func testModulesAgainstPyTorch() throws {
+    /// Every module (d = 16) and the whole decoder against the reference, in one python3 run.
+    func testAgainstPyTorch() throws {
         Threads.set(1)
+        try check(moduleJobs() + decoderJobs())
+    }
+
+    func moduleJobs() -> [Job] {
         var rng = Philox(seed: 8, stream: 1)
         var jobs: [Job] = []
         func job(_ label: String, _ expr: String, call: String = "None", prefix: String, params: [Parameter], inputs: [Tensor],
@@ -487,14 +518,13 @@ final class MTCPTests: XCTestCase {
             job("final head \(kind) ×\(up)", "M.FinalHead(16, \(c), '\(kind.rawValue)', \(up), 8)", prefix: "head.", params: h.parameters,
                 inputs: [hx], forward: { [h.forward(hx)] }, backward: { [h.backward($0[0])] })
         }
-        try check(jobs)
+        return jobs
     }
 
     /// The whole decoder against M.MTCPDecoder at d = 16 (dims 16-32-64) on a 32×48 image (z 8×12): 2 tasks
     /// (NYUD layout, paper FPN, CFM stride 4), 3 tasks (PASCAL layout, code FPN, stride 8) and NYUD's 3 tasks
     /// (code, stride 4). Outputs per task: final, intermediate 0, intermediate 1.
-    func testDecoderAgainstPyTorch() throws {
-        Threads.set(1)
+    func decoderJobs() -> [Job] {
         let cases: [(String, [(name: String, channels: Int)], String, String, Int)] = [
             ("decoder 2 tasks nyud paper s4", [("seg", 5), ("depth", 1)], "nyud", "paper", 4),
             ("decoder 3 tasks pascal code s8", [("seg", 5), ("parts", 3), ("saliency", 1)], "pascal", "code", 8),
@@ -528,6 +558,6 @@ final class MTCPTests: XCTestCase {
                             // removes the gate's overall scale): float32 reaches 1.0e-4–2.7e-4 of them (seed-dependent).
                             gradientTolerance: 3e-4))
         }
-        try check(jobs)
+        return jobs
     }
 }
