@@ -166,6 +166,11 @@ final class MTCPEngineTests: XCTestCase {
         XCTAssertEqual(nyud.method.name, "lps")
         XCTAssertEqual(nyud.train.steps, 39_750)
         XCTAssertEqual(try Config.parse(yaml: nyud.yaml(), source: "resolved"), nyud)
+        let swinS = try Config.load(path: root + "/configs/mtcp-swin_s-nyud.yaml")
+        XCTAssertEqual(swinS.model.encoder, "swin_s")
+        var same = swinS
+        same.model.encoder = "swin_t"
+        XCTAssertEqual(same, nyud, "the Swin-S config differs from the Swin-T one only in the encoder")
         let pascal = try Config.load(path: root + "/configs/mtcp-swin_t-pascal.yaml", overrides: ["model.mtcp.cfm_stride=8", "model.mtcp.variant=paper"])
         XCTAssertEqual(pascal.model.mtcp.headLayout, "pascal")
         XCTAssertEqual(pascal.model.mtcp.cfmStride, 8)
