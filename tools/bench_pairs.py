@@ -19,7 +19,8 @@ threads (batch 4, 128×256) and resnet50-deeplab width 64, head channels 256, ba
 import argparse, json, os, platform, shlex, statistics, subprocess, sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TORCH_REFS = {"swin_t-baseline": os.path.join(ROOT, "tools/bench_swin_torch.py")}
+TORCH_REFS = {"swin_t-baseline": os.path.join(ROOT, "tools/bench_swin_torch.py"),
+              "mtcp-swin_t": os.path.join(ROOT, "tools/bench_mtcp_torch.py")}
 DEFAULT_ROWS = ["bench:32:1", "bench:32:2", "bench:64:1", "bench:64:2",
                 "resnet50-deeplab:64:2:2:144:192:256"]
 

@@ -22,8 +22,11 @@ public struct BenchOptions {
     public var profile = false
     /// kem-swin_s: the mixer between the task encoders and decoders (the paper's Table 6 rows).
     public var kemMixer = "memory"
+    /// mtcp-swin_t: the CFM's stride (4: the paper; 8: the pooled affinity).
+    public var cfmStride = 4
     public init() {}
-    public static let models = ["bench", "resnet50-deeplab", "hrnet18s-baseline", "swin_t-baseline", "tif-hrnet18", "kem-swin_s"]
+    public static let models = ["bench", "resnet50-deeplab", "hrnet18s-baseline", "swin_t-baseline", "tif-hrnet18", "kem-swin_s",
+                                "mtcp-swin_t"]
     /// memory (KEM) | skem (sKEM, ETF over the tasks) | cross_attention (KEM w/ CA) | none (MTFormer-T)
     public static let kemMixers = ["memory", "skem", "cross_attention", "none"]
 }
@@ -136,6 +139,14 @@ public enum Bench {
         case "swin_t-baseline":
             spec = ModelSpec(encoder: "swin_t", width: o.width, outputStride: 8, head: "multiscale", headChannels: o.headChannels,
                              tasks: tasks)
+        case "mtcp-swin_t":
+            // Swin-T + FPN-lite + the paper-size MT-CP decoder (d = 256), NYUD's three tasks.
+            var m = MTCPOptions()
+            m.cfmStride = o.cfmStride
+            try MTCPDecoder.validate(m, tasks: tasks.count)
+            var s = ModelSpec(encoder: "swin_t", width: o.width, outputStride: 4, head: "mtcp", headChannels: 256, tasks: tasks)
+            s.mtcp = m
+            spec = s
         case "tif-hrnet18":
             spec = ModelSpec(encoder: "hrnet18s", width: o.width, outputStride: 8, head: "tif", headChannels: 0, tasks: tasks)
         default:

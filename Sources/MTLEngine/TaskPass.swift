@@ -31,6 +31,9 @@ final class TaskPass {
     private(set) var localCounts: [Double]
     private var lossReady: [Bool]
     private let mixed = Tensor([0])
+    /// Per task, one loss of the task's kind for each auxiliary prediction of the decoder (deep
+    /// supervision; created on first use).
+    private var auxiliaryLosses: [[TaskLoss]]
 
     init(model: MultiTaskModel, losses: [TaskLoss], lossWeights: [Double]) {
         precondition(losses.count == model.taskNames.count && lossWeights.count == losses.count)
@@ -45,6 +48,7 @@ final class TaskPass {
         localSums = [Double](repeating: 0, count: losses.count)
         localCounts = localSums
         lossReady = [Bool](repeating: false, count: losses.count)
+        auxiliaryLosses = losses.map { _ in [] }
     }
 
     /// Encoder and decoder forward for the tasks with `active[t]` (default: all). Returns the Features.
@@ -68,10 +72,30 @@ final class TaskPass {
                 throw MTLError("batch has no target for task \(model.taskNames[t])")
             }
             let ls = losses[t].forward(pred, target)
-            localSums[t] = ls.sum * lossWeights[t]
+            var sum = ls.sum
+            // Auxiliary predictions share the final's target, hence its valid count: their weighted sums
+            // join task t's sum, so that S_t / N_t = L_t + Σ_i w_i L_t^(i).
+            let aux = model.decoder.auxiliaryPredictions(t), weights = model.decoder.auxiliaryWeights(t)
+            while auxiliaryLosses[t].count < aux.count {
+                let l = losses[t]
+                auxiliaryLosses[t].append(try TaskLoss(kind: l.kind.rawValue, posWeight: l.bce?.posWeight ?? l.bbce?.positiveWeight ?? 1))
+            }
+            for (i, a) in aux.enumerated() {
+                let la = auxiliaryLosses[t][i].forward(a, target)
+                precondition(la.count == ls.count, "TaskPass: auxiliary prediction \(i) of task \(model.taskNames[t]) has \(la.count) valid elements, the final \(ls.count)")
+                sum += weights[i] * la.sum
+            }
+            localSums[t] = sum * lossWeights[t]
             localCounts[t] = Double(ls.count)
             lossReady[t] = true
         }
+    }
+
+    /// The gradients of task t's auxiliary predictions for the loss scale `scale` (nil: the decoder has none).
+    private func auxiliaryGradients(_ t: Int, scale: Double) -> [Tensor]? {
+        let weights = model.decoder.auxiliaryWeights(t)
+        guard !weights.isEmpty else { return nil }
+        return weights.indices.map { auxiliaryLosses[t][$0].backward(scale: Float(scale * weights[$0])) }
     }
 
     /// One decoder backward per task of λ_t S_t, keeping ∂/∂Features in `taskGrads[t]`. A joint
@@ -88,12 +112,15 @@ final class TaskPass {
             decoderSharedGrads = (0..<T).map { _ in Tensor([ns]) }
         }
         var dPreds = [Tensor?](repeating: nil, count: T)
+        var dAux = [[Tensor]?](repeating: nil, count: T)
         for t in 0..<T {
             precondition(lossReady[t], "TaskPass: backward of task \(t) without its loss")
             if joint { for p in model.decoder.parameters { p.grad.zero() } }
             dPreds[t] = losses[t].backward(scale: Float(lossWeights[t]))
-            let dz = model.decoder.backward(dPreds)
+            dAux[t] = auxiliaryGradients(t, scale: lossWeights[t])
+            let dz = model.decoder.backward(dPreds, auxiliary: dAux)
             dPreds[t] = nil
+            dAux[t] = nil
             for (kept, g) in zip(taskGrads[t], dz) { kept.copy(from: g) }
             if joint {
                 packGradients(decoderTaskParams, into: decoderTaskGrads[t].data)
@@ -133,11 +160,13 @@ final class TaskPass {
     /// the decoder's grads; returns ∂/∂Features (decoder-owned).
     func backwardWeighted(_ weights: [Double]) -> Features {
         var dPreds = [Tensor?](repeating: nil, count: taskCount)
+        var dAux = [[Tensor]?](repeating: nil, count: taskCount)
         for t in 0..<taskCount where weights[t] != 0 {
             precondition(lossReady[t], "TaskPass: backward of task \(t) without its loss")
             dPreds[t] = losses[t].backward(scale: Float(weights[t] * lossWeights[t]))
+            dAux[t] = auxiliaryGradients(t, scale: weights[t] * lossWeights[t])
         }
-        return model.decoder.backward(dPreds)
+        return model.decoder.backward(dPreds, auxiliary: dAux)
     }
 
     /// combined[s] = Σ_t coefficients[t]·taskGrads[t][s] (tasks with coefficient 0 skipped).

@@ -58,6 +58,7 @@ public struct RunSetup {
         spec.swin = SwinOptions(window: config.model.swinWindow,
                                 shiftRule: SwinOptions.ShiftRule(rawValue: config.model.swinShiftRule) ?? .dense,
                                 dropPathRate: Float(config.model.dropPathRate))
+        spec.mtcp = MTCPOptions(config.model.mtcp)
         model = try MultiTaskModel(spec, seed: UInt64(config.train.seed))
         taskNames = config.tasks.map { $0.name }
         lossKinds = config.tasks.map { $0.loss }

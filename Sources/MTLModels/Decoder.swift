@@ -28,9 +28,19 @@ public protocol Decoder: HasParameters {
     /// (tensors the decoder owns: copy them to keep them). May be called several times after one
     /// forward, e.g. once per task.
     func backward(_ dPreds: [Tensor?]) -> Features
+    /// Deep supervision (MT-CP's intermediate predictions): task t's extra predictions of the last
+    /// forward, each [B, outChannels[t], height, width], trained with task t's loss and target and
+    /// added to task t's loss with weight `auxiliaryWeights(t)[i]`. Empty for most decoders.
+    func auxiliaryPredictions(_ t: Int) -> [Tensor]
+    func auxiliaryWeights(_ t: Int) -> [Double]
+    /// `backward` with the gradients of the auxiliary predictions too (auxiliary[t] nil: none).
+    func backward(_ dPreds: [Tensor?], auxiliary: [[Tensor]?]) -> Features
 }
 
 extension Decoder {
+    public func auxiliaryPredictions(_ t: Int) -> [Tensor] { [] }
+    public func auxiliaryWeights(_ t: Int) -> [Double] { [] }
+    public func backward(_ dPreds: [Tensor?], auxiliary: [[Tensor]?]) -> Features { backward(dPreds) }
     public var taskCount: Int { outChannels.count }
     public var parameters: [Parameter] { taskParameters.flatMap { $0 } + sharedParameters }
     public var buffers: [Buffer] { batchNorms.flatMap { $0.buffers } }

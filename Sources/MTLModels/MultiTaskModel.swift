@@ -14,10 +14,11 @@ public struct ModelSpec: Sendable, Equatable {
     /// TIF-R's switches (head tif only).
     public var tif = TIFOptions()
     public var kem: KEMOptions            // model.head kem: the KEM decoder's settings
+    public var mtcp = MTCPOptions()       // model.head mtcp: the MT-CP decoder's settings
 
     public static let encoders = ["resnet18", "resnet34", "resnet50", "resnet101", "bench", "hrnet18s", "hrnet18",
                                   "swin_t", "swin_s", "swin_b"]
-    public static let heads = ["deeplab", "bench", "multiscale", "tif", "kem"]
+    public static let heads = ["deeplab", "bench", "multiscale", "tif", "kem", "mtcp"]
 
     public init(encoder: String, width: Int, outputStride: Int, head: String, headChannels: Int,
                 fuseUpsample: FuseUpsample = .bilinear, tasks: [(name: String, channels: Int)],
@@ -37,7 +38,7 @@ public struct ModelSpec: Sendable, Equatable {
         a.encoder == b.encoder && a.width == b.width && a.outputStride == b.outputStride && a.head == b.head
             && a.headChannels == b.headChannels && a.fuseUpsample == b.fuseUpsample && a.swin == b.swin
             && a.tasks.map { $0.name } == b.tasks.map { $0.name }
-            && a.tasks.map { $0.channels } == b.tasks.map { $0.channels } && a.tif == b.tif && a.kem == b.kem
+            && a.tasks.map { $0.channels } == b.tasks.map { $0.channels } && a.tif == b.tif && a.kem == b.kem && a.mtcp == b.mtcp
     }
 }
 
@@ -106,6 +107,18 @@ public final class MultiTaskModel: HasParameters {
                 TIFHead(task: t.name, widths: tif.featureChannels, tasks: spec.tasks.count, outChannels: t.channels,
                         options: spec.tif, rng: &rng)
             })
+            taskNames = spec.tasks.map { $0.name }
+            return
+        }
+        if spec.head == "mtcp" {
+            // MT-CP: the FPN-lite neck joins the encoder (its output is z, SEED §5.1); the joint decoder follows.
+            guard built.featureChannels.count >= 2 else {
+                throw MTLError("model.head: mtcp needs a multi-scale encoder for its FPN-lite neck (swin_*|hrnet*), found model.encoder \(spec.encoder) with \(built.featureChannels.count) scale(s)")
+            }
+            try MTCPDecoder.validate(spec.mtcp, tasks: spec.tasks.count)
+            let neck = MTCPEncoder(backbone: built, dim: spec.mtcp.neckDim, rng: &rng)
+            encoder = neck
+            decoder = MTCPDecoder(tasks: spec.tasks, inChannels: neck.featureChannels[0], options: spec.mtcp, rng: &rng)
             taskNames = spec.tasks.map { $0.name }
             return
         }

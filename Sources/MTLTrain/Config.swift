@@ -36,6 +36,7 @@ public struct ModelConfig: Equatable {
     public var swinShiftRule = "dense"     // model.swin.shift_rule: dense | classification (timm at 224²)
     public var tif = TIFConfig()            // model.tif.*, only with head tif
     public var kem = KEMConfig()            // model.kem.* (model.head: kem)
+    public var mtcp = MTCPConfig()          // model.mtcp.* (model.head: mtcp; MTCPConfig.swift)
     public init() {}
 }
 
@@ -192,7 +193,7 @@ public struct Config: Equatable {
     static let sections: [(String, [String])] = [
         ("data", ["path", "train_split", "val_split", "cache", "augment", "prefetch"]),
         ("model", ["encoder", "width", "output_stride", "head", "head_channels", "fuse_upsample", "pretrained", "sync_bn",
-                   "conv_backend", "conv_dx", "freeze_encoder", "drop_path_rate", "swin", "tif", "kem"]),
+                   "conv_backend", "conv_dx", "freeze_encoder", "drop_path_rate", "swin", "tif", "kem", "mtcp"]),
         ("tasks", []),
         ("train", ["steps", "batch_size", "seed", "eval_every", "threads", "nan_policy", "blas_threads"]),
         ("optim", ["name", "lr", "momentum", "nesterov", "weight_decay", "beta1", "beta2", "eps"]),
@@ -205,7 +206,7 @@ public struct Config: Equatable {
     static let taskKeys = ["role", "loss", "classes", "weight", "frozen", "pos_weight"]
     static let encoders = ["resnet18", "resnet34", "resnet50", "resnet101", "bench", "hrnet18s", "hrnet18",
                            "swin_t", "swin_s", "swin_b"]
-    static let heads = ["deeplab", "bench", "multiscale", "tif", "kem"]
+    static let heads = ["deeplab", "bench", "multiscale", "tif", "kem", "mtcp"]
     static let fuseUpsamples = ["bilinear", "nearest"]
     static let swinKeys = ["window", "shift_rule"]
     static let swinShiftRules = ["dense", "classification"]
@@ -283,6 +284,8 @@ public struct Config: Equatable {
         case "model" where path[1] == "kem" && path.count > 2:
             // model.kem is a mapping of its own (model.kem.slots=...).
             guard path.count == 3, KEMConfig.keys.contains(path[2]) else { throw unknown() }
+        case "model" where path[1] == "mtcp" && path.count > 2:
+            guard path.count == 3, MTCPConfig.keys.contains(path[2]) else { throw unknown() }
         default:
             guard path.count == 2, keys.contains(path[1]) else { throw unknown() }
         }
@@ -308,6 +311,7 @@ public struct Config: Equatable {
         for t in TaskConfig.names { candidates.append(["tasks", t]) }
         for k in TIFConfig.keys { candidates.append(["model", "tif", k]) }
         for k in KEMConfig.keys { candidates.append(["model", "kem", k]) }
+        for k in MTCPConfig.keys { candidates.append(["model", "mtcp", k]) }
         let task = path.count >= 3 && path[0] == "tasks" ? path[1] : "seg"
         for k in taskKeys { candidates.append(["tasks", task, k]) }
         let leaf = path.last!, parent = Array(path.dropLast())
@@ -362,7 +366,8 @@ public struct Config: Equatable {
                           ("conv_dx", yamlString(model.convDx)), ("freeze_encoder", "\(model.freezeEncoder)"),
                           ("drop_path_rate", yamlDouble(model.dropPathRate)),
                           ("swin", "\n    window: \(model.swinWindow)\n    shift_rule: \(yamlString(model.swinShiftRule))")]
-                        + (model.head == "kem" || model.kem != KEMConfig() ? [("kem", model.kem.flowYAML)] : []))
+                        + (model.head == "kem" || model.kem != KEMConfig() ? [("kem", model.kem.flowYAML)] : [])
+                        + (model.head == "mtcp" ? [("mtcp", model.mtcp.flowYAML)] : []))
         if model.head == "tif" {
             out += "  tif:\n"
             for (k, v) in zip(TIFConfig.keys, model.tif.values) { out += "    \(k): \(v)\n" }

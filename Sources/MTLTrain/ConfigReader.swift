@@ -275,6 +275,7 @@ struct Reader {
             }
             c.model.kem = k
         }
+        if let v = lookup(m, "mtcp") { c.model.mtcp = try mtcp(v, head: c.model.head, c.model.mtcp) }
 
         if let tv = lookup(top, "tasks") {
             let te = try entries(tv, "tasks")

@@ -254,8 +254,9 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Threads.") var threads = 2
     @Option(help: "Method: ew | pcgrad (parameter level) | ial (representation level) | autol (look-ahead) | any method name.") var method = "ew"
     @Option(help: "Timed steps (median reported).") var steps = 8
-    @Option(help: "Model: bench (ResNet-18-style + bench heads) | resnet50-deeplab (dilated ResNet-50 + DeepLabV3 heads) | hrnet18s-baseline (HRNetV2-W18-Small-v2 + multiscale heads; --width is ignored) | swin_t-baseline (dense Swin-T + multiscale heads of --head-channels; e.g. --batch 2 --height 224 --wide 288) | tif-hrnet18 (TIF-R on HRNetV2-W18-Small-v2) | kem-swin_s (frozen Swin-S + the KEM decoder; --kem-mixer).") var model = "bench"
+    @Option(help: "Model: bench (ResNet-18-style + bench heads) | resnet50-deeplab (dilated ResNet-50 + DeepLabV3 heads) | hrnet18s-baseline (HRNetV2-W18-Small-v2 + multiscale heads; --width is ignored) | swin_t-baseline (dense Swin-T + multiscale heads of --head-channels; e.g. --batch 2 --height 224 --wide 288) | tif-hrnet18 (TIF-R on HRNetV2-W18-Small-v2) | kem-swin_s (frozen Swin-S + the KEM decoder; --kem-mixer) | mtcp-swin_t (Swin-T + FPN-lite + the MT-CP decoder; --cfm-stride).") var model = "bench"
     @Option(help: "kem-swin_s: memory (KEM) | skem | cross_attention | none.") var kemMixer = "memory"
+    @Option(help: "mtcp-swin_t: the CFM's stride, 4 (the paper) | 8.") var cfmStride = 4
     @Option(help: "ASPP channels of the DeepLabV3 heads (resnet50-deeplab; 256 = torchvision); hidden width of the multiscale heads (swin_t-baseline).") var headChannels = 256
     @Option(help: "Convolution backend: auto | onednn | blas.") var convBackend = "auto"
     @Flag(help: "Time every convolution pass (per layer, pass and backend) and print the table.") var profile = false
@@ -268,6 +269,7 @@ struct BenchCommand: ParsableCommand {
             o.threads = threads; o.method = method; o.steps = max(5, steps)
             o.model = model; o.headChannels = headChannels; o.convBackend = convBackend; o.profile = profile
             o.kemMixer = kemMixer
+            o.cfmStride = cfmStride
             let r = try Bench.run(o)
             if json {
                 print(r.json)
