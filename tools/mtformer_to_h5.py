@@ -147,7 +147,7 @@ def main():
     d = int(state["decoder.weight"].shape[0])
     table = state["transformer1.layers.0.blocks.0.attn.relative_position_bias_table"]
     heads, window = int(table.shape[1]), (int(round(table.shape[0] ** 0.5)) + 1) // 2
-    depth = len({k.split(".")[3] for k in state if k.startswith("transformer1.layers.0.blocks.")})
+    depth = len({k.split(".")[4] for k in state if k.startswith("transformer1.layers.0.blocks.")})
 
     # Cross-task attention stage (the released MTFormer) or 256-d per-task stages (MTFormer-T)?
     cross_task = [n for n in dec_names if any(k.startswith(n + ".") and ".attn1." in k for k in state)]
@@ -167,6 +167,35 @@ def main():
             fail(f"{name}: a {kinds[name]} head, but mtl builds a {'depth' if t == 'depth' else 'segmentation'} head "
                  f"for task '{t}' (mtl's depth head is the task named depth): fix --tasks")
 
+    kept, ignored, unknown = {}, collections.Counter(), []
+    for key, t in state.items():
+        rule = next((label for rx, label in IGNORED if rx.search(key)), None)
+        if rule:
+            ignored[rule] += 1
+            continue
+        top, _, rest = key.partition(".")
+        if top == "backbone":
+            name = "encoder." + rest
+        elif top == "decoder":
+            name = "decoder.reduce." + rest
+        elif top in stages:
+            inner = transformer_key(rest)
+            name = f"{stages[top]}.{inner}" if inner else None
+        elif top in cross_task:
+            ignored[f"{top}.* (cross-task attention stage, --skip-cross-task)"] += 1
+            continue
+        elif top in heads_by_name:
+            index, _, tail = rest.partition(".")
+            layer = head_map(kinds[top]).get(index)
+            name = f"decoder.head.{heads_by_name[top]}.{layer}.{tail}" if layer else None
+        else:
+            name = None
+        if name is None:
+            unknown.append(key)
+            continue
+        kept[name] = t
+    if unknown:
+        fail(f"{a.src}: {len(unknown)} keys are neither MTFormer tensors mtl maps nor known to be ignorable: {unknown[:5]}")
     # The backbone: mtl's Swin encoder names; the variant from the shapes.
     backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
     variant = next((v for v in swin_to_h5.VARIANTS
@@ -192,35 +221,10 @@ def main():
                              h + "bn1.running_mean": (d,), h + "bn1.running_var": (d,), h + "bn1.num_batches_tracked": (),
                              h + "conv2.weight": (c, d, 1, 1), h + "conv2.bias": (c,)})
 
-    kept, ignored, unknown = {}, collections.Counter(), []
-    for key, t in state.items():
-        rule = next((label for rx, label in IGNORED if rx.search(key)), None)
-        if rule:
-            ignored[rule] += 1
-            continue
-        top, _, rest = key.partition(".")
-        if top == "backbone":
-            name = "encoder." + rest
-        elif top == "decoder":
-            name = "decoder.reduce." + rest
-        elif top in stages:
-            inner = transformer_key(rest)
-            name = f"{stages[top]}.{inner}" if inner else None
-        elif top in cross_task:
-            ignored[f"{top}.* (cross-task attention stage, --skip-cross-task)"] += 1
-            continue
-        elif top in heads_by_name:
-            index, _, tail = rest.partition(".")
-            layer = head_map(kinds[top]).get(index)
-            name = f"decoder.head.{heads_by_name[top]}.{layer}.{tail}" if layer else None
-        else:
-            name = None
-        if name is None or name not in expected:
-            unknown.append(key)
-            continue
-        kept[name] = t
+    unknown = [k for k in kept if k not in expected]
     if unknown:
-        fail(f"{a.src}: {len(unknown)} keys are neither MTFormer tensors mtl maps nor known to be ignorable: {unknown[:5]}")
+        fail(f"{a.src}: {len(unknown)} tensors do not fit the layout read from the checkpoint ({variant} backbone, "
+             f"{depth} blocks per transformer): {unknown[:5]} (mtl's names)")
     missing = [k for k in expected if k not in kept]
     wrong = [f"{k}: {tuple(kept[k].shape)} (expected {expected[k]})" for k in kept if tuple(kept[k].shape) != expected[k]]
     if missing or wrong:

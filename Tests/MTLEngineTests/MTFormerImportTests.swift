@@ -19,7 +19,8 @@ try:
     import h5py, numpy as np, torch, torch.nn as nn
 except ImportError as e:
     print(e); sys.exit(77)
-sys.path.insert(0, sys.argv[1])
+tools = sys.argv[1]
+sys.path.insert(0, tools)
 import kem_reference as K, mtl_torch, ref_layers
 d, tasks = sys.argv[2], {"semseg": 5, "depth": 1}
 torch.manual_seed(0)
@@ -66,16 +67,24 @@ sd = {k: v.detach().float().clone() if v.is_floating_point() else v.clone() for 
 torch.save({"model": {"module." + k: v for k, v in sd.items()}, "epoch": 3}, d + "/checkpoint.pth.tar")
 
 # The released layout: transformer6/7 are cross-task attention stages (attn1, mlp2, ..., T·256 wide).
+# The error cases that fail before the backbone is read are saved without it (smaller files).
+small = {k: v for k, v in sd.items() if not k.startswith("backbone.")}
 ca = {k: v for k, v in sd.items() if not k.startswith(("transformer6.", "transformer7."))}
 for name in ("transformer6", "transformer7"):
     ca[name + ".norm0.weight"] = torch.ones(32)
     ca[name + ".layers.0.blocks.0.attn1.qkv.weight"] = torch.zeros(32, 16)
     ca[name + ".layers.0.blocks.0.mlp2.fc1.weight"] = torch.zeros(64, 16)
 torch.save(ca, d + "/released.pth")
+torch.save({k: v for k, v in ca.items() if not k.startswith("backbone.")}, d + "/released-small.pth")
 bad = dict(sd); bad["project1.3.weight"] = torch.zeros(5, 12, 1, 1)
 torch.save(bad, d + "/badshape.pth")
-unknown = dict(sd); unknown["transformer9.norm0.weight"] = torch.ones(16)
+unknown = dict(small); unknown["transformer9.norm0.weight"] = torch.ones(16)
 torch.save(unknown, d + "/unknown.pth")
+# A model.pretrained file whose decoder does not fit the model: the full encoder, a reduce of width 8.
+with h5py.File(d + "/mismatch.h5", "w") as f:
+    for k, v in backbone.state_dict().items():
+        f["encoder." + k] = v.float().numpy()
+    f["decoder.reduce.weight"] = np.zeros((8, 1344, 1, 1), dtype=np.float32)
 
 x = torch.randn(2, 3, 64, 64).double()
 with torch.no_grad():
@@ -84,6 +93,25 @@ with h5py.File(d + "/reference.h5", "w") as f:
     f["x"] = x.float().numpy()
     for t, y in out.items():
         f["y." + t] = y.float().numpy()
+
+# The tool's other cases in this interpreter (one torch import): <case>.status / .out / .err as its CLI gives them.
+import contextlib, io, runpy
+cases = {"released": ["released-small.pth", "r.h5"], "skipped": ["released.pth", "r.h5", "--skip-cross-task"],
+         "badshape": ["badshape.pth", "b.h5"], "unknown": ["unknown.pth", "u.h5"],
+         "names": ["checkpoint.pth.tar", "n.h5", "--tasks", "depth,seg"]}
+for case, args in cases.items():
+    sys.argv = [tools + "/mtformer_to_h5.py"] + [d + "/" + a if a.endswith((".pth", ".tar", ".h5")) else a for a in args]
+    out, err, status = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            runpy.run_path(sys.argv[0], run_name="__main__")
+        except SystemExit as e:
+            if isinstance(e.code, str):
+                err.write(e.code + "\n"); status = 1
+            else:
+                status = e.code or 0
+    for ext, text in (("status", str(status)), ("out", out.getvalue()), ("err", err.getvalue())):
+        open(f"{d}/{case}.{ext}", "w").write(text)
 """#
 
     func testMTFormerCheckpointImportsIntoKEMRWithoutMixer() throws {
@@ -129,35 +157,36 @@ with h5py.File(d + "/reference.h5", "w") as f:
             XCTAssertLessThan(e, 1e-4, name)
         }
 
-        // The released MTFormer (cross-task attention stage): refused, or imported without the task decoders.
-        let released = try DistributedTrainingTests.run(["python3", tool, dir + "/released.pth", dir + "/r.h5"], timeout: 300)
+        // The released MTFormer (cross-task attention stage): refused, or imported without the task decoders;
+        // bad input: one line naming the tensor / key / task (the tool run by make.py in its interpreter).
+        func run(_ name: String) throws -> (status: Int, out: String, err: String) {
+            func read(_ ext: String) throws -> String { try String(contentsOfFile: "\(dir)/\(name).\(ext)", encoding: .utf8) }
+            return (Int(try read("status")) ?? -1, try read("out"), try read("err"))
+        }
+        let released = try run("released")
         XCTAssertNotEqual(released.status, 0)
         XCTAssertTrue(released.err.contains("transformer6, transformer7 are MTFormer's cross-task attention stage"), released.err)
-        let skipped = try DistributedTrainingTests.run(["python3", tool, dir + "/released.pth", dir + "/r.h5", "--skip-cross-task"],
-                                                      timeout: 300)
+        let skipped = try run("skipped")
         XCTAssertEqual(skipped.status, 0, skipped.err)
         XCTAssertTrue(skipped.out.contains("decoder.task_dec.* (cross-task attention skipped)"), skipped.out)
         XCTAssertTrue(skipped.out.contains("ignored transformer6.* (cross-task attention stage, --skip-cross-task): 3 tensors"), skipped.out)
         let partial = try Pretrained.readTensors(dir + "/r.h5")
         XCTAssertFalse(partial.keys.contains { $0.hasPrefix("decoder.task_dec.") })
         XCTAssertTrue(partial.keys.contains("decoder.task_enc.depth.blocks.1.mlp.fc2.bias"))
-
-        // Bad input: one line naming the tensor / key / task.
-        let bad = try DistributedTrainingTests.run(["python3", tool, dir + "/badshape.pth", dir + "/b.h5"], timeout: 300)
+        let bad = try run("badshape")
         XCTAssertNotEqual(bad.status, 0)
         XCTAssertTrue(bad.err.contains("1 with the wrong shape ['decoder.head.semseg.conv2.weight: (5, 12, 1, 1) (expected (5, 16, 1, 1))']"), bad.err)
         XCTAssertEqual(bad.err.trimmingCharacters(in: .whitespacesAndNewlines).split(separator: "\n").count, 1, bad.err)
-        let unknown = try DistributedTrainingTests.run(["python3", tool, dir + "/unknown.pth", dir + "/u.h5"], timeout: 300)
+        let unknown = try run("unknown")
+        XCTAssertNotEqual(unknown.status, 0)
         XCTAssertTrue(unknown.err.contains("1 keys are neither MTFormer tensors mtl maps nor known to be ignorable: ['transformer9.norm0.weight']"), unknown.err)
-        let names = try DistributedTrainingTests.run(["python3", tool, dir + "/checkpoint.pth.tar", dir + "/n.h5", "--tasks", "depth,seg"],
-                                                    timeout: 300)
+        let names = try run("names")
+        XCTAssertNotEqual(names.status, 0)
         XCTAssertTrue(names.err.contains("project1: a segmentation head, but mtl builds a depth head for task 'depth'"), names.err)
 
-        // A file whose decoder does not fit the model (model.kem.dim 32): one line naming the tensor.
-        spec.kem.dim = 32
-        let other = try MultiTaskModel(spec, seed: 4)
-        XCTAssertThrowsError(try Pretrained.loadEncoder(model: other, path: out)) { e in
-            XCTAssertTrue("\(e)".contains("tensor decoder.head.depth.conv1.weight: expected shape [128, 32, 1, 1], found [128, 16, 1, 1]"), "\(e)")
+        // A file whose decoder does not fit the model: one line naming the tensor.
+        XCTAssertThrowsError(try Pretrained.loadEncoder(model: model, path: dir + "/mismatch.h5")) { e in
+            XCTAssertTrue("\(e)".contains("mismatch.h5: tensor decoder.reduce.weight: expected shape [16, 1344, 1, 1], found [8, 1344, 1, 1]"), "\(e)")
         }
         print("MTFormerImportTests: \(String(format: "%.1f", Date().timeIntervalSince(started))) s")
     }
