@@ -25,7 +25,7 @@ final class TorchExportTests: XCTestCase {
     /// (features_only, feature_location='') and reproduces mtl through the multiscale head.
     func testHRNetExportLoadsIntoTimmAndReproducesMtlPredictions() throws {
         try exportAndCompare(model: "{encoder: hrnet18s, head: multiscale, head_channels: 16, fuse_upsample: nearest}",
-                             size: 64, library: "timm")
+                             size: 32, batch: 2, library: "timm")
     }
 
     /// Swin-T at 224² (every stage's map a multiple of the window, where timm's roll-then-pad equals the
@@ -37,7 +37,7 @@ final class TorchExportTests: XCTestCase {
 
     /// TIF-R (HRNet18-S, mmseg's bilinear fuse): tif_reference's TIFDecoder with running statistics.
     func testTIFExportReproducesMtlPredictions() throws {
-        try exportAndCompare(model: "{encoder: hrnet18s, head: tif}", size: 64, library: nil)
+        try exportAndCompare(model: "{encoder: hrnet18s, head: tif}", size: 32, batch: 2, library: nil)
     }
 
     /// sKEM on Swin-T at 64² (stage maps 16…2, padded to the window: the dense rule's padding) with
@@ -75,22 +75,27 @@ final class TorchExportTests: XCTestCase {
         let trained = Date().timeIntervalSince(started)
 
         let root = DistributedTrainingTests.packageRoot
-        let export = try DistributedTrainingTests.run(["python3", root + "/tools/h5_to_torch.py", checkpoint, dir + "/model.pth"])
-        if export.status == 77 { throw XCTSkip("torch/h5py not importable: \(export.err)") }
-        XCTAssertEqual(export.status, 0, export.err + export.out)
+        // One interpreter (one torch import): the export as its command line runs it, then the checks.
         let check = """
-        import sys
-        sys.path.insert(0, sys.argv[1] + "/tools")
+        import contextlib, io, runpy, sys
+        root, pth, library = sys.argv[1], sys.argv[2], sys.argv[4]
+        sys.path.insert(0, root + "/tools")
         try:
             import h5py, numpy as np, torch, torchvision
-            if sys.argv[4] == "timm":
+            if library == "timm":
                 import timm
         except ImportError as e:
             print(e); sys.exit(77)
+        argv, sys.argv = sys.argv, [root + "/tools/h5_to_torch.py", sys.argv[5], pth]
+        log = io.StringIO()
+        with contextlib.redirect_stdout(log):
+            runpy.run_path(sys.argv[0], run_name="__main__")
+        sys.argv = argv
+        print("export:", log.getvalue().strip())
         import mtl_torch
         torch.set_num_threads(1)
-        saved = torch.load(sys.argv[2], weights_only=False)
-        if sys.argv[4] == "torchvision":
+        saved = torch.load(pth, weights_only=False)
+        if library == "torchvision":
             from torchvision.models.segmentation.deeplabv3 import DeepLabHead
             resnet = torchvision.models.resnet50(weights=None, replace_stride_with_dilation=[False, True, True])
             resnet.load_state_dict(saved["encoder"], strict=True)
@@ -111,7 +116,7 @@ final class TorchExportTests: XCTestCase {
             x = torch.from_numpy(f["input"][...]).double()
             with torch.no_grad():
                 compare("worst", model(x), f)
-                if sys.argv[4] == "timm":
+                if library == "timm":
                     # strict=True inside timm_encoder: the exported encoder in timm's own module
                     model.encoder = mtl_torch.timm_encoder(saved["config"], saved["encoder"], image_size=x.shape[-2:],
                                                            encoder_norms=saved.get("encoder_norms")).double().eval()
@@ -119,7 +124,7 @@ final class TorchExportTests: XCTestCase {
         """
         try check.write(toFile: dir + "/check.py", atomically: true, encoding: .utf8)
         let r = try DistributedTrainingTests.run(["python3", dir + "/check.py", root, dir + "/model.pth", dir + "/pred/predictions.h5",
-                                                  library ?? "rebuild"])
+                                                  library ?? "rebuild", checkpoint])
         if r.status == 77 { throw XCTSkip("torch/torchvision/timm/h5py not importable: \(r.out)") }
         XCTAssertEqual(r.status, 0, r.err + r.out)
         func worst(_ label: String) -> Double? {
@@ -127,11 +132,11 @@ final class TorchExportTests: XCTestCase {
                 .flatMap { Double($0.split(separator: " ")[1]) }
         }
         print("\(model) exported vs mtl predict --raw (train+predict \(String(format: "%.1f", trained)) s, total "
-              + "\(String(format: "%.1f", Date().timeIntervalSince(started))) s):\n\(export.out)\(r.out)")
+              + "\(String(format: "%.1f", Date().timeIntervalSince(started))) s):\n\(r.out)")
         XCTAssertLessThan(try XCTUnwrap(worst("worst"), r.out), 1e-4, r.out)
         if library == "timm" {
             XCTAssertLessThan(try XCTUnwrap(worst("worst_library"), r.out), 1e-4, r.out)
-            XCTAssertTrue(export.out.contains("encoder loads strictly into timm's"), export.out)
+            XCTAssertTrue(r.out.contains("encoder loads strictly into timm's"), r.out)
         }
     }
 }
