@@ -28,10 +28,12 @@ by nn.BatchNorm2d with the same parameter names (plus running statistics), so ev
 the running statistics as `mtl predict` does. The ASPP projection's Dropout is an identity in eval
 mode, where mtl never applies it.
 
-`timm_encoder(config, saved["encoder"])` gives the encoder as the timm module a researcher would load
-(HRNet: hrnet_w18_small_v2 / hrnet_w18 features_only; Swin: swin_*_patch4_window7_224 features_only
-at the run's input size plus the dense variant's output norms), loaded with strict=True; it returns
-mtl's Features and can replace `model.encoder`.
+`timm_encoder(config, saved["encoder"], image_size=(H, W), encoder_norms=saved.get("encoder_norms"))`
+gives the encoder as the timm module a researcher would load (HRNet: hrnet_w18_small_v2 / hrnet_w18
+features_only, feature_location=''; Swin: swin_*_patch4_window7_224 features_only at the input size,
+followed by the dense variant's output norms norm0..3), loaded with strict=True; it returns mtl's
+Features and can replace `model.encoder`. It equals mtl for HRNet with model.fuse_upsample nearest
+and for Swin where every stage's map is a multiple of the window (224² for window 7).
 """
 import os
 import sys
