@@ -75,7 +75,7 @@ loss = F.cross_entropy(z, t, weight=torch.stack((1.0 - w_pos, w_pos)), ignore_in
         }
         for kind in TaskKind.all {
             XCTAssertTrue(kind.losses.contains(kind.defaultLoss), kind.name)
-            for l in kind.losses { XCTAssertNotNil(LossKind.named(l), "\(kind.name): \(l)"); XCTAssertNoThrow(try TaskLoss(kind: l)) }
+            for l in kind.losses { XCTAssertNotNil(LossKind.named(l), "\(kind.name): \(l)"); XCTAssertNoThrow(try TaskLoss(kind: l, posWeight: 0.5)) }
         }
         XCTAssertEqual(Set(TaskKind.all.flatMap { $0.losses }), Set(LossKind.names))
         let (z, _) = inputs(73)
