@@ -11,7 +11,9 @@ public enum ConfigRaw {
     case text(String)
     /// `key:` with nothing after it (YAML null).
     case empty
-    /// A mapping or a list; the string says which ("a mapping").
+    /// A list of values.
+    case list([ConfigRaw])
+    /// A mapping (the string says so: "a mapping").
     case other(String)
 
     /// How the value reads after "found" in an error message.
@@ -19,6 +21,7 @@ public enum ConfigRaw {
         switch self {
         case .text(let s): return "'\(s)'"
         case .empty: return "an empty value"
+        case .list: return "a list"
         case .other(let kind): return kind
         }
     }
@@ -131,13 +134,31 @@ public struct ConfigKey<Root> {
         }, write: { yamlString($0[keyPath: field].rawValue) })
     }
 
+    /// A list of `count` integers, each at least `min` (`[1, 2, 1]`).
+    public static func ints(_ name: String, _ field: WritableKeyPath<Root, [Int]>, count: Int, min lo: Int,
+                            _ help: String) -> ConfigKey {
+        let expected = "a list of \(count) integers >= \(lo)"
+        return ConfigKey(name: name, help: help, expected: expected, parse: { root, raw in
+            guard case .list(let items) = raw, items.count == count else { return "expected \(expected), found \(raw.found)" }
+            var values: [Int] = []
+            for item in items {
+                guard case .text(let s) = item, let x = Int(s.trimmingCharacters(in: .whitespaces)), x >= lo else {
+                    return "expected \(expected), found \(item.found) in the list"
+                }
+                values.append(x)
+            }
+            root[keyPath: field] = values
+            return nil
+        }, write: { "[" + $0[keyPath: field].map(String.init).joined(separator: ", ") + "]" })
+    }
+
     /// Any text; an empty value is "".
     public static func string(_ name: String, _ field: WritableKeyPath<Root, String>, _ help: String) -> ConfigKey {
         ConfigKey(name: name, help: help, expected: "a string", parse: { root, raw in
             switch raw {
             case .text(let s): root[keyPath: field] = s
             case .empty: root[keyPath: field] = ""
-            case .other: return "expected a string, found \(raw.found)"
+            case .list, .other: return "expected a string, found \(raw.found)"
             }
             return nil
         }, write: { yamlString($0[keyPath: field]) })

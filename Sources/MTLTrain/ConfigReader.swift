@@ -103,7 +103,8 @@ extension YValue {
         switch self {
         case .null: return .empty
         case .scalar(let s): return .text(s)
-        default: return .other(kind)
+        case .seq(let items): return .list(items.map { $0.raw })
+        case .map: return .other(kind)
         }
     }
 

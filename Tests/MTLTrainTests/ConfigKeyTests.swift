@@ -175,6 +175,24 @@ final class ConfigKeyTests: XCTestCase {
         XCTAssertEqual(try parse("model: {encoder: swin_t, decoder: multiscale}").model.neck, "none")
     }
 
+    /// The list kind (for list-valued component settings such as per-stage depths).
+    func testIntegerListKey() throws {
+        struct Stages { var depths = [1, 2, 1] }
+        let key = ConfigKey<Stages>.ints("depths", \.depths, count: 3, min: 1, "blocks per stage")
+        func read(_ text: String) throws -> [Int] {
+            guard case .map(let e) = try YValue.compose("k: \(text)", source: "t") else { return [] }
+            var s = Stages()
+            try key.read(e[0].value.raw, into: &s)
+            return s.depths
+        }
+        XCTAssertEqual(key.write(Stages()), "[1, 2, 1]")
+        XCTAssertEqual(try read("[2, 2, 6]"), [2, 2, 6])
+        XCTAssertEqual(try read(key.write(Stages())), [1, 2, 1])
+        XCTAssertEqual(message { try read("[1, 2]") }, "expected a list of 3 integers >= 1, found a list")
+        XCTAssertEqual(message { try read("[1, 0, 2]") }, "expected a list of 3 integers >= 1, found '0' in the list")
+        XCTAssertEqual(message { try read("3") }, "expected a list of 3 integers >= 1, found '3'")
+    }
+
     /// `model.head`, the old name of `model.decoder`, is read with a note for train.log.
     func testModelHeadIsReadAsTheDecoder() throws {
         let file = try parse("model: {head: bench}")
