@@ -46,7 +46,7 @@ def task_losses(preds, seg, depth, normals):
 
 class MultiScaleHead(nn.Module):
     """MTI-Net's HighResolutionHead: scales 1.. resized to scale 0, concat, 1x1 conv + BN + ReLU, 1x1
-    classifier, bilinear to the input size (mtl's `model.head: multiscale`)."""
+    classifier, bilinear to the input size (mtl's `model.decoder: multiscale`)."""
 
     def __init__(self, widths, cout, hidden=270):
         super().__init__()

@@ -16,7 +16,7 @@ OUT.pth (torch.save) holds:
                                 are the official / mmseg dense layout (state_dict's encoder.*)
   encoder_norms Swin only: the dense variant's output norms norm0..norm3 (timm's features_only has none)
   heads         {task: the head's state_dict} for per-task heads (deeplab: torchvision's DeepLabHead names)
-  decoder       the joint decoder's state_dict (model.head tif / kem: decoder.* without the prefix)
+  decoder       the joint decoder's state_dict (model.decoder tif / kem: decoder.* without the prefix)
   config        the run's resolved config (YAML text), out_channels {task: channels}, step
 
 The model is rebuilt and loaded with strict=True before saving, so an export that would not load
@@ -94,7 +94,7 @@ def main():
     config = meta["config"]
     c = yaml.safe_load(config)
     tasks = list(c["tasks"].keys())
-    head = c["model"]["head"]
+    head = c["model"].get("decoder", c["model"].get("head"))
     out_channels = {}
     for t in tasks:
         key = classifier_key(head, t, state)

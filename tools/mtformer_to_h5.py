@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Convert an MTFormer checkpoint (Xu et al., ECCV 2022, xiaogang00/MTFormer) into the HDF5 file
-`model.pretrained` reads for KEM-R (`model.head: kem`; `model.kem.mixer: none` is MTFormer-T itself).
+`model.pretrained` reads for KEM-R (`model.decoder: kem`; `model.kem.mixer: none` is MTFormer-T itself).
 
   python3 tools/mtformer_to_h5.py best_model.pth.tar data/mtformer-nyud.h5
   python3 tools/mtformer_to_h5.py checkpoint.pth.tar data/mtformer-pascal.h5 --tasks seg,parts,sal --skip-cross-task

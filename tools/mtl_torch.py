@@ -314,10 +314,10 @@ def build(config, out_channels):
     """The model of a resolved mtl config (YAML text or dict); `out_channels`: {task: channels}."""
     m = _yaml(config)["model"]
     encoder, channels = build_encoder(m)
-    head, width = m["head"], m["head_channels"]
+    head, width = m.get("decoder", m.get("head")), m["head_channels"]
     if head in ("tif", "kem"):
         if len(channels) != 4:
-            raise SystemExit(f"model.head: {head} needs a four-scale encoder, model.encoder {m['encoder']} has one")
+            raise SystemExit(f"model.decoder: {head} needs a four-scale encoder, model.encoder {m['encoder']} has one")
         decoder = build_tif(m, channels, out_channels) if head == "tif" else build_kem(m, channels, out_channels)
         return JointDecoderModel(encoder, decoder)
     rates = (12, 24, 36) if m.get("output_stride", 8) == 8 else (6, 12, 18)
@@ -330,5 +330,5 @@ def build(config, out_channels):
         elif head == "multiscale":
             heads[task] = MultiScaleHead(channels, k, width)
         else:
-            raise SystemExit(f"model.head: {head} has no PyTorch rebuild here (expected deeplab, bench, multiscale, tif, kem)")
+            raise SystemExit(f"model.decoder: {head} has no PyTorch rebuild here (expected deeplab, bench, multiscale, tif, kem)")
     return MultiTaskModel(encoder, heads)

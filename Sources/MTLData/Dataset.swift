@@ -294,14 +294,14 @@ public final class MTDataset {
                     out.update(repeating: layout.isClassMap || layout.fileType == .uint8 ? -1 : 0, count: perSample)
                     continue
                 }
-                switch task {
-                case "seg", "parts":
+                switch layout.kind.family {
+                case .classMap:
                     try readClassMap(datasetPath, index: index, numClasses: classCounts[task]!, into: out)
-                case "depth":
+                case .depth:
                     try readDepth(datasetPath, index: index, into: out)
-                case "normals":
+                case .normals:
                     try readNormals(datasetPath, index: index, into: out)
-                default:
+                case .binary:
                     try readBinary(datasetPath, index: index, into: out)
                 }
             }

@@ -1,23 +1,24 @@
 import MTLCore
 
-/// The tasks the unified schema (DATASETS.md §4) knows, in their canonical order.
-public let knownTasks = ["seg", "depth", "normals", "edges", "parts", "saliency"]
+/// The tasks the unified schema (DATASETS.md §4) knows, in their canonical order (MTLCore.TaskKind).
+public let knownTasks = TaskKind.names
 
 /// Root attribute values that identify a file written in the unified schema.
 let schemaFormat = "mtdp-hdf5"
 let schemaVersion = 1
 
-/// How one task is stored in the file and what the loader turns it into.
+/// How one task is stored in the file and what the loader turns it into (from its TaskKind).
 struct TaskLayout {
-    let name: String
+    let kind: TaskKind
+    var name: String { kind.name }
     /// Stored element type (the schema fixes it; readers reject anything else).
-    let fileType: H5TypeClass
+    var fileType: H5TypeClass { kind.fileType }
     /// Trailing channel dimension in the file ((N,H,W,3) for normals); 0 = none ((N,H,W)).
-    let fileChannels: Int
+    var fileChannels: Int { kind.fileChannels }
     /// Channels of the loaded target: 0 = [B,H,W] class map, else [B,C,H,W].
-    let targetChannels: Int
+    var targetChannels: Int { kind.targetChannels }
     /// True for class maps (seg, parts) whose range is checked against `num_classes`.
-    let isClassMap: Bool
+    var isClassMap: Bool { kind.family == .classMap }
 
     var fileShapeDescription: String { fileChannels > 0 ? "(N,H,W,\(fileChannels))" : "(N,H,W)" }
 
@@ -25,16 +26,7 @@ struct TaskLayout {
         targetChannels == 0 ? [batch, height, width] : [batch, targetChannels, height, width]
     }
 
-    static func of(_ task: String) -> TaskLayout? {
-        switch task {
-        case "seg": return TaskLayout(name: task, fileType: .int16, fileChannels: 0, targetChannels: 0, isClassMap: true)
-        case "parts": return TaskLayout(name: task, fileType: .int16, fileChannels: 0, targetChannels: 0, isClassMap: true)
-        case "depth": return TaskLayout(name: task, fileType: .float32, fileChannels: 0, targetChannels: 1, isClassMap: false)
-        case "normals": return TaskLayout(name: task, fileType: .float32, fileChannels: 3, targetChannels: 3, isClassMap: false)
-        case "edges", "saliency": return TaskLayout(name: task, fileType: .uint8, fileChannels: 0, targetChannels: 1, isClassMap: false)
-        default: return nil
-        }
-    }
+    static func of(_ task: String) -> TaskLayout? { TaskKind.named(task).map { TaskLayout(kind: $0) } }
 }
 
 /// "(64,64,96,3)" — shapes printed the way the schema documents them.

@@ -129,28 +129,28 @@ public enum Bench {
             var k = KEMOptions()
             k.mixer = o.kemMixer == "skem" ? "memory" : o.kemMixer
             k.stable = o.kemMixer == "skem"
-            spec = ModelSpec(encoder: "swin_s", width: o.width, outputStride: 4, head: "kem", headChannels: 256, tasks: tasks, kem: k)
+            spec = ModelSpec(encoder: "swin_s", width: o.width, outputStride: 4, decoder: "kem", headChannels: 256, tasks: tasks, kem: k)
         case "resnet50-deeplab":
-            spec = ModelSpec(encoder: "resnet50", width: o.width, outputStride: 8, head: "deeplab",
+            spec = ModelSpec(encoder: "resnet50", width: o.width, outputStride: 8, decoder: "deeplab",
                              headChannels: o.headChannels, tasks: tasks)
         case "hrnet18s-baseline":
-            spec = ModelSpec(encoder: "hrnet18s", width: o.width, outputStride: 8, head: "multiscale", headChannels: 270,
+            spec = ModelSpec(encoder: "hrnet18s", width: o.width, outputStride: 8, decoder: "multiscale", headChannels: 270,
                              tasks: tasks)
         case "swin_t-baseline":
-            spec = ModelSpec(encoder: "swin_t", width: o.width, outputStride: 8, head: "multiscale", headChannels: o.headChannels,
+            spec = ModelSpec(encoder: "swin_t", width: o.width, outputStride: 8, decoder: "multiscale", headChannels: o.headChannels,
                              tasks: tasks)
         case "mtcp-swin_t":
             // Swin-T + FPN-lite + the paper-size MT-CP decoder (d = 256), NYUD's three tasks.
             var m = MTCPOptions()
             m.cfmStride = o.cfmStride
             try MTCPDecoder.validate(m, tasks: tasks.count)
-            var s = ModelSpec(encoder: "swin_t", width: o.width, outputStride: 4, head: "mtcp", headChannels: 256, tasks: tasks)
+            var s = ModelSpec(encoder: "swin_t", width: o.width, outputStride: 4, decoder: "mtcp", headChannels: 256, tasks: tasks)
             s.mtcp = m
             spec = s
         case "tif-hrnet18":
-            spec = ModelSpec(encoder: "hrnet18s", width: o.width, outputStride: 8, head: "tif", headChannels: 0, tasks: tasks)
+            spec = ModelSpec(encoder: "hrnet18s", width: o.width, outputStride: 8, decoder: "tif", headChannels: 0, tasks: tasks)
         default:
-            spec = ModelSpec(encoder: "bench", width: o.width, outputStride: 8, head: "bench", headChannels: 64, tasks: tasks)
+            spec = ModelSpec(encoder: "bench", width: o.width, outputStride: 8, decoder: "bench", headChannels: 64, tasks: tasks)
         }
         let model = try MultiTaskModel(spec, seed: 0)
         if kem { model.freezeEncoder() }

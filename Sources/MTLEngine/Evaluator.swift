@@ -15,20 +15,25 @@ public struct TaskMetrics {
 /// Evaluates a model on a split: rank r takes samples r, r+N, ...; each rank accumulates its metric
 /// state and the states are summed across ranks, so the result is the same for any world size.
 public enum Evaluator {
-    public static func metric(forLoss loss: String, classes: Int) -> Metric {
-        switch loss {
-        case "ce": return SegmentationMetric(numClasses: classes, ignoreIndex: -1)
-        case "l1": return DepthMetric()
-        case "cosine", "normal_l1": return NormalsMetric()
-        default: return BinaryMetric()
+    /// A 2-channel binary prediction (saliency_ce) as the one logit of the binary metric:
+    /// softmax(z₀, z₁)₁ = σ(z₁ − z₀).
+    static func binaryLogit(_ pred: Tensor, into out: Tensor) -> Tensor {
+        guard pred.c == 2 else { return pred }
+        let n = pred.n, hw = pred.h * pred.w
+        out.resize([n, 1, pred.h, pred.w])
+        for s in 0..<n {
+            let z0 = pred.data + s * 2 * hw, z1 = z0 + hw, o = out.data + s * hw
+            for i in 0..<hw { o[i] = z1[i] - z0[i] }
         }
+        return out
     }
 
     public static func run(model: MultiTaskModel, dataset: MTDataset, losses: [String], classes: [Int],
                            comm: Communicator, batchSize: Int) throws -> [TaskMetrics] {
         model.setTraining(false)
         defer { model.setTraining(true) }
-        let metrics = zip(losses, classes).map { metric(forLoss: $0.0, classes: $0.1) }
+        let metrics = zip(model.taskNames, classes).map { makeMetric(task: $0.0, classes: $0.1) }
+        let logit = Tensor([0])
         let mine = Array(stride(from: comm.rank, to: dataset.count, by: comm.size))
         let batch = Batch()
         var start = 0
@@ -45,7 +50,7 @@ public enum Evaluator {
                 case let m as SegmentationMetric: m.update(logits: pred, target: target)
                 case let m as DepthMetric: m.update(pred: pred, target: target)
                 case let m as NormalsMetric: m.update(pred: pred, target: target)
-                case let m as BinaryMetric: m.update(logits: pred, target: target)
+                case let m as BinaryMetric: m.update(logits: binaryLogit(pred, into: logit), target: target)
                 default: break
                 }
             }

@@ -4,8 +4,10 @@ import MTLNN
 /// One task's loss behind one interface (the losses of MTLNN have different target layouts).
 /// `forward` returns the local sum and count; the trainer divides by the GLOBAL count.
 public final class TaskLoss {
-    /// normal_l1 and balanced_bce are ATRC's normals and edge losses (TIF's "fixed weights following ATRC").
-    public enum Kind: String { case ce, l1, cosine, bce, normalL1 = "normal_l1", balancedBCE = "balanced_bce" }
+    /// normal_l1, balanced_bce and saliency_ce are ATRC's normals, edge and saliency losses (MTLCore.LossKind).
+    public enum Kind: String {
+        case ce, l1, cosine, bce, normalL1 = "normal_l1", balancedBCE = "balanced_bce", saliencyCE = "saliency_ce"
+    }
     public let kind: Kind
     let ce: CrossEntropyLoss?
     let l1: MaskedL1Loss?
@@ -13,10 +15,11 @@ public final class TaskLoss {
     let bce: BCEWithLogitsLoss?
     let nl1: NormalL1Loss?
     let bbce: BalancedBCEWithLogitsLoss?
+    let sce: BalancedCrossEntropyLoss?
 
     public init(kind: String, posWeight: Float = 1) throws {
         guard let k = Kind(rawValue: kind) else {
-            throw MTLError("tasks.*.loss: expected ce|l1|cosine|bce|normal_l1|balanced_bce, found '\(kind)'")
+            throw MTLError("tasks.*.loss: expected \(LossKind.names.joined(separator: "|")), found '\(kind)'")
         }
         self.kind = k
         ce = k == .ce ? CrossEntropyLoss(ignoreIndex: -1) : nil
@@ -26,6 +29,8 @@ public final class TaskLoss {
         nl1 = k == .normalL1 ? NormalL1Loss() : nil
         // balanced_bce reads pos_weight as ATRC's positive-class weight w ∈ (0, 1).
         bbce = k == .balancedBCE ? BalancedBCEWithLogitsLoss(positiveWeight: posWeight) : nil
+        // The loader gives binary maps with -1 where the file has 255 (ignore).
+        sce = k == .saliencyCE ? BalancedCrossEntropyLoss(ignoreIndex: -1) : nil
     }
 
     public func forward(_ pred: Tensor, _ target: Tensor) -> LossSum {
@@ -36,6 +41,7 @@ public final class TaskLoss {
         case .bce: return bce!.forward(pred, target)
         case .normalL1: return nl1!.forward(pred, target)
         case .balancedBCE: return bbce!.forward(pred, target)
+        case .saliencyCE: return sce!.forward(pred, target)
         }
     }
 
@@ -47,15 +53,12 @@ public final class TaskLoss {
         case .bce: return bce!.backward(scale: scale)
         case .normalL1: return nl1!.backward(scale: scale)
         case .balancedBCE: return bbce!.backward(scale: scale)
+        case .saliencyCE: return sce!.backward(scale: scale)
         }
     }
 
-    /// Output channels a head needs for this loss and task.
+    /// Output channels a head needs for this loss and task (LossKind).
     public static func channels(task: String, loss: String, classes: Int) -> Int {
-        switch loss {
-        case "ce": return classes
-        case "cosine", "normal_l1": return 3
-        default: return 1
-        }
+        LossKind.named(loss)?.outputChannels(classes: classes) ?? 1
     }
 }

@@ -71,12 +71,12 @@ public enum Predict {
     public static func run(_ loaded: LoadedCheckpoint, out: String, options: Options, comm: Communicator) throws -> [String] {
         let model = loaded.setup.model, ds = loaded.dataset
         let tasks = model.taskNames
-        let kinds: [Kind] = zip(loaded.setup.lossKinds, loaded.setup.classes).map { loss, k in
-            switch loss {
-            case "ce": return .labels(classes: k)
-            case "l1": return .depth
-            case "cosine": return .normals
-            default: return .probability
+        let kinds: [Kind] = zip(tasks, loaded.setup.classes).map { task, k in
+            switch TaskKind.named(task)?.family {
+            case .classMap?: return .labels(classes: k)
+            case .depth?: return .depth
+            case .normals?: return .normals
+            case .binary?, nil: return .probability
             }
         }
         let H = ds.height, W = ds.width, n = min(max(0, options.samples), ds.count)
@@ -221,7 +221,9 @@ public enum Predict {
             try PNG.writeRGB8(path + "_gt.png", width: W, height: H, g.pixels)
             return (p, g)
         case .probability:
-            let prob = pred.prefix(n).map { Float(1 / (1 + exp(-Double($0)))) }
+            // One logit, or two (saliency_ce): softmax(z₀, z₁)₁ = σ(z₁ − z₀).
+            let two = pred.count >= 2 * n
+            let prob = (0..<n).map { i in Float(1 / (1 + exp(-Double(two ? pred[n + i] - pred[i] : pred[i])))) }
             let p = Colormap.grey(prob, valid: nil, width: W, height: H)
             let g = Colormap.grey(gt, valid: gt.map { $0 >= 0 && $0 != 255 && !$0.isNaN }, width: W, height: H)
             try PNG.writeRGB8(path + "_pred.png", width: W, height: H, p.pixels)

@@ -34,7 +34,7 @@ public enum Pretrained {
         guard !decoder.isEmpty else { return }
         let own = Dictionary(uniqueKeysWithValues: model.stateTensors().filter { $0.0.hasPrefix("decoder.") })
         if let extra = decoder.keys.sorted().first(where: { own[$0] == nil }) {
-            throw MTLError("\(path): tensor \(extra) is not in the model (model.head \(model.spec.head); check model.\(model.spec.head).* against the file)")
+            throw MTLError("\(path): tensor \(extra) is not in the model (model.decoder \(model.spec.decoder); check model.\(model.spec.decoder).* against the file)")
         }
         let names = decoder.keys.sorted()
         for name in names {

@@ -51,14 +51,11 @@ public struct RunSetup {
             specTasks.append((t.name, TaskLoss.channels(task: t.name, loss: t.loss, classes: k)))
         }
         var spec = ModelSpec(encoder: config.model.encoder, width: config.model.width,
-                             outputStride: config.model.outputStride, head: config.model.head,
-                             headChannels: config.model.headChannels,
-                             fuseUpsample: FuseUpsample(rawValue: config.model.fuseUpsample) ?? .bilinear, tasks: specTasks,
-                             tif: RunSetup.tifOptions(config.model.tif), kem: KEMOptions(config.model.kem))
-        spec.swin = SwinOptions(window: config.model.swinWindow,
-                                shiftRule: SwinOptions.ShiftRule(rawValue: config.model.swinShiftRule) ?? .dense,
-                                dropPathRate: Float(config.model.dropPathRate))
-        spec.mtcp = MTCPOptions(config.model.mtcp)
+                             outputStride: config.model.outputStride, decoder: config.model.decoder, neck: config.model.neck,
+                             headChannels: config.model.headChannels, fuseUpsample: config.model.fuseUpsample,
+                             tasks: specTasks, tif: config.model.tif, kem: config.model.kem)
+        spec.swin = config.model.swin
+        spec.mtcp = config.model.mtcp
         model = try MultiTaskModel(spec, seed: UInt64(config.train.seed))
         taskNames = config.tasks.map { $0.name }
         lossKinds = config.tasks.map { $0.loss }
@@ -71,21 +68,6 @@ public struct RunSetup {
             try Pretrained.loadEncoder(model: model, path: config.model.pretrained)
         }
         if config.model.freezeEncoder { model.freezeEncoder() }
-    }
-}
-
-extension RunSetup {
-    /// model.tif.* → the model's TIF switches (SFD off turns LTHD off, as in the reference).
-    static func tifOptions(_ c: TIFConfig) -> TIFOptions {
-        var o = TIFOptions()
-        o.saff = c.saff
-        o.sfd = c.sfd
-        o.lthd = c.lthd && c.sfd
-        o.sfdScale = c.sfdScale
-        o.kvSingle = c.kvSingle
-        o.lthdTranspose = c.lthdTranspose
-        o.fuseReLU = c.fuseReLU
-        return o
     }
 }
 
@@ -277,7 +259,7 @@ public final class Trainer {
         var stoppedBySignal = false
         var step = startStep
         for line in Runtime.report(threadsPerRank: Threads.count, ranks: comm.size) { log?.line(line) }
-        for line in performanceOverrides { log?.line(line) }
+        for line in config.notes.lines + performanceOverrides { log?.line(line) }
         // A collective: every rank computes it (log is nil on ranks other than 0).
         let placement = RankPlacement.summary(comm.placements(threads: Threads.count))
         log?.line("placement: " + placement)
@@ -411,12 +393,3 @@ public final class Trainer {
     }
 }
 
-extension KEMOptions {
-    /// The config's `model.kem.*` (validated spellings) as the decoder's options.
-    init(_ c: KEMConfig) {
-        self.init()
-        mixer = c.mixer; dim = c.dim; heads = c.heads; window = c.window; depth = c.depth; slots = c.slots
-        topk = c.topk; topkVariant = c.topkVariant; topkAxis = c.topkAxis; stable = c.stable; etfRole = c.etfRole
-        etfProjection = c.etfProjection; etfSeed = UInt64(c.etfSeed); lambda = c.lambda; unusedPatchEmbed = c.unusedPatchEmbed
-    }
-}

@@ -17,7 +17,6 @@ public struct MTCPOptions: Sendable, Equatable {
     public var headLayout = "nyud"       // nyud | pascal: the code's two head sets (up-sampling factors, intermediate convs)
     public var queryBlock = 256          // query pixels per block of the CFM affinity (memory block·N, not N²)
     public var interWeight = 0.5         // each intermediate term's weight in its task's loss (the code's ½ Σ_s)
-    public var neckDim = 256             // the FPN-lite neck's output width (= dim in the paper's model)
     public init() {}
 
     public static let variants = ["code", "paper"]
@@ -181,7 +180,6 @@ public final class MTCPDecoder: Decoder {
         try check(o.heads.count == 3 && zip(o.heads, o.depths.indices).allSatisfy { h, s in h >= 1 && (o.dim << s) % h == 0 },
                   "heads", "3 head counts dividing dim·2^s", o.heads)
         try check(o.dim >= 2 && o.dim % 2 == 0, "dim", "an even width >= 2", o.dim)
-        try check(o.neckDim == o.dim, "neck_dim", "model.mtcp.dim (\(o.dim)): z is the decoder's input", o.neckDim)
         try check(o.window >= 1, "window", ">= 1", o.window)
         try check(o.reduction >= 1 && o.depthMid >= 1 && o.queryBlock >= 1, "query_block", "reduction, depth_mid, query_block >= 1",
                   "\(o.reduction), \(o.depthMid), \(o.queryBlock)")

@@ -1,12 +1,18 @@
 import Foundation
 import MTLCore
+import MTLModels
 
 // The experiment configuration: one YAML file plus `--set key=value` overrides, resolved
 // into typed sections with every default filled in. Every mistake is a one-line MTLError
 // that names the file (or the override), the key, what was expected and what was found,
 // and for unknown keys the nearest valid key.
 //
-// Enum-like fields (encoder, head, loss, optimizer name, ...) are validated Strings, so
+// Each key is declared once, in the `keys` table of its section (below the section's struct;
+// the field's initial value is the default): the reader, the resolved config.yaml, the
+// suggestions for unknown keys and `mtl keys` all come from these tables. The model's
+// components (ModelRegistry) declare their own `model.<group>.*` keys next to their options.
+//
+// Enum-like fields (encoder, decoder, loss, optimizer name, ...) are validated Strings, so
 // callers compare against the same spelling the YAML uses (`cfg.optim.name == "adamw"`).
 
 public struct DataConfig: Equatable {
@@ -14,78 +20,93 @@ public struct DataConfig: Equatable {
     public var trainSplit = "train"
     public var valSplit = "val"
     public var cache = false
-    public var augment = false              // random scale 1–1.5 + crop, h-flip (normals x negated)
-    public var prefetch = 2                 // batches read ahead by the loader thread (0 = synchronous)
+    public var augment = false
+    public var prefetch = 2
     public init() {}
+
+    static let keys: [ConfigKey<DataConfig>] = [
+        .string("path", \.path, "the dataset file (mtdp-hdf5 schema, docs/DATASETS.md)"),
+        .string("train_split", \.trainSplit, "split trained on"),
+        .string("val_split", \.valSplit, "split evaluated on"),
+        .bool("cache", \.cache, "hold the decoded split in memory"),
+        .bool("augment", \.augment, "random scale 1–1.5 + crop, h-flip (normals' x negated)"),
+        .int("prefetch", \.prefetch, min: 0, "batches read ahead by the loader thread (0 = synchronous)"),
+    ]
 }
 
 public struct ModelConfig: Equatable {
-    public var encoder = "resnet18"        // resnet18|resnet34|resnet50|resnet101|bench|hrnet18s|hrnet18
-    public var width = 64                  // ResNet base width (64 = torchvision); the HRNets have their official widths
-    public var outputStride = 8            // 8|16 (ResNet; the HRNets give strides 4, 8, 16, 32)
-    public var head = "deeplab"            // deeplab|bench (one feature scale) | multiscale (MTI-Net's HRNet baseline head) | tif (TIF-R) | kem (KEM-R's joint decoder, model.kem.*)
+    public var encoder = "resnet18"
+    public var neck = "none"
+    public var decoder = "deeplab"
+    public var width = 64
+    public var outputStride = 8
     public var headChannels = 256
-    public var fuseUpsample = "bilinear"   // HRNet fuse: bilinear (mmseg/ATRC) | nearest (timm)
-    public var pretrained = ""             // HDF5 file of torchvision-named tensors, "" = random init
+    public var fuseUpsample = FuseUpsample.bilinear
+    public var pretrained = ""
     public var syncBN = false
-    public var convBackend = "auto"         // auto|onednn|blas (auto: oneDNN where it has a CPU engine)
-    public var convDx = "transposed"       // stride-1 input gradient: transposed (forward conv of dy) | col2im
-    public var freezeEncoder = false        // encoder forward only, in eval mode, never updated (KEM's frozen Swin)
-    public var dropPathRate = 0.0          // Swin stochastic depth of the last block (linear from 0), in [0, 1)
-    public var swinWindow = 7              // model.swin.window
-    public var swinShiftRule = "dense"     // model.swin.shift_rule: dense | classification (timm at 224²)
-    public var tif = TIFConfig()            // model.tif.*, only with head tif
-    public var kem = KEMConfig()            // model.kem.* (model.head: kem)
-    public var mtcp = MTCPConfig()          // model.mtcp.* (model.head: mtcp; MTCPConfig.swift)
-    public init() {}
-}
-
-/// TIF-R's switches (`model.tif.*`; docs/ARCHITECTURES.md §1.3–1.4): the paper's ablations (SAFF, SFD,
-/// LTHD; SFD off turns LTHD off) and the alternative readings of eqs. 6, 8, 12 and 14.
-public struct TIFConfig: Equatable {
-    public var saff = true
-    public var sfd = true
-    public var lthd = true
-    public var sfdScale = false             // A = QKᵀ/√d instead of the paper's QKᵀ
-    public var kvSingle = false             // one K/V matrix instead of N
-    public var lthdTranspose = false        // softmax_rows(A0)ᵀ in eq. 12
-    public var fuseReLU = false             // ReLU after the final FeatureFuse
-    public init() {}
-    static let keys = ["saff", "sfd", "lthd", "sfd_scale", "kv_single", "lthd_transpose", "fuse_relu"]
-    var values: [Bool] { [saff, sfd, lthd, sfdScale, kvSingle, lthdTranspose, fuseReLU] }
-}
-
-/// `model.kem.*`: the KEM decoder's settings (MTLModels.KEMOptions; docs/ARCHITECTURE.md "KEM").
-public struct KEMConfig: Equatable {
-    public var mixer = "memory"            // memory (KEM/sKEM) | cross_attention | none (MTFormer-T)
-    public var dim = 256                   // decoder width (smaller only for tests)
-    public var heads = 4
-    public var window = 7
-    public var depth = 2                   // Swin blocks per transformer
-    public var slots = 20
-    public var topk = 3
-    public var topkVariant = "masked"      // masked (A, SGW) | renormalized (B)
-    public var topkAxis = "tokens"         // tokens (top-k in Retrieve) | slots (in Write)
-    public var stable = false              // sKEM
-    public var etfRole = "tasks"           // tasks (K = T) | slots (K = m)
-    public var etfProjection = true
-    public var etfSeed = 0
-    public var lambda = 1.0
-    public var unusedPatchEmbed = true     // MTFormer's allocated-but-unused patch embeddings (as-in-code counts)
+    public var convBackend = "auto"
+    public var convDx = "transposed"
+    public var freezeEncoder = false
+    /// model.swin.* and model.drop_path_rate (Swin encoders).
+    public var swin = SwinOptions()
+    /// model.tif.* (neck saff, decoder tif).
+    public var tif = TIFOptions()
+    /// model.kem.* (decoder kem).
+    public var kem = KEMOptions()
+    /// model.mtcp.* (neck fpn, decoder mtcp).
+    public var mtcp = MTCPOptions()
     public init() {}
 
-    static let keys = ["mixer", "dim", "heads", "window", "depth", "slots", "topk", "topk_variant", "topk_axis", "stable",
-                       "etf_role", "etf_projection", "etf_seed", "lambda", "unused_patch_embed"]
-    static let mixers = ["memory", "cross_attention", "none"]
-    static let variants = ["masked", "renormalized"]
-    static let axes = ["tokens", "slots"]
-    static let roles = ["tasks", "slots"]
+    static let keys: [ConfigKey<ModelConfig>] = [
+        .choice("encoder", \.encoder, ModelRegistry.encoders.map { $0.name }, "the shared encoder (ModelRegistry.encoders)"),
+        .choice("neck", \.neck, ModelRegistry.necks.map { $0.name },
+                "between encoder and decoder, on the shared side; unset: the decoder's own (saff for tif), else none"),
+        .choice("decoder", \.decoder, ModelRegistry.decoders.map { $0.name },
+                "per-task heads (deeplab, bench: one scale; multiscale) or an architecture's decoder (tif, kem, mtcp)"),
+        .int("width", \.width, min: 1, "ResNet base width (64 = torchvision); HRNet and Swin have their official widths"),
+        .int("output_stride", \.outputStride, allowed: [8, 16], "ResNet output stride"),
+        .int("head_channels", \.headChannels, min: 1, "ASPP channels (deeplab), branch channels (bench), hidden width (multiscale)"),
+        .choice("fuse_upsample", \.fuseUpsample, "HRNet fuse: bilinear (mmseg/ATRC) | nearest (timm)"),
+        .string("pretrained", \.pretrained, "HDF5 file of encoder tensors (torchvision/mmseg/official names); \"\" = random init"),
+        .bool("sync_bn", \.syncBN, "BatchNorm statistics summed over all ranks"),
+        .choice("conv_backend", \.convBackend, Config.convBackends, "auto: oneDNN where it has a CPU engine"),
+        .choice("conv_dx", \.convDx, Config.convDxs, "stride-1 input gradient: transposed (forward conv of dy) | col2im"),
+        .bool("freeze_encoder", \.freezeEncoder, "encoder forward only, in eval mode, never updated (KEM's frozen Swin)"),
+        .number("drop_path_rate", \.swin.dropPathRate, .unitHalfOpen, "Swin stochastic depth of the last block (linear from 0)"),
+    ]
+
+    /// The components' parameter groups `model.<group>.*` (ModelRegistry: which component reads which).
+    static let groups: [(name: String, keys: [ConfigKey<ModelConfig>])] = [
+        ("swin", SwinOptions.configKeys.map { $0.at(\ModelConfig.swin) }),
+        ("tif", TIFOptions.configKeys.map { $0.at(\ModelConfig.tif) }),
+        ("kem", KEMOptions.configKeys.map { $0.at(\ModelConfig.kem) }),
+        ("mtcp", MTCPOptions.configKeys.map { $0.at(\ModelConfig.mtcp) }),
+    ]
+
+    /// The old name of `decoder`, still read (with a note in train.log).
+    static let deprecatedHead = "head"
+
+    /// The selected component of a slot ("encoder", "neck", "decoder").
+    func selected(_ slot: String) -> String {
+        switch slot {
+        case "encoder": return encoder
+        case "neck": return neck
+        default: return decoder
+        }
+    }
+
+    /// The groups the selected components read, in table order.
+    var selectedGroups: [String] {
+        Config.ModelGroups.names.filter { g in
+            ModelRegistry.users(ofGroup: g).contains { $0.names.contains(selected($0.slot)) }
+        }
+    }
 }
 
 public struct TaskConfig: Equatable {
     public var name: String
     public var role: TaskRole
-    public var loss: String                // ce|l1|cosine|bce|normal_l1|balanced_bce (ATRC's normals / edges)
+    public var loss: String
     public var classes: Int                // 0 = from the dataset
     public var weight: Double
     public var frozen: Bool
@@ -96,37 +117,62 @@ public struct TaskConfig: Equatable {
                 weight: Double = 1.0, frozen: Bool = false, posWeight: Double = 1.0) {
         self.name = name
         self.role = role
-        self.loss = loss ?? TaskConfig.defaultLoss[name] ?? "l1"
+        self.loss = loss ?? TaskKind.named(name)?.defaultLoss ?? "l1"
         self.classes = classes
         self.weight = weight
         self.frozen = frozen
         self.posWeight = posWeight
     }
 
-    public static let names = ["seg", "depth", "normals", "edges", "parts", "saliency"]
-    public static let defaultLoss = ["seg": "ce", "parts": "ce", "depth": "l1", "normals": "cosine",
-                                     "edges": "bce", "saliency": "bce"]
+    /// The task names (MTLCore.TaskKind).
+    public static let names = TaskKind.names
+
+    /// `tasks.<name>.*`.
+    static let keys: [ConfigKey<TaskConfig>] = [
+        .choice("role", \.role, "primary (the task cared about) | auxiliary"),
+        .choice("loss", \.loss, LossKind.names, "the task's loss, one of its kind's (TaskKind.losses); default the kind's"),
+        .int("classes", \.classes, min: 0, "output classes of a ce task; 0 = the dataset's num_classes"),
+        .number("weight", \.weight, .nonNegative, "fixed loss weight (methods reweight on top)"),
+        .bool("frozen", \.frozen, "the task's own decoder parameters are not trained"),
+        .number("pos_weight", \.posWeight, .positive, "bce: PyTorch's pos_weight; balanced_bce: ATRC's w in (0, 1)"),
+    ]
 }
 
 public struct TrainConfig: Equatable {
     public var steps = 1000
-    public var batchSize = 8               // GLOBAL batch, split over the ranks
+    public var batchSize = 8
     public var seed = 0
-    public var evalEvery = 0               // 0 = only at the end
-    public var threads = 0                 // 0 = auto
-    public var nanPolicy = "stop"          // stop|skip
-    public var blasThreads = "mtl"          // mtl: GEMMs split over mtl's threads, OpenBLAS single-threaded | openblas
+    public var evalEvery = 0
+    public var threads = 0
+    public var nanPolicy = "stop"
+    public var blasThreads = "mtl"
     public init() {}
+
+    static let keys: [ConfigKey<TrainConfig>] = [
+        .int("steps", \.steps, min: 1, "optimizer steps"),
+        .int("batch_size", \.batchSize, min: 1, "GLOBAL batch, split over the ranks (a multiple of their number)"),
+        .int("seed", \.seed, min: 0, "initialisation, sampling, augmentation and method randomness"),
+        .int("eval_every", \.evalEvery, min: 0, "steps between evaluations (0 = only at the end)"),
+        .int("threads", \.threads, min: 0, "threads per rank (0 = MTL_THREADS / SLURM_CPUS_PER_TASK / OMP_NUM_THREADS / cores ÷ ranks)"),
+        .choice("nan_policy", \.nanPolicy, Config.nanPolicies, "a non-finite loss: stop the run | skip the step"),
+        .choice("blas_threads", \.blasThreads, Config.blasThreadOwners,
+                "mtl: GEMMs split over mtl's threads, OpenBLAS single-threaded | openblas"),
+    ]
 }
 
 public struct DistConfig: Equatable {
-    public var overlap = true              // overlap the bucketed gradient all-reduce with the encoder backward
-    public var bucketMB = 25.0             // bucket size of that all-reduce, MiB
+    public var overlap = true
+    public var bucketMB = 25.0
     public init() {}
+
+    static let keys: [ConfigKey<DistConfig>] = [
+        .bool("overlap", \.overlap, "overlap the bucketed gradient all-reduce with the encoder backward"),
+        .number("bucket_mb", \.bucketMB, .positive, "bucket size of that all-reduce, MiB"),
+    ]
 }
 
 public struct OptimConfig: Equatable {
-    public var name = "adam"               // adam|adamw|sgd
+    public var name = "adam"
     public var lr = 1.0e-4
     public var momentum = 0.9
     public var nesterov = false
@@ -135,10 +181,21 @@ public struct OptimConfig: Equatable {
     public var beta2 = 0.999
     public var eps = 1.0e-8
     public init() {}
+
+    static let keys: [ConfigKey<OptimConfig>] = [
+        .choice("name", \.name, Config.optimizers, "adam | adamw (decoupled weight decay) | sgd"),
+        .number("lr", \.lr, .positive, "peak learning rate"),
+        .number("momentum", \.momentum, .nonNegative, "sgd momentum"),
+        .bool("nesterov", \.nesterov, "sgd Nesterov momentum (needs momentum > 0)"),
+        .number("weight_decay", \.weightDecay, .nonNegative, "L2 (adam, sgd) or decoupled (adamw) weight decay"),
+        .number("beta1", \.beta1, .unitHalfOpen, "Adam β1"),
+        .number("beta2", \.beta2, .unitHalfOpen, "Adam β2"),
+        .number("eps", \.eps, .positive, "Adam ε"),
+    ]
 }
 
 public struct ScheduleConfig: Equatable {
-    public var name = "constant"           // constant|step|poly|cosine
+    public var name = "constant"
     public var warmupSteps = 0
     public var warmupFactor = 0.001
     public var stepSize = 1000
@@ -146,26 +203,57 @@ public struct ScheduleConfig: Equatable {
     public var power = 0.9
     public var minLR = 0.0
     public init() {}
+
+    static let keys: [ConfigKey<ScheduleConfig>] = [
+        .choice("name", \.name, Config.schedules, "learning-rate schedule after the warm-up"),
+        .int("warmup_steps", \.warmupSteps, min: 0, "linear warm-up steps"),
+        .number("warmup_factor", \.warmupFactor, .unitClosed, "lr factor at step 0 of the warm-up"),
+        .int("step_size", \.stepSize, min: 1, "step: steps between decays"),
+        .number("gamma", \.gamma, .positive, "step: decay factor"),
+        .number("power", \.power, .nonNegative, "poly: exponent"),
+        .number("min_lr", \.minLR, .nonNegative, "poly and cosine: final learning rate"),
+    ]
 }
 
 public struct LogConfig: Equatable {
     public var every = 10
     public init() {}
+
+    static let keys: [ConfigKey<LogConfig>] = [
+        .int("every", \.every, min: 1, "steps between train.log / metrics.jsonl lines"),
+    ]
 }
 
 public struct CheckpointConfig: Equatable {
-    public var every = 0                   // 0 = only at the end
-    public var keep = 3                    // 0 = keep all
+    public var every = 0
+    public var keep = 3
     public init() {}
+
+    static let keys: [ConfigKey<CheckpointConfig>] = [
+        .int("every", \.every, min: 0, "steps between checkpoints (0 = only at the end)"),
+        .int("keep", \.keep, min: 0, "checkpoints kept (0 = all)"),
+    ]
 }
 
 public struct MethodConfig: Equatable {
     public var name = "ew"
-    public var level = "representation"    // representation|parameters
+    public var level = "representation"
     /// `method.<group>.<key>: scalar` as written (method name → key → raw scalar text);
     /// the methods module validates and converts them.
     public var params: [String: [String: String]] = [:]
     public init() {}
+
+    static let keys: [ConfigKey<MethodConfig>] = [
+        .string("name", \.name, "the multi-task method (MTLMethods.methodNames); hyperparameters as method.<name>.<key>"),
+        .choice("level", \.level, Config.levels, "where per-task gradients are taken: representation (z) | parameters (shared)"),
+    ]
+}
+
+/// Lines about how the file was read (a deprecated key), for train.log. Not part of the
+/// configuration's value: two configs that differ only in their notes are equal.
+public struct ConfigNotes: Equatable {
+    public var lines: [String] = []
+    public static func == (a: ConfigNotes, b: ConfigNotes) -> Bool { true }
 }
 
 public struct Config: Equatable {
@@ -181,6 +269,7 @@ public struct Config: Equatable {
     public var checkpoint = CheckpointConfig()
     public var method = MethodConfig()
     public var dist = DistConfig()
+    public var notes = ConfigNotes()
 
     /// All defaults (tasks: seg primary, depth and normals auxiliary).
     public init() {}
@@ -188,32 +277,37 @@ public struct Config: Equatable {
     public func task(named name: String) -> TaskConfig? { tasks.first { $0.name == name } }
     public var primaryTask: TaskConfig? { tasks.first { $0.role == .primary } }
 
-    // MARK: schema (the single list of valid keys: used for unknown-key detection and suggestions)
+    // MARK: schema (the key tables above, by section, in the order of the resolved config.yaml)
 
-    static let sections: [(String, [String])] = [
-        ("data", ["path", "train_split", "val_split", "cache", "augment", "prefetch"]),
-        ("model", ["encoder", "width", "output_stride", "head", "head_channels", "fuse_upsample", "pretrained", "sync_bn",
-                   "conv_backend", "conv_dx", "freeze_encoder", "drop_path_rate", "swin", "tif", "kem", "mtcp"]),
-        ("tasks", []),
-        ("train", ["steps", "batch_size", "seed", "eval_every", "threads", "nan_policy", "blas_threads"]),
-        ("optim", ["name", "lr", "momentum", "nesterov", "weight_decay", "beta1", "beta2", "eps"]),
-        ("schedule", ["name", "warmup_steps", "warmup_factor", "step_size", "gamma", "power", "min_lr"]),
-        ("log", ["every"]),
-        ("checkpoint", ["every", "keep"]),
-        ("method", ["name", "level"]),
-        ("dist", ["overlap", "bucket_mb"]),
+    struct Section {
+        let name: String
+        let keys: [ConfigKey<Config>]
+    }
+
+    static let sections: [Section] = [
+        Section(name: "data", keys: DataConfig.keys.map { $0.at(\Config.data) }),
+        Section(name: "model", keys: ModelConfig.keys.map { $0.at(\Config.model) }),
+        Section(name: "tasks", keys: []),
+        Section(name: "train", keys: TrainConfig.keys.map { $0.at(\Config.train) }),
+        Section(name: "optim", keys: OptimConfig.keys.map { $0.at(\Config.optim) }),
+        Section(name: "schedule", keys: ScheduleConfig.keys.map { $0.at(\Config.schedule) }),
+        Section(name: "log", keys: LogConfig.keys.map { $0.at(\Config.log) }),
+        Section(name: "checkpoint", keys: CheckpointConfig.keys.map { $0.at(\Config.checkpoint) }),
+        Section(name: "dist", keys: DistConfig.keys.map { $0.at(\Config.dist) }),
+        Section(name: "method", keys: MethodConfig.keys.map { $0.at(\Config.method) }),
     ]
-    static let taskKeys = ["role", "loss", "classes", "weight", "frozen", "pos_weight"]
-    static let encoders = ["resnet18", "resnet34", "resnet50", "resnet101", "bench", "hrnet18s", "hrnet18",
-                           "swin_t", "swin_s", "swin_b"]
-    static let heads = ["deeplab", "bench", "multiscale", "tif", "kem", "mtcp"]
-    static let fuseUpsamples = ["bilinear", "nearest"]
-    static let swinKeys = ["window", "shift_rule"]
-    static let swinShiftRules = ["dense", "classification"]
+
+    static func section(_ name: String) -> Section? { sections.first { $0.name == name } }
+
+    enum ModelGroups {
+        static var names: [String] { ModelConfig.groups.map { $0.name } }
+        static func keys(_ group: String) -> [ConfigKey<ModelConfig>]? { ModelConfig.groups.first { $0.name == group }?.keys }
+    }
+
+    static let taskKeys = TaskConfig.keys.map { $0.name }
     public static let convBackends = ["auto", "onednn", "blas"]
     public static let convDxs = ["transposed", "col2im"]
     public static let blasThreadOwners = ["mtl", "openblas"]
-    static let losses = ["ce", "l1", "cosine", "bce", "normal_l1", "balanced_bce"]
     static let optimizers = ["adam", "adamw", "sgd"]
     static let schedules = ["constant", "step", "poly", "cosine"]
     static let nanPolicies = ["stop", "skip"]
@@ -239,25 +333,39 @@ public struct Config: Equatable {
         guard case .map = root else {
             throw MTLError("\(source): expected a mapping of sections (data, model, tasks, ...), found \(root.kind)")
         }
+        var notes: [String] = []
+        if try root.renameModelHead(source: source) {
+            notes.append("\(source): model.head is the old name of model.decoder; read as model.decoder")
+        }
         var origins: [String: String] = [:]  // dotted key → "override '...'" for keys set on the command line
         for o in overrides {
             let origin = "override '\(o)'"
             guard let eq = o.firstIndex(of: "=") else {
                 throw MTLError("\(origin): expected key=value (e.g. train.steps=100)")
             }
-            let key = o[..<eq].trimmingCharacters(in: .whitespaces)
+            var key = o[..<eq].trimmingCharacters(in: .whitespaces)
             let valueText = String(o[o.index(after: eq)...])
-            let path = key.split(separator: ".", omittingEmptySubsequences: false).map(String.init)
+            var path = key.split(separator: ".", omittingEmptySubsequences: false).map(String.init)
             if key.isEmpty || path.contains(where: { $0.isEmpty }) {
                 throw MTLError("\(origin): malformed key '\(key)' (expected section.key, e.g. train.steps)")
             }
+            if path == ["model", ModelConfig.deprecatedHead] {
+                path = ["model", "decoder"]
+                key = "model.decoder"
+                notes.append("\(origin): model.head is the old name of model.decoder; read as model.decoder")
+            }
             try checkOverrideKey(path, origin: origin)
-            let value = try YValue.compose(valueText, source: origin)
+            var value = try YValue.compose(valueText, source: origin)
+            if path == ["model"], try value.renameHead(source: origin) {
+                notes.append("\(origin): model.head is the old name of model.decoder; read as model.decoder")
+            }
             try root.set(path, value, origin: origin)
             origins[key] = origin
         }
         let reader = Reader(source: source, origins: origins)
-        return try reader.config(root)
+        var c = try reader.config(root)
+        c.notes.lines = notes
+        return c
     }
 
     /// An override's key must exist in the schema (checked before applying, so that the
@@ -267,7 +375,7 @@ public struct Config: Equatable {
         func unknown() -> MTLError {
             MTLError("\(origin): unknown key '\(dotted)' (did you mean '\(suggest(path))'?)")
         }
-        guard let keys = sections.first(where: { $0.0 == path[0] })?.1 else { throw unknown() }
+        guard let section = Config.section(path[0]) else { throw unknown() }
         if path.count == 1 { return }
         switch path[0] {
         case "tasks":
@@ -275,19 +383,12 @@ public struct Config: Equatable {
             if path.count == 3, !taskKeys.contains(path[2]) { throw unknown() }
         case "method":
             // method.name / method.level are scalars; anything else is a parameter group (≤ 3 parts).
-            if keys.contains(path[1]) ? path.count > 2 : path.count > 3 { throw unknown() }
-        case "model" where path[1] == "swin":
-            if path.count == 3, !swinKeys.contains(path[2]) { throw unknown() }
-            if path.count > 3 { throw unknown() }
-        case "model" where path[1] == "tif":
-            guard path.count == 2 || (path.count == 3 && TIFConfig.keys.contains(path[2])) else { throw unknown() }
-        case "model" where path[1] == "kem" && path.count > 2:
-            // model.kem is a mapping of its own (model.kem.slots=...).
-            guard path.count == 3, KEMConfig.keys.contains(path[2]) else { throw unknown() }
-        case "model" where path[1] == "mtcp" && path.count > 2:
-            guard path.count == 3, MTCPConfig.keys.contains(path[2]) else { throw unknown() }
+            if section.keys.contains(where: { $0.name == path[1] }) ? path.count > 2 : path.count > 3 { throw unknown() }
+        case "model" where ModelGroups.keys(path[1]) != nil:
+            let keys = ModelGroups.keys(path[1])!
+            guard path.count == 2 || (path.count == 3 && keys.contains { $0.name == path[2] }) else { throw unknown() }
         default:
-            guard path.count == 2, keys.contains(path[1]) else { throw unknown() }
+            guard path.count == 2, section.keys.contains(where: { $0.name == path[1] }) else { throw unknown() }
         }
     }
 
@@ -303,15 +404,15 @@ public struct Config: Equatable {
         // Too deep under method: parameters are method.<name>.<key>.
         if path.count > 3, path[0] == "method" { return path.prefix(3).joined(separator: ".") }
         var candidates: [[String]] = []
-        for (s, keys) in sections {
-            candidates.append([s])
-            for k in keys { candidates.append([s, k]) }
+        for s in sections {
+            candidates.append([s.name])
+            for k in s.keys { candidates.append([s.name, k.name]) }
         }
-        for k in swinKeys { candidates.append(["model", "swin", k]) }
+        for (g, keys) in ModelConfig.groups {
+            candidates.append(["model", g])
+            for k in keys { candidates.append(["model", g, k.name]) }
+        }
         for t in TaskConfig.names { candidates.append(["tasks", t]) }
-        for k in TIFConfig.keys { candidates.append(["model", "tif", k]) }
-        for k in KEMConfig.keys { candidates.append(["model", "kem", k]) }
-        for k in MTCPConfig.keys { candidates.append(["model", "mtcp", k]) }
         let task = path.count >= 3 && path[0] == "tasks" ? path[1] : "seg"
         for k in taskKeys { candidates.append(["tasks", task, k]) }
         let leaf = path.last!, parent = Array(path.dropLast())
@@ -348,116 +449,63 @@ public struct Config: Equatable {
 
     // MARK: emitting
 
-    /// The fully resolved config (every default filled in), re-parsable to an equal Config.
+    /// The fully resolved config (every key of every section and of the selected components'
+    /// groups, defaults filled in), re-parsable to an equal Config.
     public func yaml() -> String {
         var out = ""
-        func section(_ name: String, _ pairs: [(String, String)]) {
-            out += "\(name):\n"
-            for (k, v) in pairs { out += "  \(k):\(v.hasPrefix("\n") ? "" : " ")\(v)\n" }
-        }
-        section("data", [("path", yamlString(data.path)), ("train_split", yamlString(data.trainSplit)),
-                         ("val_split", yamlString(data.valSplit)), ("cache", "\(data.cache)"),
-                         ("augment", "\(data.augment)"), ("prefetch", "\(data.prefetch)")])
-        section("model", [("encoder", yamlString(model.encoder)), ("width", "\(model.width)"),
-                          ("output_stride", "\(model.outputStride)"), ("head", yamlString(model.head)),
-                          ("head_channels", "\(model.headChannels)"), ("fuse_upsample", yamlString(model.fuseUpsample)),
-                          ("pretrained", yamlString(model.pretrained)),
-                          ("sync_bn", "\(model.syncBN)"), ("conv_backend", yamlString(model.convBackend)),
-                          ("conv_dx", yamlString(model.convDx)), ("freeze_encoder", "\(model.freezeEncoder)"),
-                          ("drop_path_rate", yamlDouble(model.dropPathRate)),
-                          ("swin", "\n    window: \(model.swinWindow)\n    shift_rule: \(yamlString(model.swinShiftRule))")]
-                        + (model.head == "kem" || model.kem != KEMConfig() ? [("kem", model.kem.flowYAML)] : [])
-                        + (model.head == "mtcp" ? [("mtcp", model.mtcp.flowYAML)] : []))
-        if model.head == "tif" {
-            out += "  tif:\n"
-            for (k, v) in zip(TIFConfig.keys, model.tif.values) { out += "    \(k): \(v)\n" }
-        }
-        out += tasks.isEmpty ? "tasks: {}\n" : "tasks:\n"
-        for t in tasks {
-            out += "  \(t.name):\n"
-            for (k, v) in [("role", t.role.rawValue), ("loss", yamlString(t.loss)), ("classes", "\(t.classes)"),
-                           ("weight", yamlDouble(t.weight)), ("frozen", "\(t.frozen)"),
-                           ("pos_weight", yamlDouble(t.posWeight))] {
-                out += "    \(k): \(v)\n"
+        for s in Config.sections {
+            if s.name == "tasks" {
+                out += tasks.isEmpty ? "tasks: {}\n" : "tasks:\n"
+                for t in tasks {
+                    out += "  \(t.name):\n"
+                    for k in TaskConfig.keys { out += "    \(k.name): \(k.write(t))\n" }
+                }
+                continue
             }
-        }
-        section("train", [("steps", "\(train.steps)"), ("batch_size", "\(train.batchSize)"), ("seed", "\(train.seed)"),
-                          ("eval_every", "\(train.evalEvery)"), ("threads", "\(train.threads)"),
-                          ("nan_policy", yamlString(train.nanPolicy)), ("blas_threads", yamlString(train.blasThreads))])
-        section("optim", [("name", yamlString(optim.name)), ("lr", yamlDouble(optim.lr)),
-                          ("momentum", yamlDouble(optim.momentum)), ("nesterov", "\(optim.nesterov)"),
-                          ("weight_decay", yamlDouble(optim.weightDecay)), ("beta1", yamlDouble(optim.beta1)),
-                          ("beta2", yamlDouble(optim.beta2)), ("eps", yamlDouble(optim.eps))])
-        section("schedule", [("name", yamlString(schedule.name)), ("warmup_steps", "\(schedule.warmupSteps)"),
-                             ("warmup_factor", yamlDouble(schedule.warmupFactor)), ("step_size", "\(schedule.stepSize)"),
-                             ("gamma", yamlDouble(schedule.gamma)), ("power", yamlDouble(schedule.power)),
-                             ("min_lr", yamlDouble(schedule.minLR))])
-        section("log", [("every", "\(log.every)")])
-        section("checkpoint", [("every", "\(checkpoint.every)"), ("keep", "\(checkpoint.keep)")])
-        section("dist", [("overlap", "\(dist.overlap)"), ("bucket_mb", yamlDouble(dist.bucketMB))])
-        section("method", [("name", yamlString(method.name)), ("level", yamlString(method.level))])
-        for group in method.params.keys.sorted() {
-            out += "  \(yamlRaw(group)):\n"
-            for (k, v) in method.params[group]!.sorted(by: { $0.key < $1.key }) {
-                out += "    \(yamlRaw(k)): \(yamlRaw(v))\n"
+            out += "\(s.name):\n"
+            for k in s.keys { out += "  \(k.name): \(k.write(self))\n" }
+            if s.name == "model" {
+                for g in model.selectedGroups {
+                    out += "  \(g):\n"
+                    for k in ModelGroups.keys(g)! { out += "    \(k.name): \(k.write(model))\n" }
+                }
+            }
+            if s.name == "method" {
+                for group in method.params.keys.sorted() {
+                    out += "  \(yamlRaw(group)):\n"
+                    for (k, v) in method.params[group]!.sorted(by: { $0.key < $1.key }) {
+                        out += "    \(yamlRaw(k)): \(yamlRaw(v))\n"
+                    }
+                }
             }
         }
         return out
     }
-}
 
-// MARK: - YAML scalars out
-
-/// Shortest round-trip form, with a ".0" in the mantissa so YAML 1.1 readers (PyYAML) see a float.
-func yamlDouble(_ x: Double) -> String {
-    var s = "\(x)"
-    if let e = s.firstIndex(where: { $0 == "e" || $0 == "E" }), !s[..<e].contains(".") {
-        s.insert(contentsOf: ".0", at: e)
-    }
-    return s
-}
-
-private let plainChars = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_./+-")
-private let yamlSpecialWords: Set<String> = ["null", "~", "true", "false", "yes", "no", "on", "off", "y", "n"]
-
-/// A string field: plain when no YAML reader could take it for a number, bool or null.
-func yamlString(_ s: String) -> String {
-    let safe = !s.isEmpty && s.allSatisfy { plainChars.contains($0) } && (s.first!.isLetter || s.first == "/" || s.first == "_")
-        && !yamlSpecialWords.contains(s.lowercased())
-    return safe ? s : quoted(s)
-}
-
-/// A raw method parameter: numbers and words stay plain so they keep their YAML type.
-func yamlRaw(_ s: String) -> String {
-    let safe = !s.isEmpty && s.allSatisfy { plainChars.contains($0) }
-    return safe ? s : quoted(s)
-}
-
-private func quoted(_ s: String) -> String {
-    var out = "\""
-    for ch in s.unicodeScalars {
-        switch ch {
-        case "\"": out += "\\\""
-        case "\\": out += "\\\\"
-        case "\n": out += "\\n"
-        case "\t": out += "\\t"
-        case "\r": out += "\\r"
-        default:
-            if ch.value < 0x20 { out += String(format: "\\x%02X", ch.value) } else { out.unicodeScalars.append(ch) }
+    /// Every key with what it accepts, its default and its help (`mtl keys`).
+    public static func keyListing() -> String {
+        var rows: [(String, String, String, String)] = []
+        let defaults = Config()
+        for s in sections {
+            if s.name == "tasks" {
+                let t = TaskConfig(name: "seg")
+                for k in TaskConfig.keys {
+                    rows.append(("tasks.<task>.\(k.name)", k.expected, k.name == "loss" ? "(per task)" : k.write(t), k.help))
+                }
+                continue
+            }
+            for k in s.keys { rows.append(("\(s.name).\(k.name)", k.expected, k.write(defaults), k.help)) }
+            if s.name == "method" {
+                rows.append(("method.<name>.<key>", "per method", "", "the chosen method's hyperparameters (docs/METHODS.md)"))
+            }
         }
-    }
-    return out + "\""
-}
-
-extension KEMConfig {
-    /// `{mixer: memory, dim: 256, …}`: one flow mapping under `model:` in the resolved config.
-    var flowYAML: String {
-        let pairs: [(String, String)] = [
-            ("mixer", yamlString(mixer)), ("dim", "\(dim)"), ("heads", "\(heads)"), ("window", "\(window)"),
-            ("depth", "\(depth)"), ("slots", "\(slots)"), ("topk", "\(topk)"), ("topk_variant", yamlString(topkVariant)),
-            ("topk_axis", yamlString(topkAxis)), ("stable", "\(stable)"), ("etf_role", yamlString(etfRole)),
-            ("etf_projection", "\(etfProjection)"), ("etf_seed", "\(etfSeed)"), ("lambda", yamlDouble(lambda)),
-            ("unused_patch_embed", "\(unusedPatchEmbed)")]
-        return "{" + pairs.map { "\($0.0): \($0.1)" }.joined(separator: ", ") + "}"
+        for (g, keys) in ModelConfig.groups {
+            let users = ModelRegistry.users(ofGroup: g).map { "\($0.slot) \($0.names.joined(separator: "|"))" }
+            rows.append(("model.\(g).*", "", "", "read with " + users.joined(separator: ", ")))
+            for k in keys { rows.append(("model.\(g).\(k.name)", k.expected, k.write(defaults.model), k.help)) }
+        }
+        let w0 = rows.map { $0.0.count }.max()!, w1 = rows.map { $0.1.count }.max()!, w2 = rows.map { $0.2.count }.max()!
+        func pad(_ s: String, _ w: Int) -> String { s + String(repeating: " ", count: max(0, w - s.count)) }
+        return rows.map { "\(pad($0.0, w0))  \(pad($0.1, w1))  \(pad($0.2, w2))  \($0.3)" }.joined(separator: "\n") + "\n"
     }
 }

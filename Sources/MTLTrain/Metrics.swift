@@ -20,12 +20,12 @@ public protocol Metric: AnyObject {
 /// The metric for a task name (seg/parts: confusion matrix with `classes` classes; depth;
 /// normals; edges/saliency: binary maps).
 public func makeMetric(task: String, classes: Int) -> Metric {
-    switch task {
-    case "seg", "parts": return SegmentationMetric(numClasses: classes)
-    case "depth": return DepthMetric()
-    case "normals": return NormalsMetric()
-    case "edges", "saliency": return BinaryMetric()
-    default: preconditionFailure("makeMetric: unknown task \(task) (Config validates task names)")
+    guard let kind = TaskKind.named(task) else { preconditionFailure("makeMetric: unknown task \(task) (Config validates task names)") }
+    switch kind.family {
+    case .classMap: return SegmentationMetric(numClasses: classes)
+    case .depth: return DepthMetric()
+    case .normals: return NormalsMetric()
+    case .binary: return BinaryMetric()
     }
 }
 

@@ -26,7 +26,7 @@ struct MTL: ParsableCommand {
         commandName: "mtl",
         abstract: "Multi-task dense prediction training on MPI data-parallel ranks.",
         discussion: "Run under mpirun/srun for data parallelism; without them it runs as one process.",
-        subcommands: [Train.self, Eval.self, PredictCommand.self, SynthCommand.self, Convert.self, Inspect.self, BalanceCommand.self, BenchCommand.self, ReportCommand.self, Doctor.self])
+        subcommands: [Train.self, Eval.self, PredictCommand.self, SynthCommand.self, Convert.self, Inspect.self, BalanceCommand.self, BenchCommand.self, ReportCommand.self, Doctor.self, KeysCommand.self])
 }
 
 struct Train: ParsableCommand {
@@ -303,6 +303,13 @@ struct Doctor: ParsableCommand {
             if let bad = checks.first(where: { $0.failed }) { throw MTLError("doctor: \(bad.text)") }
         } catch { fail(error) }
     }
+}
+
+struct KeysCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "keys",
+        abstract: "List every config key: what it accepts, its default and its help (model.<group>.* with the components that read them).")
+
+    func run() throws { print(Config.keyListing(), terminator: "") }
 }
 
 struct ReportCommand: ParsableCommand {

@@ -178,7 +178,7 @@ final class EngineTests: XCTestCase {
     func testPretrainedImportUsesTorchvisionNames() throws {
         let dir = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let spec = ModelSpec(encoder: "resnet18", width: 4, outputStride: 8, head: "bench", headChannels: 4,
+        let spec = ModelSpec(encoder: "resnet18", width: 4, outputStride: 8, decoder: "bench", headChannels: 4,
                              tasks: [("seg", 3)])
         let source = try MultiTaskModel(spec, seed: 1)
         let f = try H5File.create(dir + "/pre.h5")

@@ -401,8 +401,8 @@ final class FaultTests: XCTestCase {
         XCTAssertEqual(first.status, 0, first.err)
         let r = try train(2, run: "model", ["--set", "train.steps=4", "--set", "model.width=16", "--resume", "auto"])
         assertFailsCleanly(r, ["tensor encoder.", "expected shape", "model.width (8 in the checkpoint, 16 now)"])
-        let head = try train(1, run: "model", ["--set", "train.steps=4", "--set", "model.head=deeplab", "--resume", "auto"])
-        assertFailsCleanly(head, ["model.head (bench in the checkpoint, deeplab now)"])
+        let head = try train(1, run: "model", ["--set", "train.steps=4", "--set", "model.decoder=deeplab", "--resume", "auto"])
+        assertFailsCleanly(head, ["model.decoder (bench in the checkpoint, deeplab now)"])
         assertNoProcessLeft()
     }
 

@@ -48,7 +48,7 @@ with h5py.File(sys.argv[1] + "/expected.h5", "w") as f:
             XCTAssertTrue(r.out.contains("ignored \(ignored) tensors"), "\(ignored) in\n\(r.out)")
         }
 
-        let model = try MultiTaskModel(ModelSpec(encoder: "hrnet18s", width: 64, outputStride: 8, head: "multiscale",
+        let model = try MultiTaskModel(ModelSpec(encoder: "hrnet18s", width: 64, outputStride: 8, decoder: "multiscale",
                                                  headChannels: 8, tasks: [("seg", 3)]), seed: 1)
         try Pretrained.loadEncoder(model: model, path: dir + "/imported.h5")
         let expected = try Pretrained.readTensors(dir + "/expected.h5")

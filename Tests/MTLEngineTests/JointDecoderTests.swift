@@ -86,7 +86,7 @@ final class JointDecoderTests: XCTestCase {
         let encoder = ResNetEncoder(depth: .r18, width: 8, outputStride: 8, style: .bench, prefix: "encoder", rng: &rng)
         let channels = [ds.numClasses("seg")!, 1, 3]
         let decoder = CrossTaskDecoder(inChannels: encoder.featureChannels[0], hidden: 6, outChannels: channels, rng: &rng)
-        let spec = ModelSpec(encoder: "test", width: 4, outputStride: 8, head: "cross-task", headChannels: 6,
+        let spec = ModelSpec(encoder: "test", width: 4, outputStride: 8, decoder: "cross-task", headChannels: 6,
                              tasks: zip(names, channels).map { ($0, $1) })
         let model = MultiTaskModel(spec: spec, encoder: encoder, decoder: decoder)
         let batch = Batch()

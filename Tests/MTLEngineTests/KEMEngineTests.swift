@@ -33,7 +33,7 @@ final class KEMEngineTests: XCTestCase {
         o.dim = 16; o.slots = 6; o.topk = 3; o.unusedPatchEmbed = false
         let tasks = zip(names, channels).map { (name: $0, channels: $1) }
         let decoder = KEMDecoder(tasks: tasks, inChannels: encoder.featureChannels, options: o, rng: &rng)
-        let spec = ModelSpec(encoder: "test", width: 8, outputStride: 4, head: "kem", headChannels: 16, tasks: tasks, kem: o)
+        let spec = ModelSpec(encoder: "test", width: 8, outputStride: 4, decoder: "kem", headChannels: 16, tasks: tasks, kem: o)
         let model = MultiTaskModel(spec: spec, encoder: encoder, decoder: decoder)
         model.freezeEncoder()
         let batch = Batch()
@@ -105,10 +105,10 @@ final class KEMEngineTests: XCTestCase {
     func testConfigsAndBadKeys() throws {
         let root = DistributedTrainingTests.packageRoot
         let nyud = try Config.load(path: root + "/configs/kem-swin_s-nyud.yaml")
-        XCTAssertEqual(nyud.model.head, "kem")
+        XCTAssertEqual(nyud.model.decoder, "kem")
         XCTAssertEqual(nyud.model.encoder, "swin_s")
         XCTAssertTrue(nyud.model.freezeEncoder)
-        XCTAssertEqual(nyud.model.kem, KEMConfig())
+        XCTAssertEqual(nyud.model.kem, KEMOptions())
         XCTAssertEqual(nyud.method.name, "uw")
         XCTAssertEqual(nyud.method.params["uw"]?["scale"], "10")
         XCTAssertEqual(try Config.parse(yaml: nyud.yaml(), source: "resolved"), nyud)
@@ -130,9 +130,9 @@ final class KEMEngineTests: XCTestCase {
         XCTAssertTrue(m4.contains("model.kem.topk"), m4)
         for m in [m1, m2, m3, m4] { XCTAssertFalse(m.contains("\n"), m) }
         // A one-scale encoder cannot feed the KEM decoder.
-        var spec = ModelSpec(encoder: "resnet18", width: 8, outputStride: 8, head: "kem", headChannels: 8, tasks: [("seg", 3), ("depth", 1)])
+        var spec = ModelSpec(encoder: "resnet18", width: 8, outputStride: 8, decoder: "kem", headChannels: 8, tasks: [("seg", 3), ("depth", 1)])
         spec.kem.dim = 16
-        XCTAssertThrowsError(try MultiTaskModel(spec, seed: 0)) { XCTAssertTrue("\($0)".contains("model.head: kem reads scales 1–3"), "\($0)") }
+        XCTAssertThrowsError(try MultiTaskModel(spec, seed: 0)) { XCTAssertTrue("\($0)".contains("model.decoder: kem reads 4 feature scales, model.encoder resnet18 gives 1"), "\($0)") }
     }
 
     /// configs/kem-swin_s-nyud.yaml through the real binary under `mpirun -n 2` at 64×96 on synthetic

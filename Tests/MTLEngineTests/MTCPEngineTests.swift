@@ -28,7 +28,7 @@ final class MTCPEngineTests: XCTestCase {
         let ds = try MTDataset(path: data, split: "train", tasks: names)
         var rng = Philox(seed: 21, stream: 0)
         var o = MTCPOptions()
-        o.dim = 8; o.neckDim = 8; o.window = 3; o.reduction = 2; o.depthMid = 4; o.cfmStride = stride; o.queryBlock = 5
+        o.dim = 8; o.window = 3; o.reduction = 2; o.depthMid = 4; o.cfmStride = stride; o.queryBlock = 5
         let swin = SwinEncoder(SwinVariant(embedDim: 8, depths: [1, 1, 1, 1], heads: [1, 1, 2, 2]), prefix: "encoder", rng: &rng)
         let encoder = MTCPEncoder(backbone: swin, dim: 8, rng: &rng)
         let channels = [ds.numClasses("seg")!, 1, 3]
@@ -36,7 +36,7 @@ final class MTCPEngineTests: XCTestCase {
         let decoder = MTCPDecoder(tasks: tasks, inChannels: 8, options: o, rng: &rng)
         // BN shifts that keep the ReLUs away from their kinks (finite differences across one are meaningless).
         for bn in decoder.batchNorms + encoder.batchNorms { bn.bias.value.fill(1.5) }
-        var spec = ModelSpec(encoder: "test", width: 8, outputStride: 4, head: "mtcp", headChannels: 8, tasks: tasks)
+        var spec = ModelSpec(encoder: "test", width: 8, outputStride: 4, decoder: "mtcp", headChannels: 8, tasks: tasks)
         spec.mtcp = o
         let model = MultiTaskModel(spec: spec, encoder: encoder, decoder: decoder)
         let batch = Batch()
@@ -160,9 +160,10 @@ final class MTCPEngineTests: XCTestCase {
     func testConfigsAndBadKeys() throws {
         let root = DistributedTrainingTests.packageRoot
         let nyud = try Config.load(path: root + "/configs/mtcp-swin_t-nyud.yaml")
-        XCTAssertEqual(nyud.model.head, "mtcp")
+        XCTAssertEqual(nyud.model.decoder, "mtcp")
+        XCTAssertEqual(nyud.model.neck, "fpn")
         XCTAssertEqual(nyud.model.encoder, "swin_t")
-        XCTAssertEqual(nyud.model.mtcp, MTCPConfig())
+        XCTAssertEqual(nyud.model.mtcp, MTCPOptions())
         XCTAssertEqual(nyud.method.name, "lps")
         XCTAssertEqual(nyud.train.steps, 39_750)
         XCTAssertEqual(try Config.parse(yaml: nyud.yaml(), source: "resolved"), nyud)
@@ -186,13 +187,13 @@ final class MTCPEngineTests: XCTestCase {
         XCTAssertTrue(m3.contains("model.mtcp.variant: expected one of code|paper"), m3)
         let m4 = message(["model.mtcp.dim=15"])
         XCTAssertTrue(m4.contains("model.mtcp.dim: expected an even width"), m4)
-        let m5 = message(["model.head=kem"])
-        XCTAssertTrue(m5.contains("model.mtcp: expected model.head: mtcp"), m5)
+        let m5 = message(["model.decoder=kem"])
+        XCTAssertTrue(m5.contains("model.mtcp: parameters of neck fpn and decoder mtcp"), m5)
         for m in [m1, m2, m3, m4, m5] { XCTAssertFalse(m.contains("\n"), m) }
         // A one-scale encoder cannot feed the neck.
-        var spec = ModelSpec(encoder: "resnet18", width: 8, outputStride: 8, head: "mtcp", headChannels: 8, tasks: [("seg", 3), ("depth", 1)])
-        spec.mtcp.dim = 16; spec.mtcp.neckDim = 16
-        XCTAssertThrowsError(try MultiTaskModel(spec, seed: 0)) { XCTAssertTrue("\($0)".contains("model.head: mtcp needs a multi-scale encoder"), "\($0)") }
+        var spec = ModelSpec(encoder: "resnet18", width: 8, outputStride: 8, decoder: "mtcp", headChannels: 8, tasks: [("seg", 3), ("depth", 1)])
+        spec.mtcp.dim = 16
+        XCTAssertThrowsError(try MultiTaskModel(spec, seed: 0)) { XCTAssertTrue("\($0)".contains("model.neck: fpn needs a 4-scale encoder"), "\($0)") }
     }
 
     // MARK: mpirun

@@ -58,7 +58,7 @@ with h5py.File(d + "/expected.h5", "w") as f:
         XCTAssertEqual(made.status, 0, made.err)
         guard made.status == 0 else { return }
         let expected = try Pretrained.readTensors(dir + "/expected.h5")
-        let model = try MultiTaskModel(ModelSpec(encoder: "swin_t", width: 64, outputStride: 8, head: "multiscale",
+        let model = try MultiTaskModel(ModelSpec(encoder: "swin_t", width: 64, outputStride: 8, decoder: "multiscale",
                                                  headChannels: 8, tasks: [("seg", 3)]), seed: 1)
         let ignoredLines: [String: [String]] = [
             "timm": ["ignored head.* (classifier): 2 tensors", "ignored norm.* (classification norm): 2 tensors"],
@@ -100,7 +100,7 @@ with h5py.File(d + "/expected.h5", "w") as f:
                                                   "--variant", "swin_t", "--window", "12"], timeout: 300)
         XCTAssertEqual(r.status, 0, r.err)
         XCTAssertTrue(r.out.contains("resized relative_position_bias_table, window 7 → 12: 12 tensors (bicubic)"), r.out)
-        var spec = ModelSpec(encoder: "swin_t", width: 64, outputStride: 8, head: "multiscale", headChannels: 8, tasks: [("seg", 3)])
+        var spec = ModelSpec(encoder: "swin_t", width: 64, outputStride: 8, decoder: "multiscale", headChannels: 8, tasks: [("seg", 3)])
         spec.swin = SwinOptions(window: 12)
         let m12 = try MultiTaskModel(spec, seed: 1)
         try Pretrained.loadEncoder(model: m12, path: out12)

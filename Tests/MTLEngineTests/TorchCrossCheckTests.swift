@@ -21,7 +21,7 @@ final class TorchCrossCheckTests: XCTestCase {
         Threads.set(1)
         var o = BenchOptions()
         o.width = 8; o.batch = 2; o.height = 64; o.wide = 96
-        let model = try MultiTaskModel(ModelSpec(encoder: "bench", width: 8, outputStride: 8, head: "bench", headChannels: 64,
+        let model = try MultiTaskModel(ModelSpec(encoder: "bench", width: 8, outputStride: 8, decoder: "bench", headChannels: 64,
                                                  tasks: [("seg", 13), ("depth", 1), ("normals", 3)]), seed: 4)
         let roles: [TaskRole] = [.primary, .auxiliary, .auxiliary]
         let engine = StepEngine(model: model, losses: [try TaskLoss(kind: "ce"), try TaskLoss(kind: "l1"), try TaskLoss(kind: "cosine")],

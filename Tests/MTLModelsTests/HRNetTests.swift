@@ -103,7 +103,7 @@ final class HRNetTests: XCTestCase {
     func testFeatureShapesAndMultiscaleModel() throws {
         Threads.set(1)
         for fuse in FuseUpsample.allCases {
-            let model = try MultiTaskModel(ModelSpec(encoder: "hrnet18s", width: 64, outputStride: 8, head: "multiscale",
+            let model = try MultiTaskModel(ModelSpec(encoder: "hrnet18s", width: 64, outputStride: 8, decoder: "multiscale",
                                                      headChannels: 16, fuseUpsample: fuse, tasks: [("seg", 5), ("depth", 1)]),
                                            seed: 1)
             XCTAssertEqual(model.encoder.featureStrides, [4, 8, 16, 32])
@@ -115,7 +115,7 @@ final class HRNetTests: XCTestCase {
                            ["heads.depth.last_layer.0.weight", "heads.depth.last_layer.0.bias", "heads.depth.last_layer.1.weight",
                             "heads.depth.last_layer.1.bias", "heads.depth.last_layer.3.weight", "heads.depth.last_layer.3.bias"])
         }
-        XCTAssertThrowsError(try MultiTaskModel(ModelSpec(encoder: "hrnet18s", width: 64, outputStride: 8, head: "deeplab",
+        XCTAssertThrowsError(try MultiTaskModel(ModelSpec(encoder: "hrnet18s", width: 64, outputStride: 8, decoder: "deeplab",
                                                           headChannels: 8, tasks: [("seg", 4)]), seed: 0))
     }
 

@@ -9,7 +9,7 @@ final class ModelTests: XCTestCase {
     func stateCount(_ tensors: [(String, Tensor)]) -> Int { tensors.count }
 
     func testResNet50MatchesTorchvisionNamesShapesAndCounts() throws {
-        let spec = ModelSpec(encoder: "resnet50", width: 64, outputStride: 8, head: "deeplab", headChannels: 256,
+        let spec = ModelSpec(encoder: "resnet50", width: 64, outputStride: 8, decoder: "deeplab", headChannels: 256,
                              tasks: [("seg", 13)])
         let m = try MultiTaskModel(spec, seed: 0)
         let enc = m.stateTensors().filter { $0.0.hasPrefix("encoder.") }
@@ -36,14 +36,14 @@ final class ModelTests: XCTestCase {
 
     func testResNet18CountAndOutputStride() throws {
         for os in [8, 16] {
-            let spec = ModelSpec(encoder: "resnet18", width: 64, outputStride: os, head: "bench", headChannels: 64,
+            let spec = ModelSpec(encoder: "resnet18", width: 64, outputStride: os, decoder: "bench", headChannels: 64,
                                  tasks: [("depth", 1)])
             let m = try MultiTaskModel(spec, seed: 0)
             XCTAssertEqual(m.encoder.parameterCount, 11_176_512)
             XCTAssertEqual(m.stateTensors().filter { $0.0.hasPrefix("encoder.") }.count, 120)
             if os == 8 {
                 Threads.set(1)
-                let small = try MultiTaskModel(ModelSpec(encoder: "resnet18", width: 4, outputStride: 8, head: "deeplab",
+                let small = try MultiTaskModel(ModelSpec(encoder: "resnet18", width: 4, outputStride: 8, decoder: "deeplab",
                                                          headChannels: 4, tasks: [("seg", 5), ("normals", 3)]), seed: 0)
                 let x = Tensor([2, 3, 64, 96])
                 let z = small.encoder.forward(x)
@@ -55,7 +55,7 @@ final class ModelTests: XCTestCase {
     }
 
     func testBenchEncoderDilatesEveryConvOfLayers3And4() throws {
-        let m = try MultiTaskModel(ModelSpec(encoder: "bench", width: 8, outputStride: 8, head: "bench", headChannels: 64,
+        let m = try MultiTaskModel(ModelSpec(encoder: "bench", width: 8, outputStride: 8, decoder: "bench", headChannels: 64,
                                              tasks: [("seg", 13)]), seed: 0)
         let blocks = (m.encoder as! ResNetEncoder).blocks.compactMap { $0 as? BasicBlock }
         XCTAssertEqual(blocks.map { $0.conv1.dilation }, [1, 1, 1, 1, 2, 2, 4, 4])
@@ -67,12 +67,12 @@ final class ModelTests: XCTestCase {
     }
 
     func testSameSeedSameInitialisation() throws {
-        let spec = ModelSpec(encoder: "resnet18", width: 8, outputStride: 8, head: "deeplab", headChannels: 8,
+        let spec = ModelSpec(encoder: "resnet18", width: 8, outputStride: 8, decoder: "deeplab", headChannels: 8,
                              tasks: [("seg", 4)])
         let a = try MultiTaskModel(spec, seed: 9), b = try MultiTaskModel(spec, seed: 9), c = try MultiTaskModel(spec, seed: 10)
         XCTAssertEqual(a.parameters.map { $0.value.array }, b.parameters.map { $0.value.array })
         XCTAssertNotEqual(a.parameters[0].value.array, c.parameters[0].value.array)
-        XCTAssertThrowsError(try MultiTaskModel(ModelSpec(encoder: "vgg", width: 8, outputStride: 8, head: "deeplab",
+        XCTAssertThrowsError(try MultiTaskModel(ModelSpec(encoder: "vgg", width: 8, outputStride: 8, decoder: "deeplab",
                                                           headChannels: 8, tasks: [("seg", 4)]), seed: 0))
     }
 }

@@ -74,7 +74,7 @@ final class TIFTests: XCTestCase {
     func model(_ encoder: String, _ tasks: [(name: String, channels: Int)], _ edit: (inout TIFOptions) -> Void = { _ in }) throws -> MultiTaskModel {
         var o = TIFOptions()
         edit(&o)
-        return try MultiTaskModel(ModelSpec(encoder: encoder, width: 64, outputStride: 8, head: "tif", headChannels: 0,
+        return try MultiTaskModel(ModelSpec(encoder: encoder, width: 64, outputStride: 8, decoder: "tif", headChannels: 0,
                                             tasks: tasks, tif: o), seed: 1)
     }
 
@@ -137,9 +137,9 @@ final class TIFTests: XCTestCase {
     }
 
     func testFourScaleEncoderRequired() {
-        XCTAssertThrowsError(try MultiTaskModel(ModelSpec(encoder: "resnet18", width: 8, outputStride: 8, head: "tif",
+        XCTAssertThrowsError(try MultiTaskModel(ModelSpec(encoder: "resnet18", width: 8, outputStride: 8, decoder: "tif",
                                                           headChannels: 0, tasks: [("seg", 3)]), seed: 0)) { e in
-            XCTAssertTrue("\(e)".contains("model.head: tif needs a four-scale encoder"), "\(e)")
+            XCTAssertTrue("\(e)".contains("model.neck: saff needs a 4-scale encoder (hrnet18s|hrnet18|swin_t|swin_s|swin_b), found model.encoder resnet18 with 1 scale(s)"), "\(e)")
         }
     }
 

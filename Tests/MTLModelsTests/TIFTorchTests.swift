@@ -211,7 +211,7 @@ final class TIFTorchTests: XCTestCase {
         let saved = Conv2d.backend
         Conv2d.backend = .onednn
         defer { Conv2d.backend = saved }
-        let spec = ModelSpec(encoder: "hrnet18s", width: 64, outputStride: 8, head: "tif", headChannels: 0,
+        let spec = ModelSpec(encoder: "hrnet18s", width: 64, outputStride: 8, decoder: "tif", headChannels: 0,
                              tasks: [("seg", 4), ("depth", 1)])
         let m = try MultiTaskModel(spec, seed: 5)
         var rng = Philox(seed: 36, stream: 1)

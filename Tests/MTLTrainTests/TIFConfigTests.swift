@@ -3,7 +3,7 @@ import MTLCore
 import XCTest
 @testable import MTLTrain
 
-/// model.head: tif, the model.tif.* switches and the ATRC losses of the TIF configs.
+/// model.decoder: tif (on neck saff), the model.tif.* switches and the ATRC losses of the TIF configs.
 final class TIFConfigTests: XCTestCase {
     static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
         .deletingLastPathComponent().deletingLastPathComponent().path
@@ -19,29 +19,30 @@ final class TIFConfigTests: XCTestCase {
         return ""
     }
 
-    let yaml = "model: {encoder: hrnet18s, head: tif}\n"
+    let yaml = "model: {encoder: hrnet18s, decoder: tif}\n"
 
     func testSwitchesParseAndRoundTrip() throws {
         let c = try Config.parse(yaml: yaml, source: "c.yaml", overrides: ["model.tif.lthd=false", "model.tif.sfd_scale=true"])
-        XCTAssertEqual(c.model.head, "tif")
+        XCTAssertEqual(c.model.decoder, "tif")
+        XCTAssertEqual(c.model.neck, "saff")   // the decoder's own neck when model.neck is not set
         XCTAssertEqual(c.model.tif.saff, true)
         XCTAssertEqual(c.model.tif.lthd, false)
         XCTAssertEqual(c.model.tif.sfdScale, true)
         let again = try Config.parse(yaml: c.yaml(), source: "config.yaml")
         XCTAssertEqual(again, c)
         XCTAssertTrue(c.yaml().contains("  tif:\n    saff: true\n    sfd: true\n    lthd: false\n"), c.yaml())
-        // Other heads write no tif section (it would not parse back).
+        // Other decoders write no tif section (it would not parse back).
         XCTAssertFalse(Config().yaml().contains("tif:"))
     }
 
     func testBadInputIsOneLineNamingTheKey() {
         XCTAssertTrue(message { try Config.parse(yaml: self.yaml, source: "c.yaml", overrides: ["model.tif.lthdd=false"]) }
             .contains("unknown key 'model.tif.lthdd' (did you mean 'model.tif.lthd'?)"))
-        XCTAssertTrue(message { try Config.parse(yaml: "model: {encoder: hrnet18s, head: tif, tif: {sfd: maybe}}\n", source: "c.yaml") }
+        XCTAssertTrue(message { try Config.parse(yaml: "model: {encoder: hrnet18s, decoder: tif, tif: {sfd: maybe}}\n", source: "c.yaml") }
             .contains("model.tif.sfd: expected true or false, found"))
-        XCTAssertTrue(message { try Config.parse(yaml: "model: {encoder: hrnet18s, head: multiscale, tif: {sfd: false}}\n", source: "c.yaml") }
-            .contains("model.tif: expected model.head: tif with TIF switches, found model.head multiscale"))
-        XCTAssertTrue(message { try Config.parse(yaml: "model: {encoder: hrnet18s, head: tif, tif: {sfd: false, lthd: true}}\n", source: "c.yaml") }
+        XCTAssertTrue(message { try Config.parse(yaml: "model: {encoder: hrnet18s, decoder: multiscale, tif: {sfd: false}}\n", source: "c.yaml") }
+            .contains("model.tif: parameters of neck saff and decoder tif, but model.neck is none, model.decoder is multiscale (did you mean model.decoder=tif?)"))
+        XCTAssertTrue(message { try Config.parse(yaml: "model: {encoder: hrnet18s, decoder: tif, tif: {sfd: false, lthd: true}}\n", source: "c.yaml") }
             .contains("model.tif.lthd: expected false with model.tif.sfd false"))
         XCTAssertTrue(message { try Config.parse(yaml: "tasks: {edges: {loss: balanced_bce}}\n", source: "c.yaml") }
             .contains("tasks.edges.pos_weight: expected a number in (0, 1) with loss balanced_bce"))
@@ -50,7 +51,8 @@ final class TIFConfigTests: XCTestCase {
     func testTheTIFConfigsParse() throws {
         for name in ["tif-hrnet18-nyud", "tif-swin_t-nyud", "tif-hrnet18-pascal"] {
             let c = try Config.load(path: Self.root + "/configs/\(name).yaml")
-            XCTAssertEqual(c.model.head, "tif", name)
+            XCTAssertEqual(c.model.decoder, "tif", name)
+            XCTAssertEqual(c.model.neck, "saff", name)
             XCTAssertEqual(c.train.steps, 50000, name)
             XCTAssertEqual(c.train.batchSize, 8, name)
             XCTAssertEqual(c.optim.name, "sgd", name)
