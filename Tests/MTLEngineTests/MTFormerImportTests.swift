@@ -137,7 +137,7 @@ for case, args in cases.items():
             XCTAssertTrue(r.out.contains(line), "\(line) in\n\(r.out)")
         }
 
-        var spec = ModelSpec(encoder: "swin_t", width: 64, outputStride: 8, head: "kem", headChannels: 1,
+        var spec = ModelSpec(encoder: "swin_t", width: 64, outputStride: 8, decoder: "kem", headChannels: 1,
                              tasks: [("semseg", 5), ("depth", 1)])
         spec.kem.mixer = "none"
         spec.kem.dim = 16
