@@ -6,7 +6,7 @@ import MTLTestSupport
 
 /// TIF-R through the real `mtl` binary under mpirun, on synthetic 4-task NYUD-like data (seg, depth,
 /// normals, edges; ATRC's loss weights, normal_l1, balanced_bce). HRNet18-S (configs/tif-hrnet18-nyud.yaml):
-/// 300 steps lower every task's loss by at least 30 %, a Gram method over the four SAFF outputs gives the
+/// 400 steps lower every task's loss by at least 30 %, a Gram method over the four SAFF outputs gives the
 /// same step on 1 and 2 ranks, parameter-level PCGrad runs. Swin-T (configs/tif-swin_t-nyud.yaml): a short
 /// run lowers every loss, and one step agrees on 1 and 2 ranks.
 final class TIFTrainingTests: XCTestCase {
@@ -48,10 +48,12 @@ final class TIFTrainingTests: XCTestCase {
         }
     }
 
-    /// The training check, through the release binary: 300 steps on 2 ranks (SGD, constant lr, global
-    /// batch 4, 32×64): each task's mean loss over the last 30 steps is at least 30 % below the first 30.
-    func testEveryLossFallsByAThirdIn300Steps() throws {
-        let steps = 300
+    /// The training check (≥ 300 steps), through the release binary: 400 steps on 2 ranks (SGD,
+    /// constant lr 0.005, global batch 4, 32×64): each task's mean loss over the last 30 steps is at least
+    /// 30 % below the first 30. Edges fall slowest (balanced BCE): after 232 steps they were 29 % lower
+    /// (seg 69 %, depth 79 %, normals 55 %), hence 400.
+    func testEveryLossFallsByAThirdIn400Steps() throws {
+        let steps = 400
         let r = try train(2, "tif-hrnet18-nyud.yaml", data: try data(height: 32, width: 64), run: "fall",
                           ["--set", "train.steps=\(steps)", "--set", "train.batch_size=4",
                            "--set", "schedule.name=constant", "--set", "optim.lr=0.005"], binary: try releaseMTLBinary())
