@@ -151,6 +151,9 @@ final class TIFTrainingTests: XCTestCase {
         let d = relativeDifference(u1, u2)
         print("TIF-R Swin-T, one IAL step, decoder update on 1 vs 2 ranks: \(d.compared) tensors, "
               + "‖Δ₁ − Δ₂‖/‖Δ₁‖ = \(d.global), worst tensor \(d.worstName) \(d.worst)")
-        XCTAssertLessThan(d.global, 1e-4)
+        // Measured 8.3e-5 (loaded machine, 2026-12-02). Per tensor the depth head's update is rounding noise
+        // (its gradient is at rounding level at initialisation, see above: worst tensor ~57 relative), so
+        // the bound is on all decoder task parameters together; a wrong normalisation would be ~0.5.
+        XCTAssertLessThan(d.global, 1e-3)
     }
 }
