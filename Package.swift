@@ -71,7 +71,8 @@ let package = Package(
         ]),
         .executableTarget(name: "mtl-commcheck", dependencies: ["MTLDist"]),
         .testTarget(name: "MTLCoreTests", dependencies: ["MTLCore"]),
-        // What the tests share: the tensor exchange with the PyTorch reference scripts.
+        // What the tests share: the tensor exchange with the PyTorch reference scripts, finite-difference
+        // checks, and running `mtl` / mpirun subprocesses and reading their run directories.
         .target(name: "MTLTestSupport", dependencies: ["MTLCore"], path: "Tests/MTLTestSupport"),
         .testTarget(name: "MTLNNTests", dependencies: ["MTLNN", "MTLTestSupport"]),
         .testTarget(name: "MTLModelsTests", dependencies: ["MTLModels", "MTLTestSupport"]),
@@ -81,7 +82,7 @@ let package = Package(
         .testTarget(name: "MTLDistTests", dependencies: ["MTLDist"]),
         .testTarget(name: "MTLMethodsTests", dependencies: ["MTLMethods"]),
         .testTarget(name: "MTLReportTests", dependencies: ["MTLReport"]),
-        .testTarget(name: "MTLConvertTests", dependencies: ["MTLConvert", "MTLData"]),
+        .testTarget(name: "MTLConvertTests", dependencies: ["MTLConvert", "MTLData", "MTLTestSupport"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -3,6 +3,7 @@ import MTLCore
 @testable import MTLConvert
 import MTLData
 import XCTest
+import MTLTestSupport
 
 /// `mtl convert nyud-mt` on a fixture written in the NYUD_MT layout that MTI-Net's and ATRC's
 /// data/nyud.py read (docs/DATASETS.md "NYUD-MT"), read back through MTDataset and compared
@@ -221,7 +222,7 @@ final class NYUDMTConvertTests: XCTestCase {
         try Npy.write(src + "/normals/0001.npy", floats: [Float](repeating: 0, count: H * W * 3), shape: [H, W, 3])
         _ = try convert(src, dir + "/ok.h5")  // repaired: converts again
         seg[0] = 200; try PNG.writeGray8(seg1, width: W, height: H, seg)
-        guard let mtl = mtlBinary() else { throw XCTSkip("mtl binary not built (swift build --product mtl)") }
+        let mtl = try mtlBinary()
         let p = Process()
         p.executableURL = URL(fileURLWithPath: mtl)
         p.arguments = ["convert", "nyud-mt", "--src", src, "--out", dir + "/cli.h5"]
@@ -231,13 +232,6 @@ final class NYUDMTConvertTests: XCTestCase {
         XCTAssertNotEqual(p.terminationStatus, 0)
         XCTAssertEqual(text, "error: \(seg1): segmentation: label 200 at (y 0, x 0): expected 0 (void) or 1..40\n")
         XCTAssertFalse(fm.fileExists(atPath: dir + "/cli.h5"))
-    }
-
-    /// .build/debug/mtl (or $MTL_BIN), if built.
-    func mtlBinary() -> String? {
-        if let b = ProcessInfo.processInfo.environment["MTL_BIN"], FileManager.default.isExecutableFile(atPath: b) { return b }
-        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
-        return ["debug", "release"].map { "\(root)/.build/\($0)/mtl" }.first { FileManager.default.isExecutableFile(atPath: $0) }
     }
 }
 

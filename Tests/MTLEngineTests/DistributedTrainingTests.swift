@@ -2,73 +2,24 @@ import Foundation
 import XCTest
 @testable import MTLCore
 @testable import MTLTrain
+import MTLTestSupport
 
 /// Real `mpirun` runs of the `mtl` binary (issue 5): world-size invariance, identical parameters on every
 /// rank, only rank 0 writes, a killed rank ends the job, SIGTERM → checkpoint → exact continuation.
 final class DistributedTrainingTests: XCTestCase {
-    static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-        .deletingLastPathComponent().deletingLastPathComponent().path
+    static let tasks = ["seg", "depth", "normals"]
+    // The shared test support's runners under the names the engine tests call them by.
+    static let packageRoot = MTLTestSupport.packageRoot
+    static func mtlBinary() throws -> String { try MTLTestSupport.mtlBinary() }
+    typealias Result = ProcessResult
 
-    /// The `mtl` binary: $MTL_BIN, else the newest of .build/{release,debug}/mtl.
-    static func mtlBinary() throws -> String {
-        if let b = ProcessInfo.processInfo.environment["MTL_BIN"], FileManager.default.isExecutableFile(atPath: b) { return b }
-        let candidates = ["release", "debug"].map { packageRoot + "/.build/\($0)/mtl" }
-            .filter { FileManager.default.isExecutableFile(atPath: $0) }
-        let newest = candidates.max { a, b in
-            let ma = ((try? FileManager.default.attributesOfItem(atPath: a))?[.modificationDate] as? Date) ?? .distantPast
-            let mb = ((try? FileManager.default.attributesOfItem(atPath: b))?[.modificationDate] as? Date) ?? .distantPast
-            return ma < mb
-        }
-        guard let newest else { throw XCTSkip("mtl binary not built (swift build --product mtl)") }
-        return newest
-    }
-
-    struct Result { var status: Int32; var out: String; var err: String; var seconds: Double }
-
-    /// Runs a command with a hard timeout (a hang fails the test instead of hanging CI).
     @discardableResult
     static func run(_ args: [String], timeout: Double = 240, onStart: ((Process) -> Void)? = nil) throws -> Result {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = args
-        var env = ProcessInfo.processInfo.environment
-        if getuid() == 0 {
-            env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
-            env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
-        }
-        env["OMPI_MCA_rmaps_base_oversubscribe"] = "1"
-        env["OPENBLAS_NUM_THREADS"] = "1"
-        p.environment = env
-        let outURL = URL(fileURLWithPath: NSTemporaryDirectory() + "mtl-out-\(UUID().uuidString)")
-        let errURL = URL(fileURLWithPath: NSTemporaryDirectory() + "mtl-err-\(UUID().uuidString)")
-        FileManager.default.createFile(atPath: outURL.path, contents: nil)
-        FileManager.default.createFile(atPath: errURL.path, contents: nil)
-        defer { try? FileManager.default.removeItem(at: outURL); try? FileManager.default.removeItem(at: errURL) }
-        p.standardOutput = try FileHandle(forWritingTo: outURL)
-        p.standardError = try FileHandle(forWritingTo: errURL)
-        let start = Date()
-        try p.run()
-        onStart?(p)
-        while p.isRunning {
-            if Date().timeIntervalSince(start) > timeout {
-                kill(-p.processIdentifier, SIGKILL)
-                p.terminate()
-                kill(p.processIdentifier, SIGKILL)
-                XCTFail("timed out after \(timeout) s: \(args.joined(separator: " "))")
-                break
-            }
-            usleep(20_000)
-        }
-        p.waitUntilExit()
-        return Result(status: p.terminationStatus,
-                      out: (try? String(contentsOf: outURL, encoding: .utf8)) ?? "",
-                      err: (try? String(contentsOf: errURL, encoding: .utf8)) ?? "",
-                      seconds: Date().timeIntervalSince(start))
+        try runProcess(args, timeout: timeout, onStart: onStart)
     }
 
     static func mpirun(_ n: Int, _ mtlArgs: [String], timeout: Double = 240, onStart: ((Process) -> Void)? = nil) throws -> Result {
-        try run(["mpirun", "-n", "\(n)", "--oversubscribe", "--bind-to", "none", try mtlBinary()] + mtlArgs,
-                timeout: timeout, onStart: onStart)
+        try mpirunMTL(n, mtlArgs, timeout: timeout, onStart: onStart)
     }
 
     var dir = ""
@@ -76,12 +27,9 @@ final class DistributedTrainingTests: XCTestCase {
     var config = ""
 
     override func setUpWithError() throws {
-        dir = NSTemporaryDirectory() + "mtl-dist-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        dir = makeTemporaryDirectory("mtl-dist")
         data = dir + "/synth.h5"
-        let r = try Self.run([try Self.mtlBinary(), "synth", "--out", data, "--samples", "16", "--val-samples", "4",
-                              "--height", "32", "--width", "32", "--seed", "4"])
-        XCTAssertEqual(r.status, 0, r.err)
+        try synthesize(data, samples: 16, valSamples: 4, height: 32, width: 32, seed: 4)
         config = dir + "/tiny.yaml"
         try tinyConfigYAML(data: data, steps: 20, checkpointEvery: 0, method: "ial",
                            extra: "").write(toFile: config, atomically: true, encoding: .utf8)
@@ -104,14 +52,7 @@ final class DistributedTrainingTests: XCTestCase {
     }
 
     /// The method's encoder coefficients per logged step.
-    func coefficients(_ run: String) throws -> [[Double]] {
-        let text = try String(contentsOfFile: dir + "/" + run + "/metrics.jsonl", encoding: .utf8)
-        return text.split(separator: "\n").compactMap { line -> [Double]? in
-            guard let o = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
-                  o["kind"] as? String == "train" else { return nil }
-            return ["seg", "depth", "normals"].map { o["coef.\($0)"] as! Double }
-        }
-    }
+    func coefficients(_ run: String) throws -> [[Double]] { try trainSeries(dir + "/" + run, "coef", tasks: Self.tasks) }
 
     /// Parameter-level PCGrad (T encoder backwards, per-task gradients all-reduced, random projection
     /// order keyed by (seed, step)) gives the same coefficients and losses on 1 and 2 ranks.
@@ -152,16 +93,9 @@ final class DistributedTrainingTests: XCTestCase {
             XCTAssertEqual(l3.count, 4)
             for (a, b) in zip(l1, l3) { for (x, y) in zip(a, b) { XCTAssertEqual(x, y, accuracy: 1e-5 * max(1, abs(x)), m) } }
             let p1 = try finalTensors("\(m)1"), p3 = try finalTensors("\(m)3")
-            var worst = 0.0, compared = 0
-            for (name, t) in p1 where name.hasPrefix("model.encoder.") && name.hasSuffix("weight") {
-                guard let u = p3[name] else { XCTFail("\(name) missing"); continue }
-                var diff = 0.0, norm = 0.0
-                for i in 0..<t.count { diff += Double(t[i] - u[i]) * Double(t[i] - u[i]); norm += Double(t[i]) * Double(t[i]) }
-                worst = max(worst, (diff / max(norm, 1e-30)).squareRoot())
-                compared += 1
-            }
-            XCTAssertGreaterThan(compared, 10)
-            XCTAssertLessThan(worst, 1e-5, "\(m): encoder weights after 4 steps, 1 vs 3 ranks")
+            let d = relativeDifference(p1, p3, include: { $0.hasPrefix("model.encoder.") && $0.hasSuffix("weight") })
+            XCTAssertGreaterThan(d.compared, 10)
+            XCTAssertLessThan(d.worst, 1e-5, "\(m): encoder weights after 4 steps, 1 vs 3 ranks (\(d.worstName))")
         }
     }
 
@@ -174,12 +108,7 @@ final class DistributedTrainingTests: XCTestCase {
             XCTAssertEqual(r.status, 0, r.err)
         }
         func logs(_ run: String, _ key: String) throws -> [[Double]] {
-            let text = try String(contentsOfFile: dir + "/" + run + "/metrics.jsonl", encoding: .utf8)
-            return text.split(separator: "\n").compactMap { line -> [Double]? in
-                guard let o = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
-                      o["kind"] as? String == "train" else { return nil }
-                return ["seg", "depth", "normals"].map { o["method.\(key).\($0)"] as! Double }
-            }
+            try trainSeries(dir + "/" + run, "method.\(key)", tasks: Self.tasks)
         }
         let l1 = try logs("al1", "lambda"), l2 = try logs("al2", "lambda")
         XCTAssertEqual(l1.count, 5)
@@ -201,14 +130,7 @@ final class DistributedTrainingTests: XCTestCase {
                               + (n > 1 ? ["--check-consistency", "1"] : []))
             XCTAssertEqual(r.status, 0, r.err)
         }
-        func weights(_ run: String) throws -> [[Double]] {
-            let text = try String(contentsOfFile: dir + "/" + run + "/metrics.jsonl", encoding: .utf8)
-            return text.split(separator: "\n").compactMap { line -> [Double]? in
-                guard let o = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
-                      o["kind"] as? String == "train" else { return nil }
-                return ["seg", "depth", "normals"].map { o["method.w.\($0)"] as! Double }
-            }
-        }
+        func weights(_ run: String) throws -> [[Double]] { try trainSeries(dir + "/" + run, "method.w", tasks: Self.tasks) }
         let w1 = try weights("lps1"), w2 = try weights("lps2")
         XCTAssertEqual(w1.count, 14)
         XCTAssertEqual(w2.count, 14)
@@ -222,14 +144,7 @@ final class DistributedTrainingTests: XCTestCase {
         }
     }
 
-    func losses(_ run: String) throws -> [[Double]] {
-        let text = try String(contentsOfFile: dir + "/" + run + "/metrics.jsonl", encoding: .utf8)
-        return text.split(separator: "\n").compactMap { line -> [Double]? in
-            guard let o = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
-                  o["kind"] as? String == "train" else { return nil }
-            return ["seg", "depth", "normals"].map { o["loss.\($0)"] as! Double }
-        }
-    }
+    func losses(_ run: String) throws -> [[Double]] { try trainSeries(dir + "/" + run, "loss", tasks: Self.tasks) }
 
     /// -n 1 and -n 2 (SyncBN, same global batch) give the same loss curve and parameters.
     /// (The learning rate is small on purpose: float rounding differs between 1 and 2 ranks at the 1e-7
@@ -266,16 +181,9 @@ final class DistributedTrainingTests: XCTestCase {
             for (x, y) in zip(a, b) { XCTAssertEqual(x, y, accuracy: tolerance * max(1, abs(x)), "step \(step + 1)") }
         }
         func worstRelativeDifference(_ file: String) throws -> Double {
-            let a = try CheckpointStore.load(dir + "/n1/checkpoints/" + file).tensors
-            let b = try CheckpointStore.load(dir + "/n2/checkpoints/" + file).tensors
-            var worst = 0.0
-            for (k, ta) in a where k.hasPrefix("model.") && !k.contains("num_batches") {
-                guard let tb = b[k] else { XCTFail("missing \(k)"); continue }
-                var diff = 0.0, norm = 0.0
-                for i in 0..<ta.count { diff += Double(ta[i] - tb[i]) * Double(ta[i] - tb[i]); norm += Double(ta[i]) * Double(ta[i]) }
-                worst = max(worst, (diff / max(norm, 1e-30)).squareRoot())
-            }
-            return worst
+            relativeDifference(try CheckpointStore.load(dir + "/n1/checkpoints/" + file).tensors,
+                               try CheckpointStore.load(dir + "/n2/checkpoints/" + file).tensors,
+                               include: { $0.hasPrefix("model.") && !$0.contains("num_batches") }).worst
         }
         XCTAssertLessThan(try worstRelativeDifference("step-00000008.h5"), 1e-5,
                           "largest relative parameter difference between -n 1 and -n 2 after 8 steps")

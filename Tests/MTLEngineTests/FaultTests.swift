@@ -2,6 +2,7 @@ import Foundation
 import XCTest
 @testable import MTLCore
 @testable import MTLTrain
+import MTLTestSupport
 
 /// The fault-injection suite (issue 11): real `mtl` processes, real `mpirun` where ranks matter.
 /// Every case checks the outcome a user sees — a non-zero exit (or the documented recovery), one
@@ -82,18 +83,6 @@ final class FaultTests: XCTestCase {
         } while Date() < deadline
         XCTFail("processes still running \(seconds) s after the job ended: \(left)", file: file, line: line)
         for pid in left { kill(pid, SIGKILL) }
-    }
-
-    func processes(mentioning text: String) -> [Int32] {
-        let me = getpid()
-        return ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { e -> Int32? in
-            guard let pid = Int32(e), pid != me,
-                  let raw = FileManager.default.contents(atPath: "/proc/\(e)/cmdline") else { return nil }
-            if let stat = try? String(contentsOfFile: "/proc/\(e)/stat", encoding: .utf8),
-               stat.split(separator: ")").last?.split(separator: " ").first == "Z" { return nil }
-            let cmd = String(decoding: raw.map { $0 == 0 ? 32 : $0 }, as: UTF8.self)
-            return cmd.contains(text) ? pid : nil
-        }
     }
 
     /// `latest` names a checkpoint that loads, no `.tmp` is left, and every `step-*.h5` loads.

@@ -2,6 +2,7 @@ import Foundation
 import XCTest
 @testable import MTLCore
 @testable import MTLTrain
+import MTLTestSupport
 
 /// HRNet18-S + the multiscale baseline heads (configs/nyud-hrnet18-baseline.yaml) through the real
 /// `mtl` binary under mpirun, on synthetic 4-task data (seg, depth, normals, edges): world-size
@@ -12,35 +13,24 @@ final class HRNetTrainingTests: XCTestCase {
     var data = ""
 
     override func setUpWithError() throws {
-        dir = NSTemporaryDirectory() + "mtl-hrnet-train-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        dir = makeTemporaryDirectory("mtl-hrnet-train")
         data = dir + "/synth.h5"
-        let r = try DistributedTrainingTests.run([try DistributedTrainingTests.mtlBinary(), "synth", "--out", data,
-                                                  "--samples", "16", "--val-samples", "4", "--height", "32", "--width", "32",
-                                                  "--tasks", Self.tasks.joined(separator: ","), "--seed", "5"])
-        XCTAssertEqual(r.status, 0, r.err)
+        try synthesize(data, samples: 16, valSamples: 4, height: 32, width: 32, tasks: Self.tasks, seed: 5)
     }
 
     override func tearDownWithError() throws { try? FileManager.default.removeItem(atPath: dir) }
 
-    func train(_ n: Int, run: String, _ extra: [String]) throws -> DistributedTrainingTests.Result {
-        let config = DistributedTrainingTests.packageRoot + "/configs/nyud-hrnet18-baseline.yaml"
-        return try DistributedTrainingTests.mpirun(n, ["train", "--config", config, "--run-dir", dir + "/" + run,
-                                                       "--set", "data.path=\(data)", "--set", "model.head_channels=16",
-                                                       "--set", "train.threads=1", "--set", "train.eval_every=0",
-                                                       "--set", "checkpoint.every=0", "--set", "log.every=1",
-                                                       "--set", "schedule.warmup_steps=0"] + extra, timeout: 400)
+    func train(_ n: Int, run: String, _ extra: [String]) throws -> ProcessResult {
+        let config = packageRoot + "/configs/nyud-hrnet18-baseline.yaml"
+        return try mpirunMTL(n, ["train", "--config", config, "--run-dir", dir + "/" + run,
+                                 "--set", "data.path=\(data)", "--set", "model.head_channels=16",
+                                 "--set", "train.threads=1", "--set", "train.eval_every=0",
+                                 "--set", "checkpoint.every=0", "--set", "log.every=1",
+                                 "--set", "schedule.warmup_steps=0"] + extra, timeout: 400)
     }
 
     /// Per logged train step: the values of `key.<task>` for every task.
-    func series(_ run: String, _ key: String) throws -> [[Double]] {
-        let text = try String(contentsOfFile: dir + "/" + run + "/metrics.jsonl", encoding: .utf8)
-        return text.split(separator: "\n").compactMap { line -> [Double]? in
-            guard let o = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
-                  o["kind"] as? String == "train" else { return nil }
-            return Self.tasks.map { o["\(key).\($0)"] as! Double }
-        }
-    }
+    func series(_ run: String, _ key: String) throws -> [[Double]] { try trainSeries(dir + "/" + run, key, tasks: Self.tasks) }
 
     /// The world-size comparisons: one step of plain SGD. The step sees identical parameters on both world
     /// sizes, so losses and coefficients must agree to float accuracy (measured: bit-identical), and so
@@ -74,15 +64,9 @@ final class HRNetTrainingTests: XCTestCase {
         let p1 = try parameters("\(method)1"), p2 = try parameters("\(method)2")
         // 864 backbone + 4 heads × 9 state tensors, without the 148 num_batches_tracked counters.
         XCTAssertEqual(p1.count, 752, file: file, line: line)
-        var worst = (0.0, "")
-        for (name, t) in p1 {
-            guard let u = p2[name] else { XCTFail("\(name) missing", file: file, line: line); continue }
-            var diff: Float = 0, scale: Float = 0
-            for i in 0..<t.count { diff = max(diff, abs(t[i] - u[i])); scale = max(scale, abs(t[i])) }
-            if Double(diff / max(scale, 1e-30)) > worst.0 { worst = (Double(diff / max(scale, 1e-30)), name) }
-        }
-        print("HRNet18-S \(method) (\(level)), parameters after one step on 1 vs 2 ranks: worst \(worst.1) \(worst.0)")
-        XCTAssertLessThan(worst.0, 1e-5, "\(method): \(worst.1)", file: file, line: line)
+        let d = relativeDifference(p1, p2, file: file, line: line)
+        print("HRNet18-S \(method) (\(level)), parameters after one step on 1 vs 2 ranks: worst \(d.worstName) \(d.worst)")
+        XCTAssertLessThan(d.worst, 1e-5, "\(method): \(d.worstName)", file: file, line: line)
     }
 
     /// IAL: its Gram is the sum of the four scales' local Grams, summed over ranks (SyncBN everywhere).

@@ -8,6 +8,7 @@ import XCTest
 @testable import MTLModels
 @testable import MTLNN
 @testable import MTLTrain
+import MTLTestSupport
 
 /// A small joint decoder with both kinds of cross-task dependence the engine must handle:
 ///   u = ReLU(shared(z))                 (shared decoder parameters: `decoder.shared`)
@@ -194,13 +195,6 @@ final class JointDecoderTests: XCTestCase {
             off += p.value.count
         }
         return (enc, sh, task)
-    }
-
-    func assertClose(_ got: [Float], _ want: [Double], _ rs: [Range<Int>], _ label: String, tol: Double = 1e-4) {
-        var d2 = 0.0, w2 = 0.0
-        for r in rs { for i in r { d2 += (Double(got[i]) - want[i]) * (Double(got[i]) - want[i]); w2 += want[i] * want[i] } }
-        XCTAssertGreaterThan(w2, 1e-12, "\(label): reference is zero, the check would be vacuous")
-        XCTAssertLessThan(d2.squareRoot() / max(w2.squareRoot(), 1e-30), tol, "\(label): relative error")
     }
 
     /// PCGrad at parameter level on a joint decoder: the shared vector is encoder + shared decoder

@@ -8,6 +8,7 @@ import XCTest
 @testable import MTLModels
 @testable import MTLNN
 @testable import MTLTrain
+import MTLTestSupport
 
 /// KEM-R in the engine: the joint decoder's shared KEM memory under a gradient method, the configs,
 /// and a short mpirun training run with the frozen Swin-S.
@@ -52,13 +53,6 @@ final class KEMEngineTests: XCTestCase {
     func gradients(_ e: StepEngine, _ f: Fixture) throws -> (flat: [Float], stats: StepStats) {
         let stats = try e.gradients(batch: f.batch, stepIndex: 0, epoch: 0, epochEnded: false)
         return (f.model.parameters.flatMap { Array($0.grad.buffer) }, stats)
-    }
-
-    func assertClose(_ got: [Float], _ want: [Double], _ rs: [Range<Int>], _ label: String, tol: Double = 1e-4) {
-        var d2 = 0.0, w2 = 0.0
-        for r in rs { for i in r { d2 += (Double(got[i]) - want[i]) * (Double(got[i]) - want[i]); w2 += want[i] * want[i] } }
-        XCTAssertGreaterThan(w2, 1e-12, "\(label): reference is zero, the check would be vacuous")
-        XCTAssertLessThan(d2.squareRoot() / max(w2.squareRoot(), 1e-30), tol, "\(label): relative error")
     }
 
     /// PCGrad at representation level (the frozen encoder's outputs): the KEM memory, the reduction
@@ -142,25 +136,18 @@ final class KEMEngineTests: XCTestCase {
         let dir = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let data = dir + "/synth.h5"
-        let r0 = try DistributedTrainingTests.run([try DistributedTrainingTests.mtlBinary(), "synth", "--out", data,
-                                                   "--samples", "8", "--val-samples", "2", "--height", "64", "--width", "96",
-                                                   "--tasks", "seg,depth", "--seed", "5"])
-        XCTAssertEqual(r0.status, 0, r0.err)
-        let config = DistributedTrainingTests.packageRoot + "/configs/kem-swin_s-nyud.yaml"
+        try synthesize(data, samples: 8, valSamples: 2, height: 64, width: 96, tasks: ["seg", "depth"], seed: 5)
+        let config = packageRoot + "/configs/kem-swin_s-nyud.yaml"
         let overrides = ["data.path=\(data)", "data.augment=false", "train.threads=1", "train.eval_every=0", "train.steps=6",
                          "checkpoint.every=6", "log.every=1", "optim.lr=0.0003", "tasks.seg.classes=0"]
-        let r = try DistributedTrainingTests.mpirun(2, ["train", "--config", config, "--run-dir", dir + "/run"]
-                                                        + overrides.flatMap { ["--set", $0] }, timeout: 900)
+        let r = try mpirunMTL(2, ["train", "--config", config, "--run-dir", dir + "/run"] + overrides.flatMap { ["--set", $0] },
+                              timeout: 900)
         XCTAssertEqual(r.status, 0, r.err)
         guard r.status == 0 else { return }
-        let text = try String(contentsOfFile: dir + "/run/metrics.jsonl", encoding: .utf8)
-        let steps = text.split(separator: "\n").compactMap { line -> [String: Any]? in
-            guard let o = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], o["kind"] as? String == "train" else { return nil }
-            return o
-        }
+        let steps = try trainRecords(dir + "/run")
         XCTAssertEqual(steps.count, 6)
         for t in ["seg", "depth"] {
-            let l = steps.map { $0["loss.\(t)"] as! Double }
+            let l = steps.map { ($0["loss.\(t)"] as? Double) ?? .nan }
             XCTAssertTrue(l.allSatisfy { $0.isFinite }, "\(t): \(l)")
             XCTAssertLessThan((l[4] + l[5]) / 2, (l[0] + l[1]) / 2, "\(t) loss must fall: \(l)")
         }

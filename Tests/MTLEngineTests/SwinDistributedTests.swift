@@ -2,23 +2,20 @@ import Foundation
 import XCTest
 @testable import MTLCore
 @testable import MTLTrain
+import MTLTestSupport
 
 /// Swin-T (tiny 32×32 input: patch grid 8×8, every stage padded to the window) with DropPath 0.3 under
 /// real `mpirun`: -n 1 and -n 2 give the same losses (the draws are keyed by the global sample index,
 /// not the rank's slot); a run resumed from a checkpoint continues bit-identically; 1 and 2 threads per
 /// rank give bit-identical results; and DropPath is really active (the curve differs from rate 0).
 final class SwinDistributedTests: XCTestCase {
-    typealias D = DistributedTrainingTests
     var dir = ""
     var config = ""
 
     override func setUpWithError() throws {
-        dir = NSTemporaryDirectory() + "mtl-swin-dist-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        dir = makeTemporaryDirectory("mtl-swin-dist")
         let data = dir + "/synth.h5"
-        let r = try D.run([try D.mtlBinary(), "synth", "--out", data, "--samples", "16", "--val-samples", "4",
-                           "--height", "32", "--width", "32", "--seed", "4"])
-        XCTAssertEqual(r.status, 0, r.err)
+        try synthesize(data, samples: 16, valSamples: 4, height: 32, width: 32, seed: 4)
         config = dir + "/swin.yaml"
         try """
         data: {path: \(data)}
@@ -38,17 +35,12 @@ final class SwinDistributedTests: XCTestCase {
     override func tearDownWithError() throws { try? FileManager.default.removeItem(atPath: dir) }
 
     func train(_ n: Int, _ run: String, _ extra: [String] = []) throws {
-        let r = try D.mpirun(n, ["train", "--config", config, "--run-dir", dir + "/" + run] + extra, timeout: 600)
+        let r = try mpirunMTL(n, ["train", "--config", config, "--run-dir", dir + "/" + run] + extra, timeout: 600)
         XCTAssertEqual(r.status, 0, "\(run): \(r.err)")
     }
 
     func losses(_ run: String) throws -> [[Double]] {
-        let text = try String(contentsOfFile: dir + "/" + run + "/metrics.jsonl", encoding: .utf8)
-        return text.split(separator: "\n").compactMap { line -> [Double]? in
-            guard let o = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
-                  o["kind"] as? String == "train" else { return nil }
-            return ["seg", "depth", "normals"].map { o["loss.\($0)"] as! Double }
-        }
+        try trainSeries(dir + "/" + run, "loss", tasks: ["seg", "depth", "normals"])
     }
 
     func tensors(_ run: String, _ file: String) throws -> [String: Tensor] {

@@ -2,6 +2,7 @@ import Foundation
 import XCTest
 @testable import MTLCore
 @testable import MTLTrain
+import MTLTestSupport
 
 /// Two real "hosts" on this machine (issue 17): `launch/two-hosts up` makes two network + UTS
 /// namespaces joined by a veth pair, and `launch/mtl-mpirun --cluster two-hosts -n 4` runs 2 ranks
@@ -106,11 +107,8 @@ final class TwoHostsTests: XCTestCase {
 
     // MARK: records
 
-    func trainRecords(_ runDir: String) -> [[String: Any]] {
-        let text = (try? String(contentsOfFile: runDir + "/metrics.jsonl", encoding: .utf8)) ?? ""
-        return text.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
-            .filter { $0["kind"] as? String == "train" }
-    }
+    /// The train records so far (none while the file does not exist yet).
+    func trainRecords(_ runDir: String) -> [[String: Any]] { (try? MTLTestSupport.trainRecords(runDir)) ?? [] }
 
     func values(_ runDir: String, _ prefix: String) -> [[Double]] {
         trainRecords(runDir).map { o in ["seg", "depth", "normals"].map { (o["\(prefix).\($0)"] as? Double) ?? .nan } }
@@ -129,42 +127,19 @@ final class TwoHostsTests: XCTestCase {
         }
     }
 
-    func worstRelativeDifference(_ a: String, _ b: String) throws -> Double {
-        let ta = try CheckpointStore.load(a).tensors, tb = try CheckpointStore.load(b).tensors
-        var worst = 0.0
-        for (k, x) in ta where k.hasPrefix("model.") && !k.contains("num_batches") {
-            guard let y = tb[k] else { XCTFail("missing \(k) in \(b)"); continue }
-            var diff = 0.0, norm = 0.0
-            for i in 0..<x.count { diff += Double(x[i] - y[i]) * Double(x[i] - y[i]); norm += Double(x[i]) * Double(x[i]) }
-            worst = max(worst, (diff / max(norm, 1e-30)).squareRoot())
-        }
-        return worst
+    func modelDifference(_ a: String, _ b: String) throws -> (worst: Double, worstName: String, global: Double, compared: Int) {
+        relativeDifference(try CheckpointStore.load(a).tensors, try CheckpointStore.load(b).tensors,
+                           include: { $0.hasPrefix("model.") && !$0.contains("num_batches") })
     }
+
+    /// The worst per-tensor ‖θ_a − θ_b‖ / ‖θ_a‖ over the model tensors.
+    func worstRelativeDifference(_ a: String, _ b: String) throws -> Double { try modelDifference(a, b).worst }
 
     /// ‖θ_a − θ_b‖ / ‖θ_a‖ over all model tensors together (BN biases start at 0 and stay ~1e-4 in
     /// 12 steps, so a per-tensor ratio there measures rounding against nearly nothing).
-    func globalRelativeDifference(_ a: String, _ b: String) throws -> Double {
-        let ta = try CheckpointStore.load(a).tensors, tb = try CheckpointStore.load(b).tensors
-        var diff = 0.0, norm = 0.0
-        for (k, x) in ta where k.hasPrefix("model.") && !k.contains("num_batches") {
-            guard let y = tb[k] else { XCTFail("missing \(k) in \(b)"); continue }
-            for i in 0..<x.count { diff += Double(x[i] - y[i]) * Double(x[i] - y[i]); norm += Double(x[i]) * Double(x[i]) }
-        }
-        return (diff / max(norm, 1e-30)).squareRoot()
-    }
+    func globalRelativeDifference(_ a: String, _ b: String) throws -> Double { try modelDifference(a, b).global }
 
     // MARK: processes
-
-    func processes(mentioning text: String) -> [Int32] {
-        let me = getpid()
-        return ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { e -> Int32? in
-            guard let pid = Int32(e), pid != me,
-                  let raw = FileManager.default.contents(atPath: "/proc/\(e)/cmdline") else { return nil }
-            if let stat = try? String(contentsOfFile: "/proc/\(e)/stat", encoding: .utf8),
-               stat.split(separator: ")").last?.split(separator: " ").first == "Z" { return nil }
-            return String(decoding: raw.map { $0 == 0 ? 32 : $0 }, as: UTF8.self).contains(text) ? pid : nil
-        }
-    }
 
     /// The pids of the `mtl` ranks of this test (OMPI_COMM_WORLD_RANK in their environment), by rank.
     func rankPids() -> [Int: Int32] {

@@ -77,17 +77,6 @@ final class KEMTests: XCTestCase {
 
     // MARK: finite differences
 
-    /// Σ r·y in Double.
-    func functional(_ ys: [Tensor], _ rs: [Tensor]) -> Double {
-        var s = 0.0
-        for (y, r) in zip(ys, rs) { for i in 0..<y.count { s += Double(y.data[i]) * Double(r.data[i]) } }
-        return s
-    }
-
-    func random(_ shape: [Int], _ rng: inout Philox, scale: Float = 1) -> Tensor {
-        Tensor(shape, (0..<shape.reduce(1, *)).map { _ in (2 * rng.uniform() - 1) * scale })
-    }
-
     /// Central differences along three random unit directions of `x` against ⟨analytic, direction⟩:
     /// |numeric − analytic| ≤ tol·max(|numeric|, |analytic|) + floor (float32 forward, step 1e-2).
     /// A gradient that is zero by the equations (a bias whose shift the softmax cancels) must have
@@ -98,7 +87,7 @@ final class KEMTests: XCTestCase {
         let zero = analytic.reduce(0.0) { max($0, Double(abs($1))) } < 1e-5
         var worst = 0.0
         for _ in 0..<3 {
-            let dir = random(x.shape, &rng)
+            let dir = randomTensor(x.shape, &rng)
             let norm = dir.sumOfSquares().squareRoot()
             dir.scale(Float(1 / norm))
             var a = 0.0
@@ -170,15 +159,15 @@ final class KEMTests: XCTestCase {
             for seed in UInt64(0)..<1000 {
                 let mem = makeMemory(o, d: d, tasks: tasks, seed: seed, sharpen: true)
                 var rng = Philox(seed: seed, stream: 9)
-                let xs = (0..<tasks).map { _ in random([b, l, d], &rng) }
+                let xs = (0..<tasks).map { _ in randomTensor([b, l, d], &rng) }
                 _ = mem.forward(xs)
                 guard topkGap(topkScores(mem), k: o.topk) >= 0.02 else { continue }
                 found = true
-                let rs = (0..<tasks).map { _ in random([b, l, d], &rng) }
+                let rs = (0..<tasks).map { _ in randomTensor([b, l, d], &rng) }
                 mem.zeroGrad()
                 _ = mem.forward(xs)
                 let dxs = mem.backward(rs).map { $0.array }
-                let f = { self.functional(mem.forward(xs), rs) }
+                let f = { functional(mem.forward(xs), rs) }
                 for t in 0..<tasks { directional("\(c.label) dx\(t)", xs[t], dxs[t], f) }
                 for p in mem.parameters {
                     let g = p.grad.array
@@ -210,15 +199,15 @@ final class KEMTests: XCTestCase {
         var rng = Philox(seed: 4, stream: 1)
         let ca = KEMCrossAttention("ca", dim: d, tasks: ["a", "b", "c"], lambda: 0.8, rng: &rng)
         for p in ca.parameters { p.value.scale(2) }
-        let xs = (0..<3).map { _ in random([b, l, d], &rng) }
+        let xs = (0..<3).map { _ in randomTensor([b, l, d], &rng) }
         // Task b's output gets no gradient: its weights must stay zero, the others' inputs still move.
-        let rs: [Tensor?] = [random([b, l, d], &rng), nil, random([b, l, d], &rng)]
+        let rs: [Tensor?] = [randomTensor([b, l, d], &rng), nil, randomTensor([b, l, d], &rng)]
         ca.zeroGrad()
         _ = ca.forward(xs)
         let dxs = ca.backward(rs).map { $0.array }
         let f = { () -> Double in
             let ys = ca.forward(xs)
-            return self.functional([ys[0], ys[2]], [rs[0]!, rs[2]!])
+            return functional([ys[0], ys[2]], [rs[0]!, rs[2]!])
         }
         for t in 0..<3 { directional("CA dx\(t)", xs[t], dxs[t], f) }
         for p in ca.parameters {
@@ -232,11 +221,11 @@ final class KEMTests: XCTestCase {
         var rng = Philox(seed: 5, stream: 1)
         let tr = TaskTransformer("tr", dim: 8, heads: 2, window: 3, depth: 2, allocateUnused: true, rng: &rng)
         let (h, w) = (4, 5)   // not a multiple of the window: padding and the shift mask are exercised
-        let x = random([2, h * w, 8], &rng), r = random([2, h * w, 8], &rng)
+        let x = randomTensor([2, h * w, 8], &rng), r = randomTensor([2, h * w, 8], &rng)
         tr.zeroGrad()
         _ = tr.forward(x, height: h, width: w)
         let dx = tr.backward(r).array
-        let f = { self.functional([tr.forward(x, height: h, width: w)], [r]) }
+        let f = { functional([tr.forward(x, height: h, width: w)], [r]) }
         directional("transformer dx", x, dx, f)
         for p in tr.parameters {
             if p.name.contains("patch_embed") { XCTAssertTrue(p.grad.array.allSatisfy { $0 == 0 }, "unused \(p.name)"); continue }
@@ -250,13 +239,13 @@ final class KEMTests: XCTestCase {
                 for i in 0..<32 { head.conv2.bias!.value[i] += 1 }
                 head.conv3!.bias!.value[0] += 2
             }
-            let z = random([2, 8, 3, 4], &rng)
+            let z = randomTensor([2, 8, 3, 4], &rng)
             let y = head.forward(z)
             XCTAssertEqual(y.shape, [2, kind == .depth ? 1 : 3, kind == .saliency ? 3 : 6, kind == .saliency ? 4 : 8])
-            let ry = random(y.shape, &rng)
+            let ry = randomTensor(y.shape, &rng)
             head.zeroGrad()
             let dz = head.backward(ry).array
-            let g = { self.functional([head.forward(z)], [ry]) }
+            let g = { functional([head.forward(z)], [ry]) }
             directional("head \(kind) dz", z, dz, g)
             for p in head.parameters { directional("head \(kind) \(p.name)", p.value, p.grad.array, g) }
         }
@@ -277,10 +266,10 @@ final class KEMTests: XCTestCase {
             for p in dec.parameters where !p.name.contains("norm") && !p.name.contains("bn1") { p.value.scale(2) }
             // The heads' BN → ReLU away from the kink (finite differences across it are meaningless).
             for bn in dec.batchNorms { for i in 0..<bn.channels { bn.bias.value[i] = 3 } }
-            let feats = [random([2, 2, 8, 10], &rng), random([2, 3, 4, 5], &rng), random([2, 4, 2, 3], &rng), random([2, 5, 1, 2], &rng)]
+            let feats = [randomTensor([2, 2, 8, 10], &rng), randomTensor([2, 3, 4, 5], &rng), randomTensor([2, 4, 2, 3], &rng), randomTensor([2, 5, 1, 2], &rng)]
             _ = dec.forward(feats, height: 16, width: 20)
             guard topkGap(dec.memory!.scoresForTests, k: 2) >= 0.05 else { continue }
-            let rs = [random([2, 3, 16, 20], &rng), random([2, 1, 16, 20], &rng)]
+            let rs = [randomTensor([2, 3, 16, 20], &rng), randomTensor([2, 1, 16, 20], &rng)]
             for active in [[true, false], [false, true], [true, true]] {
                 dec.zeroGrad()
                 _ = dec.forward(feats, height: 16, width: 20)
@@ -288,7 +277,7 @@ final class KEMTests: XCTestCase {
                 XCTAssertTrue(dF[0].allSatisfy { $0 == 0 }, "scale 0 is not read")
                 let f = { () -> Double in
                     let ys = dec.forward(feats, height: 16, width: 20)
-                    return self.functional(zip(ys, active).filter { $1 }.map { $0.0 }, zip(rs, active).filter { $1 }.map { $0.0 })
+                    return functional(zip(ys, active).filter { $1 }.map { $0.0 }, zip(rs, active).filter { $1 }.map { $0.0 })
                 }
                 for s in 1..<4 { directional("decoder \(active) dF\(s)", feats[s], dF[s], eps: 3e-3, tol: 3e-2, floor: 3e-3, f) }
                 for p in dec.parameters {
@@ -394,11 +383,11 @@ final class KEMTests: XCTestCase {
             for seed in UInt64(0)..<100 {
                 let mem = makeMemory(o, d: d, tasks: tasks, seed: seed)
                 var rng = Philox(seed: seed, stream: 9)
-                let xs = (0..<tasks).map { _ in random([b, l, d], &rng) }
+                let xs = (0..<tasks).map { _ in randomTensor([b, l, d], &rng) }
                 let ys = mem.forward(xs).map { $0.array }
                 // A top-k selection that float32 rounding cannot flip.
                 guard topkGap(topkScores(mem), k: o.topk) >= 1e-4 else { continue }
-                let rs = (0..<tasks).map { _ in random([b, l, d], &rng) }
+                let rs = (0..<tasks).map { _ in randomTensor([b, l, d], &rng) }
                 mem.zeroGrad()
                 let dxs = mem.backward(rs).map { $0.array }
                 var tensors: [String: Tensor] = [:]
@@ -443,9 +432,9 @@ final class KEMTests: XCTestCase {
         var rng = Philox(seed: 8, stream: 1)
         let ca = KEMCrossAttention("cross_attention", dim: d, tasks: ["seg", "depth", "sal"], lambda: 0.9, rng: &rng)
         for p in ca.parameters { p.value.scale(2) }
-        let xs = (0..<3).map { _ in random([b, l, d], &rng) }
+        let xs = (0..<3).map { _ in randomTensor([b, l, d], &rng) }
         let ys = ca.forward(xs).map { $0.array }
-        let rs = (0..<3).map { _ in random([b, l, d], &rng) }
+        let rs = (0..<3).map { _ in randomTensor([b, l, d], &rng) }
         ca.zeroGrad()
         let dxs = ca.backward(rs).map { $0.array }
         let ref2 = try reference("K.CrossAttention(\(d), ['seg', 'depth', 'sal'], lam=0.9)", call: "lambda m, *x: m(list(x))",
@@ -459,9 +448,9 @@ final class KEMTests: XCTestCase {
         let d = 16
         let tr = TaskTransformer("tr", dim: d, heads: 4, window: 7, depth: 2, allocateUnused: true, rng: &rng)
         let (h, w) = (10, 13)
-        let x = random([2, h * w, d], &rng)
+        let x = randomTensor([2, h * w, d], &rng)
         let y = tr.forward(x, height: h, width: w).array
-        let r = random([2, h * w, d], &rng)
+        let r = randomTensor([2, h * w, d], &rng)
         tr.zeroGrad()
         let dx = tr.backward(r).array
         let ref = try reference("K.TaskTransformer(\(d), depth=2, heads=4, window=7)", call: "lambda m, x: m(x, \(h), \(w))",
@@ -489,10 +478,10 @@ final class KEMTests: XCTestCase {
                 // retrieve query is ≈ b_q1, all slots read the same M' row and the write scores tie.
                 if o.topkAxis == "slots" { dec.memory!.memory.value.scale(50) }
                 for bn in dec.batchNorms { for i in 0..<bn.channels { bn.weight.value[i] = 0.5 + rng.uniform(); bn.bias.value[i] = rng.uniform() - 0.5 } }
-                let feats = [random([2, 4, 20, 26], &rng), random([2, 6, 10, 13], &rng), random([2, 8, 5, 7], &rng), random([2, 10, 3, 4], &rng)]
+                let feats = [randomTensor([2, 4, 20, 26], &rng), randomTensor([2, 6, 10, 13], &rng), randomTensor([2, 8, 5, 7], &rng), randomTensor([2, 10, 3, 4], &rng)]
                 let ys = dec.forward(feats, height: 40, width: 52).map { $0.array }
                 if let m = dec.memory, topkGap(topkScores(m), k: o.topk) < 1e-4 { continue }
-                let rs = ys.indices.map { t in random([2, tasks[t].channels, 40, 52], &rng) }
+                let rs = ys.indices.map { t in randomTensor([2, tasks[t].channels, 40, 52], &rng) }
                 dec.zeroGrad()
                 let dF = dec.backward(rs).map { $0.array }
                 var tensors: [String: Tensor] = [:]

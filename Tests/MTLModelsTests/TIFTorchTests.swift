@@ -105,7 +105,7 @@ final class TIFTorchTests: XCTestCase {
             tifPerturbNorms(saff.parameters, &rng)
             let xs = tifFeatures(&rng)
             let ys = saff.forward(xs).map { $0.clone() }
-            let dys = ys.map { tifRandom($0.shape, &rng) }
+            let dys = ys.map { randomTensor($0.shape, &rng) }
             saff.zeroGrad()
             let dxs = saff.backward(dys).map { $0.clone() }
             try compare("SAFF scales \(scales)", construct: "TR.SAFF(\(tifChannels), \(widths), scales=\(scales))",
@@ -119,10 +119,10 @@ final class TIFTorchTests: XCTestCase {
         for (scale, single) in [(false, false), (true, true)] {
             let sfd = SFD("decoder.sfd.seg.s3", d: 8, tasks: 4, ffnRatio: 4, scale: scale, kvSingle: single, rng: &rng)
             tifPerturbNorms(sfd.parameters, &rng)
-            let x = tifRandom([2, 8, 3, 4], &rng)
+            let x = randomTensor([2, 8, 3, 4], &rng)
             let (rx, a) = sfd.forward(x)
             let ys = [rx.clone(), a.clone()]
-            let dys = [tifRandom(rx.shape, &rng), tifRandom(a.shape, &rng, scale: 0.3)]
+            let dys = [randomTensor(rx.shape, &rng), randomTensor(a.shape, &rng, scale: 0.3)]
             sfd.parameters.forEach { $0.grad.zero() }
             let dx = sfd.backward(dys[0], dLogits: dys[1]).clone()
             try compare("SFD scale=\(scale) kv_single=\(single)",
@@ -138,9 +138,9 @@ final class TIFTorchTests: XCTestCase {
         for transpose in [false, true] {
             let lthd = LTHD("decoder.lthd.seg.s1", d: 6, ffnRatio: 4, transpose: transpose, rng: &rng)
             tifPerturbNorms(lthd.parameters, &rng)
-            let x = tifRandom([2, 6, 6, 8], &rng), a0 = tifRandom([2, 12, 12], &rng, scale: 2)
+            let x = randomTensor([2, 6, 6, 8], &rng), a0 = randomTensor([2, 12, 12], &rng, scale: 2)
             let y = lthd.forward(x, a0: a0, grid: (3, 4)).clone()
-            let dy = tifRandom(y.shape, &rng)
+            let dy = randomTensor(y.shape, &rng)
             lthd.parameters.forEach { $0.grad.zero() }
             let (dx, da) = lthd.backward(dy)
             try compare("LTHD transpose=\(transpose)", construct: "TR.LTHD(6, transpose=\(transpose ? "True" : "False"))",
@@ -158,7 +158,7 @@ final class TIFTorchTests: XCTestCase {
             tifPerturbNorms(fuse.parameters, &rng)
             let xs = tifFeatures(&rng, channels: widths)
             let y = fuse.forward(xs).clone()
-            let dy = tifRandom(y.shape, &rng)
+            let dy = randomTensor(y.shape, &rng)
             fuse.parameters.forEach { $0.grad.zero() }
             let dxs = fuse.backward(dy).map { $0.clone() }
             try compare("Fuse relu=\(relu)", construct: "TR.Fuse(\(widths), relu=\(relu ? "True" : "False"))", call: "[m(xs)]",
@@ -190,7 +190,7 @@ final class TIFTorchTests: XCTestCase {
             tifPerturbNorms(params, &rng)
             let xs = tifFeatures(&rng)
             let ys = heads.forward(saff.forward(xs), height: 32, width: 48).map { $0.clone() }
-            let dys = ys.map { tifRandom($0.shape, &rng) }
+            let dys = ys.map { randomTensor($0.shape, &rng) }
             params.forEach { $0.grad.zero() }
             let dxs = saff.backward(heads.backward(dys.map { Optional($0) })).map { $0.clone() }
             let taskDict = "{" + tasks.map { "\"\($0.0)\": \($0.1)" }.joined(separator: ", ") + "}"
@@ -216,10 +216,10 @@ final class TIFTorchTests: XCTestCase {
         let m = try MultiTaskModel(spec, seed: 5)
         var rng = Philox(seed: 36, stream: 1)
         tifPerturbNorms(m.parameters, &rng)
-        let x = tifRandom([2, 3, 64, 64], &rng)
+        let x = randomTensor([2, 3, 64, 64], &rng)
         let z = m.encoder.forward(x)
         let ys = m.decoder.forward(z, height: 64, width: 64).map { $0.clone() }
-        let dys = ys.map { tifRandom($0.shape, &rng) }
+        let dys = ys.map { randomTensor($0.shape, &rng) }
         m.zeroGrad()
         m.encoder.backward(m.decoder.backward(dys.map { Optional($0) }))
         try compare("TIF-R HRNet18-S", construct: "TR.TIFR(\"hrnet18s\", {\"seg\": 4, \"depth\": 1})",

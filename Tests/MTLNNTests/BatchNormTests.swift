@@ -2,6 +2,7 @@ import Foundation
 import XCTest
 import MTLCore
 @testable import MTLNN
+import MTLTestSupport
 
 /// An all-reduce between two "ranks" running on two threads: each call blocks until both
 /// have contributed, then both receive the sum (like MPI_Allreduce).

@@ -1,6 +1,7 @@
 import XCTest
 import MTLCore
 @testable import MTLNN
+import MTLTestSupport
 
 func withBackend<T>(_ backend: ConvBackend, _ body: () throws -> T) rethrows -> T {
     let saved = Conv2d.backend

@@ -1,6 +1,7 @@
 import XCTest
 import MTLCore
 @testable import MTLNN
+import MTLTestSupport
 
 /// Direct convolution by its definition (the reference for the im2col/GEMM path).
 func naiveConv(_ x: Tensor, _ conv: Conv2d) -> [Float] {

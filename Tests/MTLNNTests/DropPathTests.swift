@@ -1,6 +1,7 @@
 import XCTest
 import MTLCore
 @testable import MTLNN
+import MTLTestSupport
 
 final class DropPathTests: XCTestCase {
     /// Per-image draws keyed by the GLOBAL sample index: the same sample gets the same k_b in any

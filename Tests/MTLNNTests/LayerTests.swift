@@ -1,6 +1,7 @@
 import XCTest
 import MTLCore
 @testable import MTLNN
+import MTLTestSupport
 
 final class LayerTests: XCTestCase {
     func testReLU() {

@@ -1,6 +1,7 @@
 import XCTest
 import MTLCore
 @testable import MTLNN
+import MTLTestSupport
 
 final class NearestUpsampleTests: XCTestCase {
     /// PyTorch's source indices: floor(dst·in/out) (in Float), clamped; ×2 repeats every pixel.
