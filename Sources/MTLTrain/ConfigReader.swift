@@ -265,13 +265,6 @@ struct Reader {
         for (g, v) in m where groups.contains(g) {
             let users = ModelRegistry.users(ofGroup: g)
             if !users.contains(where: { $0.names.contains(model.selected($0.slot)) }) {
-                // A group that only restates its defaults changes nothing: the config.yaml of runs
-                // written before the registry lists `swin:` whatever the encoder, and must still resume.
-                var restated = ModelConfig()
-                if (try? read(try entries(v, "model.\(g)"), Config.ModelGroups.keys(g)!, prefix: ["model", g], into: &restated)) != nil,
-                   restated == ModelConfig() {
-                    continue
-                }
                 let of = users.map { "\($0.slot) \($0.names.joined(separator: "|"))" }.joined(separator: " and ")
                 let now = users.map { "model.\($0.slot) is \(model.selected($0.slot))" }.joined(separator: ", ")
                 let hint = users.last.map { " (did you mean model.\($0.slot)=\($0.names[0])?)" } ?? ""
