@@ -276,7 +276,13 @@ final class FaultTests: XCTestCase {
         let r = try train(1, run: "kill", Array(args.dropLast(2)) + ["--set", "train.steps=\(final)", "--resume", "auto"])
         XCTAssertEqual(r.status, 0, r.err)
         let log = try String(contentsOfFile: dir + "/kill/train.log", encoding: .utf8)
-        XCTAssertTrue(log.contains("at step \(resumedSteps.last!)"), "did not resume from step \(resumedSteps.last!)")
+        // It resumes from the newest complete checkpoint: the one seen after the last kill, or (when the kill
+        // fell between the rename and the process's end) a newer one, never an older one.
+        let resumedLine = log.components(separatedBy: "\n").last { $0.contains("resumed from") } ?? ""
+        let resumedAt = resumedLine.components(separatedBy: " at step ").dropFirst().first
+            .flatMap { Int($0.prefix { $0.isNumber }) }
+        XCTAssertNotNil(resumedAt, "no resume line: \(log.suffix(300))")
+        XCTAssertGreaterThanOrEqual(resumedAt ?? -1, resumedSteps.last!, "resumed from an older checkpoint: \(resumedLine)")
         XCTAssertEqual(assertCheckpointsComplete("kill"), final)
         print("kill -9 during checkpointing: \(rounds)/\(rounds) rounds left a complete latest checkpoint "
               + "(\(killedWithTmp) killed with a checkpoint half-written); steps \(resumedSteps)")
