@@ -34,7 +34,8 @@ def main():
         z = enc(x)
         return {k: h(z, (a.height, a.wide)) for k, h in heads.items()}
 
-    run_bench(a, [enc, heads], forward, model="hrnet18s-baseline")
+    run_bench(a, [enc, heads], forward, model="hrnet18s-baseline",
+              parameters=sum(q.numel() for m in (enc, heads) for q in m.parameters()))
 
 
 if __name__ == "__main__":

@@ -15,11 +15,8 @@ Prints one JSON line with the median and minimum milliseconds per step.
 """
 import argparse
 import functools
-import json
 import os
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn as nn
@@ -28,7 +25,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mtcp_reference as M  # noqa: E402
 import ref_layers  # noqa: E402
-from bench_hrnet_torch import task_losses  # noqa: E402
+from bench_torch_common import report, task_losses, time_steps  # noqa: E402
 from bench_swin_torch import DenseSwin  # noqa: E402
 
 
@@ -92,16 +89,8 @@ def main():
         total.backward()
         opt.step()
 
-    for _ in range(2):
-        step()
-    times = []
-    for _ in range(a.steps):
-        t = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - t) * 1e3)
-    print(json.dumps({"model": "mtcp-swin_t", "method": "ew", "batch": B, "height": H, "width_px": W, "cfm_stride": a.cfm_stride,
-                      "threads": a.threads, "channels_last": a.channels_last, "parameters": sum(q.numel() for q in params),
-                      "ms_per_step_median": round(statistics.median(times), 2), "ms_per_step_min": round(min(times), 2)}))
+    report(time_steps(step, a.steps), model="mtcp-swin_t", batch=B, height=H, width_px=W, cfm_stride=a.cfm_stride,
+           threads=a.threads, channels_last=a.channels_last, parameters=sum(q.numel() for q in params))
 
 
 if __name__ == "__main__":

@@ -13,14 +13,18 @@ sides of a pair). Peak RSS is the child's ru_maxrss (wait4). Prints a markdown t
 Rows: MODEL:WIDTH:THREADS[:BATCH:HEIGHT:WIDE:HEAD_CHANNELS]; the default set is bench 32/64 × 1/2
 threads (batch 4, 128×256) and resnet50-deeplab width 64, head channels 256, batch 2, 144×192,
 2 threads. Models with their own PyTorch reference in tools/ (TORCH_REFS): swin_t-baseline
-(bench_swin_torch.py; defaults batch 2, 224×288, head channels 256), e.g.
+(bench_swin_torch.py; defaults batch 2, 224×288, head channels 256), hrnet18s-baseline, tif-hrnet18 and
+kem-swin_s (batch 4, 128×256; the last two have no channels_last column: nan), mtcp-swin_t, e.g.
   tools/bench_pairs.py --pairs 5 --rows swin_t-baseline:0:2
 """
 import argparse, json, os, platform, shlex, statistics, subprocess, sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TORCH_REFS = {"swin_t-baseline": os.path.join(ROOT, "tools/bench_swin_torch.py"),
-              "mtcp-swin_t": os.path.join(ROOT, "tools/bench_mtcp_torch.py")}
+TORCH_REFS = {"swin_t-baseline": "bench_swin_torch.py", "mtcp-swin_t": "bench_mtcp_torch.py",
+              "hrnet18s-baseline": "bench_hrnet_torch.py", "tif-hrnet18": "bench_tif_torch.py",
+              "kem-swin_s": "bench_kem_torch.py"}
+# References without a --channels-last mode (from-spec modules whose layers are not memory-format aware).
+NO_CHANNELS_LAST = {"tif-hrnet18", "kem-swin_s"}
 DEFAULT_ROWS = ["bench:32:1", "bench:32:2", "bench:64:1", "bench:64:2",
                 "resnet50-deeplab:64:2:2:144:192:256"]
 
@@ -115,7 +119,8 @@ def main():
         common = base + ["--method", a.method]
         mtl_cmd = [a.mtl, "bench", "--json"] + common + shlex.split(a.mtl_args)
         env_t = dict(base_env, OMP_NUM_THREADS=str(r["threads"]))
-        torch_cmd = [sys.executable, TORCH_REFS.get(r["model"], a.torch_ref)] + common
+        ref = os.path.join(ROOT, "tools", TORCH_REFS[r["model"]]) if r["model"] in TORCH_REFS else a.torch_ref
+        torch_cmd = [sys.executable, ref] + common
         if a.compare:
             ta, tb = [], []
             for _ in range(a.pairs):
@@ -132,12 +137,13 @@ def main():
         for _ in range(a.pairs):
             m.append(measure(mtl_cmd, mtl_env))
             t.append(measure(torch_cmd, env_t))
-            tc.append(measure(torch_cmd + ["--channels-last"], env_t))
+            if r["model"] not in NO_CHANNELS_LAST:
+                tc.append(measure(torch_cmd + ["--channels-last"], env_t))
         ms = [x[0]["ms_per_step_median"] for x in m]
         ts = [x[0]["ms_per_step_median"] for x in t]
         tcs = [x[0]["ms_per_step_median"] for x in tc]
         ratio = statistics.median(y / x for x, y in zip(ms, ts))
-        ratio_cl = statistics.median(y / x for x, y in zip(ms, tcs))
+        ratio_cl = statistics.median(y / x for x, y in zip(ms, tcs)) if tcs else float("nan")
         med = lambda v: statistics.median(v)
         gf = med([x[0]["gflops"] for x in m])
         pf = med([x[0]["peak_fraction"] for x in m])
@@ -146,9 +152,9 @@ def main():
                    gflops=gf, peak_fraction=pf, sgemm_peak=med([x[0]["sgemm_peak_gflops"] for x in m]))
         records.append(rec)
         print(f"| {r['model']} | {r['width']} | {r['threads']} | {r['batch']} | {r['height']}×{r['wide']} "
-              f"| {med(ms):.1f} | {med(ts):.1f} | {med(tcs):.1f} | {ratio:.2f}× | {ratio_cl:.2f}× "
+              f"| {med(ms):.1f} | {med(ts):.1f} | {med(tcs) if tcs else float('nan'):.1f} | {ratio:.2f}× | {ratio_cl:.2f}× "
               f"| {gf:.1f} | {100 * pf:.0f}% | {max(rec['mtl_rss']):.0f} | {max(rec['torch_rss']):.0f} "
-              f"| {max(rec['torch_cl_rss']):.0f} |")
+              f"| {max(rec['torch_cl_rss'], default=float('nan')):.0f} |")
         sys.stdout.flush()
     if a.json:
         with open(a.json, "w") as f:

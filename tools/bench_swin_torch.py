@@ -3,8 +3,9 @@
 optimizer, timed per training step (method ew).
 
 Network: timm's swin_tiny_patch4_window7_224 with `features_only=True` (random init, built for the
-bench size with img_size=(H, W): roll-then-pad windows where the window does not divide a stage; the
-same padded work as mtl's dense variant), LayerNorm norm0..norm3 on the four NHWC outputs (as the
+bench size with img_size=(H, W) and always_partition=True: 7×7 windows on every stage, also on maps
+smaller than the window, which timm would otherwise shrink the window to; roll-then-pad windows where
+the window does not divide a stage; the same padded work and parameters as mtl's dense variant), LayerNorm norm0..norm3 on the four NHWC outputs (as the
 dense-prediction Swin), NCHW, and per task the multiscale baseline head of tools/bench_torch_common.py
 (scales 1-3 resized to scale 0, concat 1440 channels, 1x1 conv → --head-channels + BN + ReLU, 1x1
 classifier, bilinear to the input size). Tasks as ../shared/bench/torch_ref.py: seg (13 classes, CE,
@@ -27,7 +28,8 @@ from bench_torch_common import TASK_CHANNELS, MultiScaleHead, bench_parser, run_
 class DenseSwin(nn.Module):
     def __init__(self, size):
         super().__init__()
-        self.body = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, features_only=True, img_size=size)
+        self.body = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, features_only=True, img_size=size,
+                                      always_partition=True)
         self.widths = [96, 192, 384, 768]
         self.norms = nn.ModuleList(nn.LayerNorm(c) for c in self.widths)
 
@@ -38,9 +40,6 @@ class DenseSwin(nn.Module):
 def main():
     p = bench_parser(height=224, wide=288, batch=2)
     p.add_argument("--head-channels", type=int, default=256)
-    p.add_argument("--method", default="ew")
-    p.add_argument("--width", type=int, default=0, help="ignored (bench_pairs passes it)")
-    p.add_argument("--model", default="swin_t-baseline", help="ignored (bench_pairs passes it)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)

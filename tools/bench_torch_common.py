@@ -60,13 +60,17 @@ class MultiScaleHead(nn.Module):
 
 
 def bench_parser(height, wide, batch, channels_last=True):
-    """--height --wide --batch --threads --steps (and --channels-last), with this model's defaults."""
+    """--height --wide --batch --threads --steps (and --channels-last), with this model's defaults; --method ew,
+    --model and --width are accepted for tools/bench_pairs.py."""
     p = argparse.ArgumentParser()
     p.add_argument("--height", type=int, default=height)
     p.add_argument("--wide", type=int, default=wide)
     p.add_argument("--batch", type=int, default=batch)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--method", default="ew", choices=("ew",), help="only ew: these references time the plain step")
+    p.add_argument("--model", default="", help="ignored (tools/bench_pairs.py passes it)")
+    p.add_argument("--width", type=int, default=0, help="ignored (tools/bench_pairs.py passes it)")
     if channels_last:
         p.add_argument("--channels-last", action="store_true")
     return p
@@ -95,20 +99,28 @@ def run_bench(a, modules, forward, **fields):
 
 
 def time_steps(step, steps, warmup=2):
-    """Milliseconds of each of `steps` calls of step(), after `warmup` untimed ones."""
+    """Milliseconds of each of `steps` calls of step() after `warmup` untimed ones, and the GFLOP of one
+    more untimed call as torch.utils.flop_counter counts them (matrix products, convolutions and
+    attention, forward and backward): the figure mtl bench's gflop_per_step is compared with."""
     for _ in range(warmup):
+        step()
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
         step()
     times = []
     for _ in range(steps):
         t = time.perf_counter()
         step()
         times.append((time.perf_counter() - t) * 1e3)
-    return times
+    return times, counter.get_total_flops() / 1e9
 
 
-def report(times, **fields):
-    """Prints one JSON line: the fields (method defaults to ew), then the median and minimum ms per step."""
+def report(timed, **fields):
+    """Prints one JSON line: the fields (method defaults to ew), the GFLOP per step, then the median and
+    minimum ms per step (`timed` is what time_steps returns)."""
+    times, gflop = timed
     out = dict(fields)
+    out["gflop_per_step"] = round(gflop, 3)
     out.setdefault("method", "ew")
     out["ms_per_step_median"] = round(statistics.median(times), 2)
     out["ms_per_step_min"] = round(min(times), 2)

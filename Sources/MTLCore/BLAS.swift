@@ -1,6 +1,39 @@
 import CBLAS
 import Foundation
 
+/// Counts the work of the steps `mtl bench` times, for its GFLOP/step. Convolutions are counted
+/// per layer as they run forward (the dense 2·N·O·Ho·Wo·I·k² of PyTorch's accounting; their
+/// backward booked at the same time: dW always, dX except for the stem) into `forwardFlops` /
+/// `backwardFlops`, so their figure does not depend on the kernel path (the BLAS path skips padding
+/// taps). Every other GEMM — linears, attention, affinities, in forward and backward — is counted
+/// where it executes, in `sgemm`, into `gemmFlops`. Off unless `enabled`.
+public enum FlopCounter {
+    nonisolated(unsafe) public static var enabled = false
+    nonisolated(unsafe) public static var forwardFlops: Double = 0
+    nonisolated(unsafe) public static var backwardFlops: Double = 0
+    /// 2·M·N·K of every counted GEMM (attention's per-window GEMMs run on several threads: locked).
+    public static var gemmFlops: Double {
+        get { lock.lock(); defer { lock.unlock() }; return gemm }
+        set { lock.lock(); gemm = newValue; lock.unlock() }
+    }
+    nonisolated(unsafe) private static var gemm: Double = 0
+    private static let lock = NSLock()
+
+    @inline(__always)
+    static func addGemm(_ m: Int, _ n: Int, _ k: Int) {
+        guard enabled else { return }
+        lock.lock()
+        gemm += 2 * Double(m) * Double(n) * Double(k)
+        lock.unlock()
+    }
+
+    public static func reset() {
+        forwardFlops = 0
+        backwardFlops = 0
+        gemmFlops = 0
+    }
+}
+
 /// Row-major single-precision GEMM: C = alpha * op(A) * op(B) + beta * C,
 /// op(A) is M×K, op(B) is K×N, C is M×N.
 ///
@@ -12,11 +45,13 @@ import Foundation
 /// profile showed 17% of all cycles in sched_yield. Slabs of C are disjoint and their
 /// bounds depend only on the shape and the thread count, so results repeat bit for bit (they
 /// may differ from one unsplit call in the last bit, as OpenBLAS's own threading does).
+/// `counted: false` for the convolutions' GEMMs, which `FlopCounter` counts per layer.
 @inline(__always)
 public func sgemm(transA: Bool = false, transB: Bool = false, m: Int, n: Int, k: Int,
                   alpha: Float = 1, a: UnsafePointer<Float>, lda: Int,
                   b: UnsafePointer<Float>, ldb: Int,
-                  beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int) {
+                  beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int, counted: Bool = true) {
+    if counted { FlopCounter.addGemm(m, n, k) }
     let parts = Threads.gemmParts(m: m, n: n, k: k)
     if parts <= 1 {
         sgemmCall(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
@@ -58,7 +93,8 @@ public func sgemm(transA: Bool = false, transB: Bool = false, m: Int, n: Int, k:
 public func sgemmOnThisThread(transA: Bool = false, transB: Bool = false, m: Int, n: Int, k: Int,
                               alpha: Float = 1, a: UnsafePointer<Float>, lda: Int,
                               b: UnsafePointer<Float>, ldb: Int,
-                              beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int) {
+                              beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int, counted: Bool = true) {
+    if counted { FlopCounter.addGemm(m, n, k) }
     sgemmCall(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
 }
 

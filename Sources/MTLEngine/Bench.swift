@@ -42,14 +42,16 @@ public struct BenchResult {
     public var peakRSSMB: Double
     /// Parameters of the network (torch_ref's `sum(p.numel())` for the same flags).
     public var parameters = 0
+    /// The parameters the optimizer updates (all but a frozen encoder's).
+    public var trainableParameters = 0
     /// The per-layer convolution times of the timed steps (`profile`), else nil.
     public var convProfile: String?
 
     public var json: String {
-        String(format: "{\"method\": \"%@\", \"width\": %d, \"batch\": %d, \"height\": %d, \"width_px\": %d, \"threads\": %d, \"ms_per_step_median\": %.2f, \"ms_per_step_min\": %.2f, \"gflop_per_step\": %.3f, \"gflops\": %.2f, \"sgemm_peak_gflops\": %.2f, \"peak_fraction\": %.3f, \"peak_rss_mb\": %.1f, \"parameters\": %d, \"model\": \"%@\", \"conv_backend\": \"%@\"}",
+        String(format: "{\"method\": \"%@\", \"width\": %d, \"batch\": %d, \"height\": %d, \"width_px\": %d, \"threads\": %d, \"ms_per_step_median\": %.2f, \"ms_per_step_min\": %.2f, \"gflop_per_step\": %.3f, \"gflops\": %.2f, \"sgemm_peak_gflops\": %.2f, \"peak_fraction\": %.3f, \"peak_rss_mb\": %.1f, \"parameters\": %d, \"trainable_parameters\": %d, \"model\": \"%@\", \"conv_backend\": \"%@\"}",
                options.method, options.width, options.batch, options.height, options.wide, options.threads,
                msPerStepMedian, msPerStepMin, gflopPerStep, gflops, sgemmPeakGflops, peakFraction, peakRSSMB,
-               parameters, options.model, Conv2d.backend.rawValue)
+               parameters, trainableParameters, options.model, Conv2d.backend.rawValue)
     }
 
     public var text: String {
@@ -175,15 +177,15 @@ public enum Bench {
             _ = try engine.step(batch: batch, stepIndex: s, epoch: 0, epochEnded: false, lr: 1e-4)
         }
         for s in 0..<o.warmup { try step(s) }
-        FlopCounter.forwardFlops = 0
-        FlopCounter.backwardFlops = 0
+        FlopCounter.reset()
         FlopCounter.enabled = true
         try step(o.warmup)
         FlopCounter.enabled = false
-        var flops = FlopCounter.forwardFlops + FlopCounter.backwardFlops
+        // Convolutions as counted per layer, and every other GEMM as executed (forward and backward).
+        var flops = FlopCounter.forwardFlops + FlopCounter.backwardFlops + FlopCounter.gemmFlops
         if autol != nil {
-            // The look-ahead's two loss-only forwards (θ ± ε·d) have no backward, but the counter books
-            // one for every forward: take it out.
+            // The look-ahead's two loss-only forwards (θ ± ε·d) have no backward, but the convolution
+            // counter books one for every forward: take it out.
             let before = FlopCounter.backwardFlops
             FlopCounter.backwardFlops = 0
             FlopCounter.enabled = true
@@ -193,7 +195,8 @@ public enum Bench {
             FlopCounter.backwardFlops = before
         }
         if level == .parameters {
-            // The encoder's backward runs once per task: count the extra passes.
+            // The encoder's backward runs once per task: count the extra passes of its convolutions (its
+            // other GEMMs were counted as they ran).
             flops += Double(names.count - 1) * FlopCounter.backwardFlops * encoderShare(model, o)
         }
         var times: [Double] = []
@@ -212,7 +215,9 @@ public enum Bench {
         return BenchResult(options: o, msPerStepMedian: median, msPerStepMin: times.first ?? 0,
                            gflopPerStep: flops / 1e9, gflops: gflops, sgemmPeakGflops: peak,
                            peakFraction: gflops / peak, peakRSSMB: peakRSSMB(),
-                           parameters: model.parameterCount, convProfile: o.profile ? ConvProfile.report(steps: o.steps) : nil)
+                           parameters: model.parameterCount,
+                           trainableParameters: model.parameters.filter { $0.trainable }.reduce(0) { $0 + $1.value.count },
+                           convProfile: o.profile ? ConvProfile.report(steps: o.steps) : nil)
     }
 
     /// Fraction of backward FLOPs that belong to the encoder (measured by counting an encoder-only pass).

@@ -1,15 +1,6 @@
 import MTLCore
 import MTLNN
 
-/// Counts forward multiply-adds of convolutions as they run (for `mtl bench`'s GFLOP/step).
-/// Off unless `enabled`; a plain counter, not thread-safe (the step is single-threaded at this level).
-public enum FlopCounter {
-    nonisolated(unsafe) public static var enabled = false
-    nonisolated(unsafe) public static var forwardFlops: Double = 0
-    /// Weight-gradient and input-gradient GEMMs of one conv cost as much as its forward each.
-    nonisolated(unsafe) public static var backwardFlops: Double = 0
-}
-
 /// Runs a convolution and, when counting, records 2·N·O·Ho·Wo·I·k·k forward FLOPs.
 @inline(__always)
 func conv(_ c: Conv2d, _ x: Tensor) -> Tensor {

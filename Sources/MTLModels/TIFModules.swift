@@ -7,21 +7,6 @@ import MTLNN
 // name. Each module keeps its buffers; backward may run several times after one forward and
 // ADDS into the parameters' grads.
 
-/// Counts 2·m·n·k FLOPs of a GEMM the convolution counter does not see (linears, attention).
-@inline(__always)
-func countGemm(_ m: Int, _ n: Int, _ k: Int, backwardToo: Bool = true) {
-    guard FlopCounter.enabled else { return }
-    let f = 2.0 * Double(m) * Double(n) * Double(k)
-    FlopCounter.forwardFlops += f
-    if backwardToo { FlopCounter.backwardFlops += 2 * f }
-}
-
-@inline(__always)
-func linear(_ l: Linear, _ x: Tensor) -> Tensor {
-    countGemm(x.count / l.inFeatures, l.outFeatures, l.inFeatures)
-    return l.forward(x)
-}
-
 /// The scale factor between two grids of the pyramid; TIF's pooling and diffusion need exact
 /// multiples (HRNet and Swin inputs that are multiples of 32).
 func exactFactor(_ fine: Tensor, _ coarse: (Int, Int), _ what: String) -> Int {
@@ -40,7 +25,7 @@ final class TokenFFN {
         fc2 = Linear("\(p).fc2", inFeatures: ratio * d, outFeatures: d, rng: &rng)
     }
     var parameters: [Parameter] { norm.parameters + fc1.parameters + fc2.parameters }
-    func forward(_ x: Tensor) -> Tensor { linear(fc2, gelu.forward(linear(fc1, norm.forward(x)))) }
+    func forward(_ x: Tensor) -> Tensor { fc2.forward(gelu.forward(fc1.forward(norm.forward(x)))) }
     func backward(_ dy: Tensor) -> Tensor { norm.backward(fc1.backward(gelu.backward(fc2.backward(dy)))) }
 }
 
@@ -52,7 +37,6 @@ func batchedGemm(_ batch: Int, transA: Bool = false, transB: Bool = false, m: In
         sgemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a.data + s * m * k, lda: lda,
               b: b.data + s * k * n, ldb: ldb, beta: accumulate ? 1 : 0, c: c.data + s * m * n, ldc: n)
     }
-    countGemm(batch * m, n, k)
 }
 
 // MARK: SAFF (shared by all tasks), eqs. 2–5
@@ -221,9 +205,9 @@ final class SFD {
         if fromTokens.height != x.h || fromTokens.width != x.w { fromTokens = FromTokens(height: x.h, width: x.w) }
         let f = toTokens.forward(x)
         let t = norm.forward(f)
-        qOut = linear(q, t)
-        kvSum.copy(from: linear(kv[0], t))
-        for m in kv.dropFirst() { kvSum.add(linear(m, t)) }
+        qOut = q.forward(t)
+        kvSum.copy(from: kv[0].forward(t))
+        for m in kv.dropFirst() { kvSum.add(m.forward(t)) }
         logits.resize([b, l, l])
         batchedGemm(b, transB: true, m: l, n: l, k: d, alpha: alpha, qOut!, kvSum, logits)
         prob = softmax.forward(logits)
@@ -289,7 +273,7 @@ final class LTHD {
         if (pool?.kernel ?? 1) != f { pool = f == 1 ? nil : AvgPool2d(kernel: f) }
         if fromTokens.height != grid.0 || fromTokens.width != grid.1 { fromTokens = FromTokens(height: grid.0, width: grid.1) }
         let pooled = pool?.forward(x) ?? x
-        v = linear(proj, toTokens.forward(pooled))
+        v = proj.forward(toTokens.forward(pooled))
         s = softmax.forward(a0)
         r.resize([b, l, d])
         batchedGemm(b, transA: transpose, m: l, n: d, k: l, s!, v!, r)

@@ -265,7 +265,7 @@ public final class Conv2d: HasParameters {
             // y[s] = W · x[s]: one GEMM per sample straight from/to the NCHW planes.
             for s in 0..<n {
                 sgemm(m: o, n: pix, k: inChannels, a: wt, lda: inChannels,
-                      b: x.data + s * inChannels * pix, ldb: pix, c: y + s * o * pix, ldc: pix)
+                      b: x.data + s * inChannels * pix, ldb: pix, c: y + s * o * pix, ldc: pix, counted: false)
             }
             addBias(y, n: n, pix: pix)
             return output
@@ -282,7 +282,7 @@ public final class Conv2d: HasParameters {
             // [O, 1·Ho·Wo] already is the NCHW layout.
             cols.resize([ckk, pix])
             im2col(x.data, n: 1, h: h, w: w, ho: ho, wo: wo, cols: cols.data)
-            sgemm(m: o, n: pix, k: ckk, a: wt, lda: ckk, b: cols.data, ldb: pix, c: y, ldc: pix)
+            sgemm(m: o, n: pix, k: ckk, a: wt, lda: ckk, b: cols.data, ldb: pix, c: y, ldc: pix, counted: false)
             addBias(y, n: 1, pix: pix)
             return output
         }
@@ -295,7 +295,7 @@ public final class Conv2d: HasParameters {
             cols.resize([ckk, count * pix])
             im2col(x.data + s0 * inChannels * h * w, n: count, h: h, w: w, ho: ho, wo: wo, cols: cols.data)
             sgemm(m: o, n: count * pix, k: ckk, a: wt, lda: ckk, b: cols.data, ldb: count * pix,
-                  c: rows.data + s0 * pix, ldc: n * pix)
+                  c: rows.data + s0 * pix, ldc: n * pix, counted: false)
         }
         // [O, N, P] → [N, O, P], adding the bias on the way.
         let r = rows.data, b = bias?.value.data
@@ -349,7 +349,7 @@ public final class Conv2d: HasParameters {
                 // rows = Σ_blocks W_tm[:, block] · cols[block rows, :]
                 for (b, block) in region.blocks.enumerated() {
                     sgemm(m: o, n: np, k: block.depth, a: tapMajor + block.weightColumn, lda: ldw,
-                          b: cols.data + block.colsRow * np, ldb: np, beta: b == 0 ? 0 : 1, c: rows.data, ldc: np)
+                          b: cols.data + block.colsRow * np, ldb: np, beta: b == 0 ? 0 : 1, c: rows.data, ldc: np, counted: false)
                 }
                 // rows [O, count, pr] → the region's pixels of y[s0 + s, o], plus bias.
                 let r = rows.data
@@ -471,14 +471,14 @@ public final class Conv2d: HasParameters {
             for s in 0..<n {
                 // dW[O, C] += dy[s] [O, P] · x[s]ᵀ [P, C]
                 sgemm(transB: true, m: o, n: inChannels, k: pix, a: g + s * o * pix, lda: pix,
-                      b: x.data + s * inChannels * pix, ldb: pix, beta: 1, c: dw, ldc: inChannels)
+                      b: x.data + s * inChannels * pix, ldb: pix, beta: 1, c: dw, ldc: inChannels, counted: false)
             }
             guard computeInputGrad else { return empty }
             inputGrad.resize(x.shape)
             for s in 0..<n {
                 // dx[s] [C, P] = Wᵀ [C, O] · dy[s] [O, P]
                 sgemm(transA: true, m: inChannels, n: pix, k: o, a: wt, lda: inChannels,
-                      b: g + s * o * pix, ldb: pix, c: inputGrad.data + s * inChannels * pix, ldc: pix)
+                      b: g + s * o * pix, ldb: pix, c: inputGrad.data + s * inChannels * pix, ldc: pix, counted: false)
             }
             return inputGrad
         }
@@ -512,11 +512,11 @@ public final class Conv2d: HasParameters {
             im2col(x.data + s0 * samplePlane, n: count, h: h, w: w, ho: ho, wo: wo, cols: cols.data)
             // dW [O, CKK] += dY [O, count·P] · colsᵀ [count·P, CKK]
             sgemm(transB: true, m: o, n: ckk, k: count * pix, a: dyGroup, lda: n * pix, b: cols.data,
-                  ldb: count * pix, beta: 1, c: dw, ldc: ckk)
+                  ldb: count * pix, beta: 1, c: dw, ldc: ckk, counted: false)
             guard computeInputGrad else { continue }
             // dcols [CKK, count·P] = Wᵀ [CKK, O] · dY [O, count·P], overwriting the columns.
             sgemm(transA: true, m: ckk, n: count * pix, k: o, a: wt, lda: ckk, b: dyGroup, ldb: n * pix,
-                  c: cols.data, ldc: count * pix)
+                  c: cols.data, ldc: count * pix, counted: false)
             col2im(cols.data, n: count, h: h, w: w, ho: ho, wo: wo, dx: inputGrad.data + s0 * samplePlane)
         }
         return computeInputGrad ? inputGrad : empty
@@ -563,13 +563,13 @@ public final class Conv2d: HasParameters {
                 for block in region.blocks {
                     // dW_tm[:, block] += dY [O, np] · cols[block rows]ᵀ
                     sgemm(transB: true, m: o, n: block.depth, k: np, a: r, lda: np, b: cols.data + block.colsRow * np,
-                          ldb: np, beta: 1, c: dWtm.data + block.weightColumn, ldc: ldw)
+                          ldb: np, beta: 1, c: dWtm.data + block.weightColumn, ldc: ldw, counted: false)
                 }
                 guard computeInputGrad else { continue }
                 for block in region.blocks {
                     // dcols[block rows] = W_tm[:, block]ᵀ · dY, overwriting the columns.
                     sgemm(transA: true, m: block.depth, n: np, k: o, a: tapMajor + block.weightColumn, lda: ldw, b: r,
-                          ldb: np, c: cols.data + block.colsRow * np, ldc: np)
+                          ldb: np, c: cols.data + block.colsRow * np, ldc: np, counted: false)
                 }
                 col2imRegion(cols.data, n: count, h: h, w: w, region: region, dx: inputGrad.data + s0 * samplePlane)
             }
