@@ -309,10 +309,12 @@ final class TwoHostsTests: XCTestCase {
         var signalled = false
         let first = try trainTwoHosts(run: "pre", ["--set", "checkpoint.every=0"]) { mpirun in
             guard self.waitForSteps(run, 3) else { return }
-            // mtl-mpirun, two-hosts exec, ip netns exec and nsenter all exec: this is mpirun.
-            let comm = (try? String(contentsOfFile: "/proc/\(mpirun.processIdentifier)/comm", encoding: .utf8)) ?? ""
-            XCTAssertEqual(comm.trimmingCharacters(in: .whitespacesAndNewlines), "mpirun")
-            kill(mpirun.processIdentifier, SIGUSR1)
+            // mtl-mpirun runs mpirun as its child (it turns SIGTERM into SIGUSR1); two-hosts exec,
+            // ip netns exec and nsenter all exec, so the launcher's child is mpirun itself.
+            guard let pid = FaultTests.childPid(of: mpirun.processIdentifier, named: "mpirun") else {
+                return XCTFail("no mpirun under launch/mtl-mpirun (pid \(mpirun.processIdentifier))")
+            }
+            kill(pid, SIGUSR1)
             signalled = true
         }
         XCTAssertTrue(signalled)
