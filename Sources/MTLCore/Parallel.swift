@@ -17,3 +17,15 @@ public func parallelFor(_ n: Int, minChunk: Int = 1, _ body: (Int) -> Void) {
         }
     }
 }
+
+/// body(lo, hi) over [0, count) in contiguous blocks of `block` elements, the blocks spread over the
+/// threads by `parallelFor`: the element-wise loops of the layers, the MT-CP decoder and the optimizers.
+/// In such a loop an element's result depends on that element alone, so neither `block` nor the
+/// thread count changes a bit; `block` only sets how much work one closure call carries (and, below
+/// two blocks, that the loop stays on the calling thread). A reduction whose rounding must not depend
+/// on the thread count blocks its partial sums itself at a fixed size (MTLNN's `elementBlock`).
+@inline(__always)
+public func parallelBlocks(_ count: Int, block: Int = 1 << 14, _ body: (Int, Int) -> Void) {
+    precondition(block > 0, "parallelBlocks: block must be positive")
+    parallelFor((count + block - 1) / block) { b in body(b * block, min(count, (b + 1) * block)) }
+}

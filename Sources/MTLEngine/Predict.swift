@@ -21,10 +21,11 @@ public struct LoadedCheckpoint {
         let (tensors, meta) = try CheckpointStore.load(checkpoint)
         var cfg: Config
         if let config {
-            cfg = try Config.load(path: config, overrides: overrides)
+            cfg = try Config.load(path: config, overrides: overrides, runConfig: Config.isRunDirectoryConfig(config))
         } else {
             guard let y = meta["config"] else { throw MTLError("\(checkpoint): no config stored; pass --config") }
-            cfg = try Config.parse(yaml: y, source: checkpoint, overrides: overrides)
+            // The trainer's resolved config, possibly from an older writer (Reader.droppableSwinGroup).
+            cfg = try Config.parse(yaml: y, source: checkpoint, overrides: overrides, runConfig: true)
         }
         var splitName = split ?? cfg.data.valSplit
         if splitName.hasSuffix(".h5") {

@@ -9,12 +9,6 @@ import MTLNN
 // keeps its buffers, so a step with stable shapes allocates nothing. Backward may run several times
 // after one forward (once per task), adding into the parameters' grads.
 
-/// Splits [0, count) into fixed blocks run in parallel (results do not depend on the thread count).
-func elementBlocks(_ count: Int, _ body: (Int, Int) -> Void) {
-    let block = 16_384
-    parallelFor((count + block - 1) / block) { b in body(b * block, min(count, (b + 1) * block)) }
-}
-
 /// y = a ⊙ b (same shapes), with the inputs kept for the backward (a layer-owned output).
 final class ElementwiseProduct {
     private let output = Tensor([0]), gradA = Tensor([0]), gradB = Tensor([0])
@@ -25,7 +19,7 @@ final class ElementwiseProduct {
         a = x; b = y
         output.resize(x.shape)
         let p = x.data, q = y.data, o = output.data
-        elementBlocks(x.count) { lo, hi in for i in lo..<hi { o[i] = p[i] * q[i] } }
+        parallelBlocks(x.count) { lo, hi in for i in lo..<hi { o[i] = p[i] * q[i] } }
         return output
     }
 
@@ -34,7 +28,7 @@ final class ElementwiseProduct {
         let x = a!, y = b!
         gradA.resize(x.shape); gradB.resize(x.shape)
         let g = dy.data, p = x.data, q = y.data, da = gradA.data, db = gradB.data
-        elementBlocks(x.count) { lo, hi in for i in lo..<hi { da[i] = g[i] * q[i]; db[i] = g[i] * p[i] } }
+        parallelBlocks(x.count) { lo, hi in for i in lo..<hi { da[i] = g[i] * q[i]; db[i] = g[i] * p[i] } }
         return (gradA, gradB)
     }
 }
@@ -250,7 +244,7 @@ public final class MTCPFPN: HasParameters {
             upsampled.insert(up, at: 0)
             fused[k].resize(l.shape)
             let o = fused[k].data, u = up.data, ld = l.data
-            elementBlocks(l.count) { lo, hi in for i in lo..<hi { o[i] = a0 * u[i] + a1 * ld[i] } }
+            parallelBlocks(l.count) { lo, hi in for i in lo..<hi { o[i] = a0 * u[i] + a1 * ld[i] } }
             f = fused[k]
         }
         return conv(smooth, f)
@@ -265,7 +259,7 @@ public final class MTCPFPN: HasParameters {
             let (a0, a1) = weights[k]
             dLateral[k].resize(df.shape); dUp[k].resize(df.shape)
             let g = df.data, dl = dLateral[k].data, du = dUp[k].data
-            elementBlocks(df.count) { lo, hi in for i in lo..<hi { dl[i] = a1 * g[i]; du[i] = a0 * g[i] } }
+            parallelBlocks(df.count) { lo, hi in for i in lo..<hi { dl[i] = a1 * g[i]; du[i] = a0 * g[i] } }
             if !dynamic.isEmpty {
                 // da_0 = ⟨df, up⟩, da_1 = ⟨df, l⟩;  dβ_i = a_i (da_i − Σ_j a_j da_j)
                 let d0 = df.dot(upsampled[k]), d1 = df.dot(laterals[k])

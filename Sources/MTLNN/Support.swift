@@ -1,6 +1,6 @@
 import MTLCore
 
-// Small helpers shared by the layers: initialisation, chunked element-wise loops,
+// Small helpers shared by the layers: initialisation, the reductions' block size,
 // an Int32 side buffer (argmax indices), Double sums that the compiler can vectorise.
 
 /// A tensor of `shape` with values uniform in [-bound, bound), drawn in order from `rng`
@@ -12,18 +12,10 @@ func uniformTensor(_ shape: [Int], bound: Float, rng: inout Philox) -> Tensor {
     return t
 }
 
-/// Element-wise loops run in fixed blocks of this many elements, so that a reduction's
-/// partial sums (and thus its rounding) do not depend on the number of threads.
+/// Reductions over elements (the losses' sums) add their partial sums in fixed blocks of this
+/// many elements, so that their rounding does not depend on the number of threads. Element-wise
+/// loops use MTLCore's `parallelBlocks`, whose block size changes no result.
 let elementBlock = 1 << 14
-
-/// body(lo, hi) over [0, count) in blocks of `elementBlock`, blocks spread over the threads.
-@inline(__always)
-func parallelBlocks(_ count: Int, _ body: (Int, Int) -> Void) {
-    let blocks = (count + elementBlock - 1) / elementBlock
-    parallelFor(blocks) { b in
-        body(b * elementBlock, min(count, (b + 1) * elementBlock))
-    }
-}
 
 /// Sum of x[0..<n] and of x[i]*y[i] in Double, with four independent accumulators so that
 /// the additions are not one long dependency chain.

@@ -317,17 +317,29 @@ public struct Config: Equatable {
 
     /// Reads `path` and applies `overrides` ("section.key=value", "tasks.depth.role=primary",
     /// "method.ial.lr=0.01", or a whole mapping: "tasks={seg: {role: primary}, depth: {}}").
-    public static func load(path: String, overrides: [String] = []) throws -> Config {
+    /// `runConfig`: the file is a resolved config that `mtl train` wrote (`isRunDirectoryConfig`),
+    /// read with the allowances for older writers (`Reader.droppableSwinGroup`); user files are not.
+    public static func load(path: String, overrides: [String] = [], runConfig: Bool = false) throws -> Config {
         guard FileManager.default.fileExists(atPath: path) else { throw MTLError("\(path): config file not found") }
         guard let data = FileManager.default.contents(atPath: path),
               let text = String(data: data, encoding: .utf8) else {
             throw MTLError("\(path): cannot read the config file as UTF-8 text")
         }
-        return try parse(yaml: text, source: path, overrides: overrides)
+        return try parse(yaml: text, source: path, overrides: overrides, runConfig: runConfig)
     }
 
-    /// Parses YAML text; `source` names it in error messages.
-    public static func parse(yaml: String, source: String, overrides: [String] = []) throws -> Config {
+    /// Whether `path` is a run directory's config.yaml: so named, with the train.log that the
+    /// trainer's RunLog creates before it writes config.yaml. Such a file is rewritten by every
+    /// `mtl train` on the directory, so it is the resolved config of a run, not a user's file.
+    public static func isRunDirectoryConfig(_ path: String) -> Bool {
+        let url = URL(fileURLWithPath: path)
+        return url.lastPathComponent == "config.yaml"
+            && FileManager.default.fileExists(atPath: url.deletingLastPathComponent().appendingPathComponent("train.log").path)
+    }
+
+    /// Parses YAML text; `source` names it in error messages. `runConfig`: as for `load`; a
+    /// checkpoint's stored config is one.
+    public static func parse(yaml: String, source: String, overrides: [String] = [], runConfig: Bool = false) throws -> Config {
         var root = try YValue.compose(yaml, source: source)
         if case .null = root { root = .map([]) }
         guard case .map = root else {
@@ -362,9 +374,9 @@ public struct Config: Equatable {
             try root.set(path, value, origin: origin)
             origins[key] = origin
         }
-        let reader = Reader(source: source, origins: origins)
+        let reader = Reader(source: source, origins: origins, runConfig: runConfig)
         var c = try reader.config(root)
-        c.notes.lines = notes
+        c.notes.lines = notes + c.notes.lines
         return c
     }
 

@@ -6,7 +6,12 @@ extension Config {
     /// side only (a task added or removed) has "absent" on the other. Used to say which setting
     /// to change when a checkpoint does not fit the model.
     public func differences(fromStored stored: String) -> [(key: String, stored: String, current: String)] {
-        let old = Config.flatten(stored), new = Config.flatten(yaml())
+        // Re-resolved first when it reads: a config stored by an older writer (model.head for
+        // model.decoder, no model.neck, a swin group under every encoder) would otherwise show those
+        // spellings as differences and crowd out the setting that does differ. Text that no longer
+        // reads is compared as it stands.
+        let resolved = (try? Config.parse(yaml: stored, source: "stored config", runConfig: true))?.yaml() ?? stored
+        let old = Config.flatten(resolved), new = Config.flatten(yaml())
         let oldValues = Dictionary(old, uniquingKeysWith: { a, _ in a })
         let newValues = Dictionary(new, uniquingKeysWith: { a, _ in a })
         var keys = new.map { $0.0 }

@@ -30,7 +30,7 @@ private func sgdFormVirtualStep(_ params: [Parameter], lr: Float, momentum: Floa
     for (i, prm) in params.enumerated() where prm.trainable {
         let p = prm.value.data, g = prm.grad.data
         let buf: UnsafeMutablePointer<Float>? = buffers.isEmpty ? nil : buffers[i].data
-        elementwise(prm.value.count) { lo, hi in
+        parallelBlocks(prm.value.count, block: updateBlock) { lo, hi in
             for j in lo..<hi {
                 var d = g[j]
                 if let buf { d += momentum * buf[j] }
@@ -41,14 +41,10 @@ private func sgdFormVirtualStep(_ params: [Parameter], lr: Float, momentum: Floa
     }
 }
 
-/// Elementwise loops split in 32K-element chunks over the thread pool (memory-bound,
-/// so chunks only need to be big enough to amortise the dispatch).
-@inline(__always)
-func elementwise(_ n: Int, _ body: (Int, Int) -> Void) {
-    let chunk = 1 << 15
-    let chunks = (n + chunk - 1) / chunk
-    parallelFor(chunks) { c in body(c * chunk, min(n, (c + 1) * chunk)) }
-}
+/// The optimizers' element-wise updates run in 32K-element blocks (MTLCore's `parallelBlocks`):
+/// memory-bound, so a block only needs to be big enough to amortise the dispatch, and a parameter
+/// below two blocks is updated on the calling thread. The block size changes no result.
+let updateBlock = 1 << 15
 
 /// The double a user meant by a Float hyper-parameter: 0.9 rather than 0.8999999761581421.
 /// torch computes bias corrections and step sizes from Python floats (doubles), so this is
@@ -122,7 +118,7 @@ public final class SGD: Optimizer {
             let first = steps[i] == 0
             steps[i] += 1
             if momentum == 0 {
-                elementwise(prm.value.count) { lo, hi in
+                parallelBlocks(prm.value.count, block: updateBlock) { lo, hi in
                     for j in lo..<hi {
                         let d = wd != 0 ? g[j].addingProduct(wd, p[j]) : g[j]
                         p[j] = p[j].addingProduct(-lr, d)
@@ -131,7 +127,7 @@ public final class SGD: Optimizer {
                 continue
             }
             let buf = momentumBuffers[i].data
-            elementwise(prm.value.count) { lo, hi in
+            parallelBlocks(prm.value.count, block: updateBlock) { lo, hi in
                 for j in lo..<hi {
                     var d = wd != 0 ? g[j].addingProduct(wd, p[j]) : g[j]
                     let b = first ? d : buf[j] * momentum + d
@@ -202,7 +198,7 @@ public final class Adam: Optimizer {
             let negStepSize = Float(-(lrD / biasCorrection1))
             let p = prm.value.data, g = prm.grad.data
             let m = expAvg[i].data, v = expAvgSq[i].data
-            elementwise(prm.value.count) { lo, hi in
+            parallelBlocks(prm.value.count, block: updateBlock) { lo, hi in
                 // Eight lanes at a time with the scalar loop's operations per lane (bit-identical to it),
                 // then the scalar tail.
                 var j = lo

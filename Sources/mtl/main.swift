@@ -47,7 +47,9 @@ struct Train: ParsableCommand {
         let comm: Communicator
         do { comm = try CommunicatorFactory.make() } catch { fail(error) }
         do {
-            let cfg = try Config.load(path: config, overrides: overrides)
+            // `--config D/config.yaml --run-dir D --resume auto` resumes from the run's own resolved
+            // config, which may come from an older writer (Reader.droppableSwinGroup).
+            let cfg = try Config.load(path: config, overrides: overrides, runConfig: Config.isRunDirectoryConfig(config))
             let dir = runDir ?? "runs/" + ((config as NSString).lastPathComponent as NSString).deletingPathExtension
             installStopSignalHandlers()
             var options = TrainerOptions()

@@ -1,6 +1,7 @@
 import CHDF5
 import Foundation
 import MTLCore
+import MTLTestSupport
 import XCTest
 @testable import MTLData
 
@@ -8,7 +9,7 @@ import XCTest
 /// variable-length strings and may use fixed-length strings; the reader must handle both.
 final class AttributeTests: XCTestCase {
     var dir = ""
-    override func setUp() { dir = makeTempDirectory(name) }
+    override func setUp() { dir = makeTemporaryDirectory("mtldata-\(name)") }
     override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
 
     /// Writes, with the C API, a vlen string-array attribute and a fixed-length string attribute.

@@ -1,5 +1,6 @@
 import Foundation
 import MTLCore
+import MTLTestSupport
 import XCTest
 @testable import MTLData
 
@@ -40,7 +41,7 @@ private func writeMaskFile(_ path: String) throws {
 
 final class AugmentationTests: XCTestCase {
     var dir = ""
-    override func setUp() { dir = makeTempDirectory(name) }
+    override func setUp() { dir = makeTemporaryDirectory("mtldata-\(name)") }
     override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
 
     private func draw(scale: Float = 1, offsetY: Float = 0, offsetX: Float = 0, flip: Bool = false,

@@ -1,12 +1,13 @@
 import Foundation
 import MTLCore
+import MTLTestSupport
 import XCTest
 @testable import MTLData
 
 /// Every kind of bad dataset file gives one MTLError line naming the file and what is wrong.
 final class BadInputTests: XCTestCase {
     var dir = ""
-    override func setUp() { dir = makeTempDirectory(name) }
+    override func setUp() { dir = makeTemporaryDirectory("mtldata-\(name)") }
     override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
 
     func tiny() throws -> String { try TinyFile.write(dir + "/tiny.h5") }

@@ -1,12 +1,13 @@
 import Foundation
 import MTLCore
+import MTLTestSupport
 import XCTest
 @testable import MTLData
 
 /// The loader against a hand-written file whose every value is known (TinyFile).
 final class DatasetTests: XCTestCase {
     var dir = ""
-    override func setUp() { dir = makeTempDirectory(name) }
+    override func setUp() { dir = makeTemporaryDirectory("mtldata-\(name)") }
     override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
 
     func testLoadsEveryTaskInTheDocumentedLayout() throws {

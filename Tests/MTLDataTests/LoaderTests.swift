@@ -1,5 +1,6 @@
 import Foundation
 import MTLCore
+import MTLTestSupport
 import XCTest
 @testable import MTLData
 
@@ -35,7 +36,7 @@ func withTimeout(_ seconds: Double, file: StaticString = #filePath, line: UInt =
 
 final class LoaderTests: XCTestCase {
     var dir = ""
-    override func setUp() { dir = makeTempDirectory(name) }
+    override func setUp() { dir = makeTemporaryDirectory("mtldata-\(name)") }
     override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
 
     /// Steps come in order from startStep, and the batches equal a direct load (+ augmentation)

@@ -1,12 +1,13 @@
 import Foundation
 import MTLCore
+import MTLTestSupport
 import XCTest
 @testable import MTLData
 
 /// `mtl synth --noise-task`: noisy pseudo-auxiliary tasks.
 final class SynthNoiseTests: XCTestCase {
     var dir = ""
-    override func setUp() { dir = makeTempDirectory(name) }
+    override func setUp() { dir = makeTemporaryDirectory("mtldata-\(name)") }
     override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
 
     func options(_ tasks: [String], _ noise: [String], samples: Int = 6, val: Int = 2, seed: UInt64 = 3) throws -> SynthOptions {

@@ -1,11 +1,12 @@
 import Foundation
 import MTLCore
+import MTLTestSupport
 import XCTest
 @testable import MTLData
 
 final class SynthTests: XCTestCase {
     var dir = ""
-    override func setUp() { dir = makeTempDirectory(name) }
+    override func setUp() { dir = makeTemporaryDirectory("mtldata-\(name)") }
     override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
 
     func options(samples: Int = 6, val: Int = 2, h: Int = 32, w: Int = 64, seed: UInt64 = 1,

@@ -3,14 +3,6 @@ import MTLCore
 import XCTest
 @testable import MTLData
 
-/// A fresh directory per test case, removed afterwards.
-func makeTempDirectory(_ name: String = #function) -> String {
-    let safe = name.filter { $0.isLetter || $0.isNumber }
-    let dir = NSTemporaryDirectory() + "mtldata-\(safe)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-    try! FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-    return dir
-}
-
 /// Asserts that `body` throws an MTLError that is one line and contains every word of `words`.
 func assertMTLError(_ words: [String], file: StaticString = #filePath, line: UInt = #line, _ body: () throws -> Void) {
     do {

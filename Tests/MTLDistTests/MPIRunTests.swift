@@ -1,4 +1,5 @@
 import Foundation
+import MTLTestSupport
 import XCTest
 
 /// Real `mpirun` runs of the built `mtl-commcheck` (launch/test builds it before the tests;
@@ -15,15 +16,15 @@ final class MPIRunTests: XCTestCase {
     // MARK: runs that must pass
 
     func testWithoutMpirunUsesSingleProcess() throws {
-        let r = try run(commcheck(), ["--expect-size", "1"], timeout: 60)
+        let r = try runProcess([commcheck(), "--expect-size", "1"], timeout: 60, launcherFree: true)
         assertAllOK(r, size: 1)
-        XCTAssertTrue(r.stdout.contains("SingleProcessCommunicator"), r.stdout)
+        XCTAssertTrue(r.out.contains("SingleProcessCommunicator"), r.out)
     }
 
     func testMpirun1() throws {
         let r = try mpirun(1, ["--expect-size", "1"])
         assertAllOK(r, size: 1)
-        XCTAssertTrue(r.stdout.contains("MPICommunicator"), r.stdout)
+        XCTAssertTrue(r.out.contains("MPICommunicator"), r.out)
     }
 
     func testMpirun2() throws {
@@ -39,7 +40,7 @@ final class MPIRunTests: XCTestCase {
     func testFailRankEndsJob() throws {
         let r = try mpirun(2, ["--fail-rank", "1", "--no-timeout-check"])
         assertEndedWithFailure(r)
-        XCTAssertTrue(r.stderr.contains("rank 1 exits(3)"), r.stderr)
+        XCTAssertTrue(r.err.contains("rank 1 exits(3)"), r.err)
     }
 
     func testKilledRankEndsJob() throws {
@@ -50,27 +51,26 @@ final class MPIRunTests: XCTestCase {
     func testAbortRankEndsJobWithReason() throws {
         let r = try mpirun(2, ["--abort-rank", "1", "--no-timeout-check"])
         assertEndedWithFailure(r)
-        XCTAssertTrue(r.stderr.contains("error: rank 1: mtl-commcheck: abort requested by --abort-rank 1"), r.stderr)
+        XCTAssertTrue(r.err.contains("error: rank 1: mtl-commcheck: abort requested by --abort-rank 1"), r.err)
     }
 
     func testAbortWithoutMpirun() throws {
-        let r = try run(commcheck(), ["--abort-rank", "0"], timeout: 30)
-        XCTAssertEqual(r.status, 4, r.stderr)
-        XCTAssertTrue(r.stderr.contains("error: rank 0: mtl-commcheck: abort requested by --abort-rank 0"), r.stderr)
+        let r = try runProcess([commcheck(), "--abort-rank", "0"], timeout: 30, launcherFree: true)
+        XCTAssertEqual(r.status, 4, r.err)
+        XCTAssertTrue(r.err.contains("error: rank 0: mtl-commcheck: abort requested by --abort-rank 0"), r.err)
     }
 
     // MARK: the launch scripts, with mtl-commcheck in place of mtl
 
     func testLaunchMtlMpirunWithClusterConfig() throws {
-        let r = try run("/bin/bash", [packageRoot().appendingPathComponent("launch/mtl-mpirun").path,
-                                      "-n", "2", "--cluster", "local", "--bin", try commcheck(),
-                                      "--", "--expect-size", "2"], timeout: 90)
+        let r = try runProcess(["/bin/bash", packageRoot + "/launch/mtl-mpirun", "-n", "2", "--cluster", "local",
+                                "--bin", try commcheck(), "--", "--expect-size", "2"], timeout: 90, launcherFree: true)
         assertAllOK(r, size: 2)
         // Two ranks on ≥ 2 cores are bound one core each; the local config's flags are passed.
         if ProcessInfo.processInfo.activeProcessorCount >= 2 {
-            XCTAssertTrue(r.stderr.contains("--map-by ppr:2:node:pe=1 --bind-to core"), r.stderr)
+            XCTAssertTrue(r.err.contains("--map-by ppr:2:node:pe=1 --bind-to core"), r.err)
         }
-        XCTAssertTrue(r.stderr.contains("--mca btl self\\,vader\\,tcp"), r.stderr)
+        XCTAssertTrue(r.err.contains("--mca btl self\\,vader\\,tcp"), r.err)
     }
 
     func testLaunchDebugLocalKeepsPerRankOutput() throws {
@@ -78,11 +78,11 @@ final class MPIRunTests: XCTestCase {
         defer { try? FileManager.default.removeItem(at: output) }
         var env = ["MTL_BIN": try commcheck()]
         env["PATH"] = ProcessInfo.processInfo.environment["PATH"]
-        let r = try run("/bin/bash", [packageRoot().appendingPathComponent("launch/debug-local").path,
-                                      "-n", "3", "--output", output.path, "--", "--expect-size", "3",
-                                      "--no-timeout-check"], timeout: 90, extraEnvironment: env)
-        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
-        XCTAssertTrue(r.stdout.contains("commcheck: 15 checks, 0 failed, world size 3"), r.stdout)
+        let r = try runProcess(["/bin/bash", packageRoot + "/launch/debug-local", "-n", "3", "--output", output.path,
+                                "--", "--expect-size", "3", "--no-timeout-check"],
+                               timeout: 90, environment: env, launcherFree: true)
+        XCTAssertEqual(r.status, 0, r.out + r.err)
+        XCTAssertTrue(r.out.contains("commcheck: 15 checks, 0 failed, world size 3"), r.out)
         for rank in 0..<3 {  // Open MPI's --output-filename layout
             let path = output.appendingPathComponent("1/rank.\(rank)/stdout").path
             XCTAssertTrue(FileManager.default.fileExists(atPath: path), path)
@@ -91,12 +91,12 @@ final class MPIRunTests: XCTestCase {
 
     // MARK: assertions
 
-    func assertEndedWithFailure(_ r: RunResult, file: StaticString = #filePath, line: UInt = #line) {
-        let context = "\(r.command) took \(r.seconds) s\n--- stdout\n\(r.stdout)\n--- stderr\n\(r.stderr)"
+    func assertEndedWithFailure(_ r: ProcessResult, file: StaticString = #filePath, line: UInt = #line) {
+        let context = "\(r.command) took \(r.seconds) s\n--- stdout\n\(r.out)\n--- stderr\n\(r.err)"
         XCTAssertFalse(r.timedOut, "the job hung: " + context, file: file, line: line)
         XCTAssertNotEqual(r.status, 0, context, file: file, line: line)
         XCTAssertLessThan(r.seconds, 30, context, file: file, line: line)
         // The world check ran before the failure: the job really started on 2 ranks.
-        XCTAssertTrue(r.stdout.contains("ok world (size 2"), context, file: file, line: line)
+        XCTAssertTrue(r.out.contains("ok world (size 2"), context, file: file, line: line)
     }
 }

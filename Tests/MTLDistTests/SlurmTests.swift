@@ -1,4 +1,5 @@
 import Foundation
+import MTLTestSupport
 import XCTest
 
 /// A real one-node Slurm (launch/slurm-local: munged, slurmctld, slurmd), started and stopped
@@ -20,18 +21,22 @@ final class SlurmTests: XCTestCase {
             throw XCTSkip("/etc/slurm/slurm.conf belongs to a real Slurm set-up: not starting a test one")
         }
         let fm = FileManager.default
-        let slurmLocal = packageRoot().appendingPathComponent("launch/slurm-local").path
+        let slurmLocal = packageRoot + "/launch/slurm-local"
         let work = fm.temporaryDirectory.appendingPathComponent("mtl-slurm-test-\(UUID().uuidString)")
         try fm.createDirectory(at: work, withIntermediateDirectories: true)
-        let wasUp = (try run("/usr/bin/pgrep", ["-x", "slurmctld"], timeout: 10)).status == 0
-        let up = try run("/bin/bash", [slurmLocal, "up", work.appendingPathComponent("slurm").path], timeout: 300)
+        let wasUp = (try runProcess(["/usr/bin/pgrep", "-x", "slurmctld"], timeout: 10, launcherFree: true)).status == 0
+        let up = try runProcess(["/bin/bash", slurmLocal, "up", work.appendingPathComponent("slurm").path], timeout: 300,
+                                launcherFree: true)
         let teardown = {
-            if !wasUp { _ = try? self.run("/bin/bash", [slurmLocal, "down", work.appendingPathComponent("slurm").path], timeout: 60) }
+            if !wasUp {
+                _ = try? runProcess(["/bin/bash", slurmLocal, "down", work.appendingPathComponent("slurm").path], timeout: 60,
+                                    launcherFree: true)
+            }
             try? fm.removeItem(at: work)
         }
         guard up.status == 0 else {
             teardown()
-            XCTFail(up.stdout + up.stderr)
+            XCTFail(up.out + up.err)
             throw XCTSkip("launch/slurm-local up failed")
         }
         return (work, teardown)
@@ -41,8 +46,8 @@ final class SlurmTests: XCTestCase {
     func waitForJob(_ job: String, seconds: Double) throws -> Bool {
         let start = Date()
         while Date().timeIntervalSince(start) < seconds {
-            let q = try run("/usr/bin/env", ["squeue", "-h", "-j", job], timeout: 10)
-            if q.stdout.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty { return true }
+            let q = try runProcess(["squeue", "-h", "-j", job], timeout: 10, launcherFree: true)
+            if q.out.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty { return true }
             usleep(300_000)
         }
         return false
@@ -51,30 +56,31 @@ final class SlurmTests: XCTestCase {
     /// The real trainer: train.sbatch with 2 tasks (srun --mpi=pmix) trains a tiny synthetic run; rank 0's
     /// run directory has the config, one metrics record per step, an evaluation and the final checkpoint.
     func testTrainSbatchRunsTheRealTrainer() throws {
-        let root = packageRoot()
+        let root = URL(fileURLWithPath: packageRoot)
         let mtl = ["release", "debug"].map { root.appendingPathComponent(".build/\($0)/mtl").path }
             .first { FileManager.default.isExecutableFile(atPath: $0) }
         guard let mtl else { throw XCTSkip("mtl is not built (swift build -c release --product mtl)") }
         let (work, teardown) = try startLocalSlurm()
         defer { teardown() }
         let data = work.appendingPathComponent("synth.h5").path
-        let synth = try run(mtl, ["synth", "--out", data, "--samples", "16", "--height", "32", "--width", "32"], timeout: 120)
-        XCTAssertEqual(synth.status, 0, synth.stderr)
+        let synth = try runProcess([mtl, "synth", "--out", data, "--samples", "16", "--height", "32", "--width", "32"],
+                                   timeout: 120, launcherFree: true)
+        XCTAssertEqual(synth.status, 0, synth.err)
         let runDir = work.appendingPathComponent("run")
         let output = work.appendingPathComponent("job.out")
-        let submit = try run("/usr/bin/env", [
+        let submit = try runProcess([
             "sbatch", "--parsable", "--time=00:05:00", "-o", output.path,
             "--export=ALL,MTL_BIN=\(mtl),MTL_LAUNCHER=srun,RUN_DIR=\(runDir.path)",
             root.appendingPathComponent("launch/train.sbatch").path,
             "--config", "configs/synthetic-tiny.yaml", "--set", "data.path=\(data)", "--set", "train.steps=6",
             "--set", "train.batch_size=4", "--set", "model.width=4", "--set", "model.head_channels=8",
             "--set", "log.every=1", "--set", "train.eval_every=0", "--set", "checkpoint.every=0",
-        ], timeout: 30, directory: root)
-        XCTAssertEqual(submit.status, 0, submit.stderr)
-        let job = submit.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        ], timeout: 30, launcherFree: true, directory: root)
+        XCTAssertEqual(submit.status, 0, submit.err)
+        let job = submit.out.trimmingCharacters(in: .whitespacesAndNewlines)
         let finished = try waitForJob(job, seconds: 180)
         let log = (try? String(contentsOf: output, encoding: .utf8)) ?? "(no job output)"
-        if !finished { _ = try? run("/usr/bin/env", ["scancel", job], timeout: 10) }
+        if !finished { _ = try? runProcess(["scancel", job], timeout: 10, launcherFree: true) }
         XCTAssertTrue(finished, "job \(job) still running after 180 s:\n\(log)")
         XCTAssertTrue(log.contains("on 2 rank(s)"), log)
         let files = (try? FileManager.default.contentsOfDirectory(atPath: runDir.path).sorted()) ?? []
@@ -86,7 +92,7 @@ final class SlurmTests: XCTestCase {
     }
 
     func testTrainSbatchTwoTasksSrunAndMpirun() throws {
-        let root = packageRoot()
+        let root = URL(fileURLWithPath: packageRoot)
         let (work, teardown) = try startLocalSlurm()
         defer { teardown() }
 
@@ -107,27 +113,26 @@ final class SlurmTests: XCTestCase {
         for launcher in ["srun", "mpirun"] {
             let runDir = work.appendingPathComponent("run-\(launcher)")
             let output = work.appendingPathComponent("job-\(launcher).out")
-            let submit = try run("/usr/bin/env", [
+            let submit = try runProcess([
                 "sbatch", "--parsable", "--time=00:05:00", "-o", output.path,
                 "--export=ALL,MTL_BIN=\(fake.path),MTL_LAUNCHER=\(launcher),RUN_DIR=\(runDir.path)",
                 root.appendingPathComponent("launch/train.sbatch").path,
                 "--config", "configs/synthetic-tiny.yaml",
-            ], timeout: 30, directory: root)
-            XCTAssertEqual(submit.status, 0, submit.stderr)
-            let job = submit.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
-            XCTAssertFalse(job.isEmpty, "sbatch printed no job id: \(submit.stderr)")
+            ], timeout: 30, launcherFree: true, directory: root)
+            XCTAssertEqual(submit.status, 0, submit.err)
+            let job = submit.out.trimmingCharacters(in: .whitespacesAndNewlines)
+            XCTAssertFalse(job.isEmpty, "sbatch printed no job id: \(submit.err)")
 
             let finished = try waitForJob(job, seconds: 120)
             let log = (try? String(contentsOf: output, encoding: .utf8)) ?? "(no job output)"
-            if !finished { _ = try? run("/usr/bin/env", ["scancel", job], timeout: 10) }
+            if !finished { _ = try? runProcess(["scancel", job], timeout: 10, launcherFree: true) }
             XCTAssertTrue(finished, "\(launcher): job \(job) still queued or running after 120 s:\n\(log)")
 
-            let show = try run("/usr/bin/env", ["scontrol", "show", "job", job], timeout: 10)
-            XCTAssertTrue(show.stdout.contains("JobState=COMPLETED"), "\(launcher):\n\(show.stdout)\n\(log)")
-            XCTAssertTrue(show.stdout.contains("ExitCode=0:0"), "\(launcher):\n\(show.stdout)\n\(log)")
+            let show = try runProcess(["scontrol", "show", "job", job], timeout: 10, launcherFree: true)
+            XCTAssertTrue(show.out.contains("JobState=COMPLETED"), "\(launcher):\n\(show.out)\n\(log)")
+            XCTAssertTrue(show.out.contains("ExitCode=0:0"), "\(launcher):\n\(show.out)\n\(log)")
             XCTAssertTrue(log.contains("[mtl] training exited with status 0"), log)
-            assertAllOK(RunResult(command: "sbatch (\(launcher))", status: 0, stdout: log, stderr: "",
-                                  seconds: 0, timedOut: false), size: 2)
+            assertAllOK(ProcessResult(command: "sbatch (\(launcher))", status: 0, out: log, err: "", seconds: 0), size: 2)
 
             let args = (try? String(contentsOf: runDir.appendingPathComponent("args"), encoding: .utf8)) ?? ""
             XCTAssertEqual(args, "train --config configs/synthetic-tiny.yaml --run-dir \(runDir.path) --resume auto\n"

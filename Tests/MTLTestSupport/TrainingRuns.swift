@@ -6,19 +6,13 @@ import XCTest
 public let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
     .deletingLastPathComponent().deletingLastPathComponent().path
 
-/// A fresh directory `<tmp>/<prefix>-<UUID>`; the test removes it.
+/// A fresh directory `<tmp>/<prefix>-<UUID>`; the test removes it. The prefix keeps only letters,
+/// digits, `-` and `_`, so a test case's `name` ("-[DatasetTests testX]") can go into it as it is.
 public func makeTemporaryDirectory(_ prefix: String) -> String {
-    let dir = NSTemporaryDirectory() + "\(prefix)-\(UUID().uuidString)"
+    let safe = prefix.filter { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }
+    let dir = NSTemporaryDirectory() + "\(safe)-\(UUID().uuidString)"
     try! FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
     return dir
-}
-
-/// A finished subprocess.
-public struct ProcessResult {
-    public var status: Int32
-    public var out: String
-    public var err: String
-    public var seconds: Double
 }
 
 /// The `mtl` binary: $MTL_BIN, else the newest of .build/{release,debug}/mtl (a developer's latest build).
@@ -49,48 +43,6 @@ public func releaseMTLBinary() throws -> String {
 
 private func modificationDate(_ path: String) -> Date {
     ((try? FileManager.default.attributesOfItem(atPath: path))?[.modificationDate] as? Date) ?? .distantPast
-}
-
-/// Runs `args` through /usr/bin/env with a hard timeout (a hang fails the test instead of hanging CI);
-/// stdout and stderr go to files, so a chatty child cannot fill a pipe and block.
-@discardableResult
-public func runProcess(_ args: [String], timeout: Double = 240, onStart: ((Process) -> Void)? = nil) throws -> ProcessResult {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    p.arguments = args
-    var env = ProcessInfo.processInfo.environment
-    if getuid() == 0 {
-        env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
-        env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
-    }
-    env["OMPI_MCA_rmaps_base_oversubscribe"] = "1"
-    env["OPENBLAS_NUM_THREADS"] = "1"
-    p.environment = env
-    let outURL = URL(fileURLWithPath: NSTemporaryDirectory() + "mtl-out-\(UUID().uuidString)")
-    let errURL = URL(fileURLWithPath: NSTemporaryDirectory() + "mtl-err-\(UUID().uuidString)")
-    FileManager.default.createFile(atPath: outURL.path, contents: nil)
-    FileManager.default.createFile(atPath: errURL.path, contents: nil)
-    defer { try? FileManager.default.removeItem(at: outURL); try? FileManager.default.removeItem(at: errURL) }
-    p.standardOutput = try FileHandle(forWritingTo: outURL)
-    p.standardError = try FileHandle(forWritingTo: errURL)
-    let start = Date()
-    try p.run()
-    onStart?(p)
-    while p.isRunning {
-        if Date().timeIntervalSince(start) > timeout {
-            kill(-p.processIdentifier, SIGKILL)
-            p.terminate()
-            kill(p.processIdentifier, SIGKILL)
-            XCTFail("timed out after \(timeout) s: \(args.joined(separator: " "))")
-            break
-        }
-        usleep(20_000)
-    }
-    p.waitUntilExit()
-    return ProcessResult(status: p.terminationStatus,
-                         out: (try? String(contentsOf: outURL, encoding: .utf8)) ?? "",
-                         err: (try? String(contentsOf: errURL, encoding: .utf8)) ?? "",
-                         seconds: Date().timeIntervalSince(start))
 }
 
 /// `mpirun -n n <mtl> mtlArgs` (oversubscribed, unbound: the tests run more ranks than cores).
