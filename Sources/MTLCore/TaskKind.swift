@@ -21,7 +21,7 @@ public struct TaskKind: Sendable, Equatable {
     public static let all: [TaskKind] = [
         TaskKind(name: "seg", family: .classMap, defaultLoss: "ce", losses: ["ce"], summary: "semantic segmentation"),
         TaskKind(name: "depth", family: .depth, defaultLoss: "l1", losses: ["l1"], summary: "depth in metres"),
-        TaskKind(name: "normals", family: .normals, defaultLoss: "cosine", losses: ["cosine", "normal_l1"], summary: "surface normals"),
+        TaskKind(name: "normals", family: .normals, defaultLoss: "cosine", losses: ["cosine", "normal_l1", "normal_mse"], summary: "surface normals"),
         TaskKind(name: "edges", family: .binary, defaultLoss: "bce", losses: ["bce", "balanced_bce"], summary: "boundaries"),
         TaskKind(name: "parts", family: .classMap, defaultLoss: "ce", losses: ["ce"], summary: "human parts"),
         TaskKind(name: "saliency", family: .binary, defaultLoss: "bce", losses: ["bce", "balanced_bce", "saliency_ce"],
@@ -70,6 +70,8 @@ public struct LossKind: Sendable, Equatable {
         LossKind(name: "balanced_bce", channels: 1, summary: "ATRC edges: BCE with positive weight w = tasks.<t>.pos_weight in (0, 1)"),
         LossKind(name: "saliency_ce", channels: 2,
                  summary: "ATRC saliency: 2-channel CE with class weights (1 − w, w), w = the batch's background fraction"),
+        LossKind(name: "normal_mse", channels: 3,
+                 summary: "MT-CP code normals: masked MSE of the raw prediction, mean over the valid elements"),
     ]
 
     public static let names = all.map { $0.name }

@@ -4,9 +4,11 @@ import MTLNN
 /// One task's loss behind one interface (the losses of MTLNN have different target layouts).
 /// `forward` returns the local sum and count; the trainer divides by the GLOBAL count.
 public final class TaskLoss {
-    /// normal_l1, balanced_bce and saliency_ce are ATRC's normals, edge and saliency losses (MTLCore.LossKind).
+    /// normal_l1, balanced_bce and saliency_ce are ATRC's normals, edge and saliency losses; normal_mse is
+    /// MT-CP's released normals loss (MTLCore.LossKind).
     public enum Kind: String {
         case ce, l1, cosine, bce, normalL1 = "normal_l1", balancedBCE = "balanced_bce", saliencyCE = "saliency_ce"
+        case normalMSE = "normal_mse"
     }
     public let kind: Kind
     let ce: CrossEntropyLoss?
@@ -16,6 +18,7 @@ public final class TaskLoss {
     let nl1: NormalL1Loss?
     let bbce: BalancedBCEWithLogitsLoss?
     let sce: BalancedCrossEntropyLoss?
+    let nmse: NormalMSELoss?
 
     public init(kind: String, posWeight: Float = 1) throws {
         guard let k = Kind(rawValue: kind) else {
@@ -31,6 +34,7 @@ public final class TaskLoss {
         bbce = k == .balancedBCE ? BalancedBCEWithLogitsLoss(positiveWeight: posWeight) : nil
         // The loader gives binary maps with -1 where the file has 255 (ignore).
         sce = k == .saliencyCE ? BalancedCrossEntropyLoss(ignoreIndex: -1) : nil
+        nmse = k == .normalMSE ? NormalMSELoss() : nil
     }
 
     public func forward(_ pred: Tensor, _ target: Tensor) -> LossSum {
@@ -42,6 +46,7 @@ public final class TaskLoss {
         case .normalL1: return nl1!.forward(pred, target)
         case .balancedBCE: return bbce!.forward(pred, target)
         case .saliencyCE: return sce!.forward(pred, target)
+        case .normalMSE: return nmse!.forward(pred, target)
         }
     }
 
@@ -54,6 +59,7 @@ public final class TaskLoss {
         case .normalL1: return nl1!.backward(scale: scale)
         case .balancedBCE: return bbce!.backward(scale: scale)
         case .saliencyCE: return sce!.backward(scale: scale)
+        case .normalMSE: return nmse!.backward(scale: scale)
         }
     }
 

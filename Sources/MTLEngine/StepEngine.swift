@@ -113,15 +113,29 @@ public final class StepEngine {
         // a separable decoder gets its gradients anyway; a joint decoder under a loss-weighting
         // method waits for the weights and runs one backward.
         let eachTask = model.decoder.separable || method.needsGram || method.needsGradients
-        if eachTask { pass.backwardEachTask() }
+        // A method that scales the loss terms (LPS) must see the term losses before any backward: a
+        // separable decoder's per-task backwards wait for it (they give the same gradients later).
+        let deferEachTask = method.scalesLossTerms && !method.needsGram && !method.needsGradients
+        if eachTask && !deferEachTask { pass.backwardEachTask() }
 
-        // One small all-reduce: loss sums, valid counts, and (representation level) the local Gram.
+        // One small all-reduce: loss sums, valid counts, (representation level) the local Gram, and the
+        // per-term sums of the tasks with auxiliary predictions (only those; for the others the one term
+        // is the task's sum).
         let repGram = method.needsGram && level == .representation
+        let termTasks = (0..<T).filter { pass.termCount($0) > 1 }
+        let termEntries = termTasks.reduce(0) { $0 + pass.termCount($1) }
+        if reduction.count != 2 * T + T * T + termEntries {
+            reduction = [Double](repeating: 0, count: 2 * T + T * T + termEntries)
+        }
         for t in 0..<T {
             reduction[t] = pass.localSums[t]
             reduction[T + t] = pass.localCounts[t]
         }
         for i in 0..<(T * T) { reduction[2 * T + i] = 0 }
+        var at = 2 * T + T * T
+        for t in termTasks {
+            for v in pass.localTermSums[t] { reduction[at] = v; at += 1 }
+        }
         if repGram {
             // G_ij = Σ_scales ⟨g_i, g_j⟩ (one scale: exactly the single-tensor Gram).
             for s in pass.combined.indices {
@@ -135,6 +149,12 @@ public final class StepEngine {
         // 1/N_t: the loss of a task with no valid element anywhere is 0 and gets no gradient.
         let inv = counts.map { $0 > 0 ? 1.0 / $0 : 0.0 }
         let globalLosses = (0..<T).map { reduction[$0] * inv[$0] }
+        var termLosses = globalLosses.map { [$0] }
+        at = 2 * T + T * T
+        for t in termTasks {
+            termLosses[t] = (0..<pass.termCount(t)).map { reduction[at + $0] * inv[t] }
+            at += pass.termCount(t)
+        }
         var gram: [Double]? = nil
         if repGram {
             gram = (0..<(T * T)).map { k in reduction[2 * T + k] * inv[k / T] * inv[k % T] }
@@ -150,7 +170,7 @@ public final class StepEngine {
         }
 
         var ctx = MethodContext(step: stepIndex, epoch: epoch, seed: seed, roles: roles, losses: globalLosses,
-                                gram: gram, grads: nil, epochEnded: epochEnded, level: level)
+                                termLosses: termLosses, gram: gram, grads: nil, epochEnded: epochEnded, level: level)
         let result: MethodResult
         if level == .parameters {
             result = try parameterLevel(&ctx, inv: inv)
@@ -167,10 +187,10 @@ public final class StepEngine {
             switch result.output {
             case .lossWeights where !eachTask && w.contains(where: { $0 != 0 }):
                 // Joint decoder, one weight per loss: one backward of Σ_t w_t/N_t L_t gives every
-                // decoder parameter and ∂/∂z exactly.
-                dz = pass.backwardWeighted(w)
+                // decoder parameter and ∂/∂z exactly (each term scaled by its termScales factor).
+                dz = pass.backwardWeighted(w, termScales: result.termScales)
             case .lossWeights(let coefficients), .coefficients(let coefficients, _):
-                if !eachTask { pass.backwardEachTask() }
+                if !eachTask || deferEachTask { pass.backwardEachTask(termScales: result.termScales) }
                 let alpha = scaled(coefficients, inv)
                 pass.weightDecoder(taskWeights: w, sharedWeights: alpha)
                 dz = pass.combine(alpha)
@@ -195,10 +215,15 @@ public final class StepEngine {
                               computeTime: Date().timeIntervalSince(t0) - sync.seconds, commTime: sync.seconds)
     }
 
-    /// The method's result, its arrays checked to have one value per task.
+    /// The method's result, its arrays checked to have one value per task (and one term scale per loss
+    /// term, from a method that may return them: only then do the per-task backwards wait for it).
     private func applyMethod(_ ctx: MethodContext) throws -> MethodResult {
         let result = try method.apply(ctx)
         try result.output.check(taskCount: taskNames.count, method: method.name)
+        if result.termScales != nil && !(method.scalesLossTerms && !method.needsGram && !method.needsGradients) {
+            throw MTLError("method \(method.name): returned loss-term scales without scalesLossTerms (or with the Gram / per-task gradients, whose backwards precede the method)")
+        }
+        try result.checkTermScales(ctx, method: method.name)
         return result
     }
 

@@ -29,6 +29,10 @@ final class TaskPass {
     private(set) var predictions: [Tensor?] = []
     private(set) var localSums: [Double]
     private(set) var localCounts: [Double]
+    /// Per task, λ_t × the local sum of each loss term: the final prediction's, then each auxiliary
+    /// prediction's (NOT times its auxiliary weight), so that S_t = Σ_k a_k · localTermSums[t][k]
+    /// with a_0 = 1. Methods that weight the terms separately (LPS) need their global means.
+    private(set) var localTermSums: [[Double]]
     private var lossReady: [Bool]
     private let mixed = Tensor([0])
     /// Per task, one loss of the task's kind for each auxiliary prediction of the decoder (deep
@@ -47,9 +51,14 @@ final class TaskPass {
         decoderSharedParams = model.decoder.sharedParameters
         localSums = [Double](repeating: 0, count: losses.count)
         localCounts = localSums
+        localTermSums = losses.indices.map { [Double](repeating: 0, count: 1 + model.decoder.auxiliaryWeights($0).count) }
         lossReady = [Bool](repeating: false, count: losses.count)
         auxiliaryLosses = losses.map { _ in [] }
     }
+
+    /// Task t's number of loss terms: its final prediction and the decoder's auxiliary predictions of it
+    /// (fixed by the decoder, the same on every rank: the step's all-reduce layout follows it).
+    func termCount(_ t: Int) -> Int { 1 + model.decoder.auxiliaryWeights(t).count }
 
     /// Encoder and decoder forward for the tasks with `active[t]` (default: all). Returns the Features.
     @discardableResult
@@ -67,12 +76,14 @@ final class TaskPass {
         for t in 0..<taskCount {
             localSums[t] = 0
             localCounts[t] = 0
+            localTermSums[t] = [Double](repeating: 0, count: termCount(t))
             guard let pred = predictions[t] else { continue }
             guard let target = batch.targets[model.taskNames[t]] else {
                 throw MTLError("batch has no target for task \(model.taskNames[t])")
             }
             let ls = losses[t].forward(pred, target)
             var sum = ls.sum
+            var terms = [ls.sum * lossWeights[t]]
             // Auxiliary predictions share the final's target, hence its valid count: their weighted sums
             // join task t's sum, so that S_t / N_t = L_t + Σ_i w_i L_t^(i).
             let aux = model.decoder.auxiliaryPredictions(t), weights = model.decoder.auxiliaryWeights(t)
@@ -84,25 +95,39 @@ final class TaskPass {
                 let la = auxiliaryLosses[t][i].forward(a, target)
                 precondition(la.count == ls.count, "TaskPass: auxiliary prediction \(i) of task \(model.taskNames[t]) has \(la.count) valid elements, the final \(ls.count)")
                 sum += weights[i] * la.sum
+                terms.append(la.sum * lossWeights[t])
             }
+            precondition(terms.count == termCount(t), "TaskPass: task \(model.taskNames[t]) has \(aux.count) auxiliary predictions, its decoder declares \(termCount(t) - 1) weights")
+            localTermSums[t] = terms
             localSums[t] = sum * lossWeights[t]
             localCounts[t] = Double(ls.count)
             lossReady[t] = true
         }
     }
 
-    /// The gradients of task t's auxiliary predictions for the loss scale `scale` (nil: the decoder has none).
-    private func auxiliaryGradients(_ t: Int, scale: Double) -> [Tensor]? {
+    /// The gradients of task t's auxiliary predictions for the loss scale `scale` (nil: the decoder has none);
+    /// auxiliary i's term gets scale × a_i × terms[1 + i] (`terms`: task t's per-term scales, nil = all 1).
+    private func auxiliaryGradients(_ t: Int, scale: Double, terms: [Double]?) -> [Tensor]? {
         let weights = model.decoder.auxiliaryWeights(t)
         guard !weights.isEmpty else { return nil }
-        return weights.indices.map { auxiliaryLosses[t][$0].backward(scale: Float(scale * weights[$0])) }
+        return weights.indices.map { auxiliaryLosses[t][$0].backward(scale: Float(scale * weights[$0] * (terms?[1 + $0] ?? 1))) }
+    }
+
+    /// The backward of task t's final and auxiliary terms at loss scale `scale`, term k additionally
+    /// scaled by termScales[t][k] (MethodResult.termScales; nil: every term by 1).
+    private func termGradients(_ t: Int, scale: Double, termScales: [[Double]]?) -> (Tensor, [Tensor]?) {
+        let terms = termScales?[t]
+        precondition(terms == nil || terms!.count == localTermSums[t].count,
+                     "TaskPass: \(terms?.count ?? 0) term scales for task \(model.taskNames[t]), which has \(localTermSums[t].count) loss terms")
+        return (losses[t].backward(scale: Float(scale * (terms?[0] ?? 1))), auxiliaryGradients(t, scale: scale, terms: terms))
     }
 
     /// One decoder backward per task of λ_t S_t, keeping ∂/∂Features in `taskGrads[t]`. A joint
     /// decoder's parameter gradients are kept per task too (and left zero in the grads), so that
     /// they can be combined with weights known only after the method ran (`weightDecoder`).
     /// A separable decoder's task t gradient lands in its own parameters, to be scaled later.
-    func backwardEachTask() {
+    /// `termScales` (per task, per loss term): task t's backward is that of Σ_k termScales[t][k]·a_k·λ_t·S_t^k.
+    func backwardEachTask(termScales: [[Double]]? = nil) {
         let T = taskCount
         let joint = !model.decoder.separable
         if joint && decoderTaskGrads.count != T {
@@ -116,8 +141,9 @@ final class TaskPass {
         for t in 0..<T {
             precondition(lossReady[t], "TaskPass: backward of task \(t) without its loss")
             if joint { for p in model.decoder.parameters { p.grad.zero() } }
-            dPreds[t] = losses[t].backward(scale: Float(lossWeights[t]))
-            dAux[t] = auxiliaryGradients(t, scale: lossWeights[t])
+            let (dFinal, dIntermediate) = termGradients(t, scale: lossWeights[t], termScales: termScales)
+            dPreds[t] = dFinal
+            dAux[t] = dIntermediate
             let dz = model.decoder.backward(dPreds, auxiliary: dAux)
             dPreds[t] = nil
             dAux[t] = nil
@@ -157,14 +183,16 @@ final class TaskPass {
     var sharedDecoderParameters: [Parameter] { decoderSharedParams }
 
     /// One decoder backward of Σ_t weights[t]·λ_t·S_t (tasks with weight 0 are left out), adding into
-    /// the decoder's grads; returns ∂/∂Features (decoder-owned).
-    func backwardWeighted(_ weights: [Double]) -> Features {
+    /// the decoder's grads; returns ∂/∂Features (decoder-owned). With `termScales`, S_t's term k is
+    /// scaled by termScales[t][k] (as `backwardEachTask`).
+    func backwardWeighted(_ weights: [Double], termScales: [[Double]]? = nil) -> Features {
         var dPreds = [Tensor?](repeating: nil, count: taskCount)
         var dAux = [[Tensor]?](repeating: nil, count: taskCount)
         for t in 0..<taskCount where weights[t] != 0 {
             precondition(lossReady[t], "TaskPass: backward of task \(t) without its loss")
-            dPreds[t] = losses[t].backward(scale: Float(weights[t] * lossWeights[t]))
-            dAux[t] = auxiliaryGradients(t, scale: weights[t] * lossWeights[t])
+            let (dFinal, dIntermediate) = termGradients(t, scale: weights[t] * lossWeights[t], termScales: termScales)
+            dPreds[t] = dFinal
+            dAux[t] = dIntermediate
         }
         return model.decoder.backward(dPreds, auxiliary: dAux)
     }

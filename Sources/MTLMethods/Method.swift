@@ -21,6 +21,11 @@ public struct MethodContext {
     public var roles: [TaskRole]
     /// GLOBAL mean loss per task (raw, unweighted).
     public var losses: [Double]
+    /// GLOBAL mean of each loss term per task: termLosses[t][0] the final prediction's, then one per
+    /// auxiliary prediction of a decoder with deep supervision (MT-CP's intermediate predictions), each
+    /// unweighted by its auxiliary weight a_i: losses[t] = termLosses[t][0] + Σ_i a_i termLosses[t][i].
+    /// A task without auxiliary predictions has the one term losses[t].
+    public var termLosses: [[Double]]
     /// T×T row-major global Gram of the per-task gradients (representation level: full-tensor
     /// inner products summed over ranks; parameter level: of the reduced parameter gradients).
     public var gram: [Double]?
@@ -37,13 +42,14 @@ public struct MethodContext {
     public var gradsOffset: Int
 
     public init(step: Int, epoch: Int = 0, seed: UInt64 = 0, roles: [TaskRole], losses: [Double],
-                gram: [Double]? = nil, grads: [UnsafeMutableBufferPointer<Float>]? = nil,
+                termLosses: [[Double]]? = nil, gram: [Double]? = nil, grads: [UnsafeMutableBufferPointer<Float>]? = nil,
                 epochEnded: Bool = false, level: GradientLevel = .representation, gradsOffset: Int = 0) {
         self.step = step
         self.epoch = epoch
         self.seed = seed
         self.roles = roles
         self.losses = losses
+        self.termLosses = termLosses ?? losses.map { [$0] }
         self.gram = gram
         self.grads = grads
         self.epochEnded = epochEnded
@@ -104,10 +110,33 @@ public struct MethodResult {
     public var output: MethodOutput
     /// Logged every step, in a fixed order, e.g. ("w.depth", 0.43), ("sigma.seg", 1.2).
     public var logs: [(String, Double)]
+    /// Per task, one factor per loss term (the layout of MethodContext.termLosses): the output's weights
+    /// and coefficients act on the task loss Σ_k termScales[t][k]·a_k·L_t^k instead of L_t = Σ_k a_k L_t^k
+    /// (a_0 = 1). nil: every factor 1. Only a method with `scalesLossTerms` may return it (the engine
+    /// then runs the per-task backwards after the method; otherwise they may already have run).
+    /// LPS: its per-term log projection, ∂log(1 + L^k + η)/∂L^k relative to the final term's.
+    public var termScales: [[Double]]?
 
-    public init(_ output: MethodOutput, logs: [(String, Double)] = []) {
+    public init(_ output: MethodOutput, logs: [(String, Double)] = [], termScales: [[Double]]? = nil) {
         self.output = output
         self.logs = logs
+        self.termScales = termScales
+    }
+
+    /// termScales match the context's terms (one finite factor per term), or a one-line error naming the method.
+    public func checkTermScales(_ ctx: MethodContext, method: String) throws {
+        guard let termScales else { return }
+        if termScales.count != ctx.termLosses.count {
+            throw MTLError("method \(method): returned term scales for \(termScales.count) tasks, expected \(ctx.termLosses.count)")
+        }
+        for (t, (scales, terms)) in zip(termScales, ctx.termLosses).enumerated() {
+            if scales.count != terms.count {
+                throw MTLError("method \(method): returned \(scales.count) term scales for task \(t), expected \(terms.count) (its loss terms)")
+            }
+            if let bad = scales.first(where: { !$0.isFinite }) {
+                throw MTLError("method \(method): term scale \(bad) for task \(t) is not finite")
+            }
+        }
     }
 }
 
@@ -117,10 +146,18 @@ public protocol MultiTaskMethod: AnyObject {
     var needsGram: Bool { get }
     /// The per-task vectors themselves are needed (GradDrop).
     var needsGradients: Bool { get }
+    /// The method may return `MethodResult.termScales` (LPS's per-term log projection): the engine
+    /// defers the per-task decoder backwards until after the method. Needs neither the Gram nor the
+    /// per-task gradients (those come from backwards before the method). Default false.
+    var scalesLossTerms: Bool { get }
     func apply(_ ctx: MethodContext) throws -> MethodResult
     /// Everything needed for an exact resume (learned s_t, optimizer moments, histories, warm starts).
     func stateValues() -> [String: [Double]]
     func loadState(_ state: [String: [Double]]) throws
+}
+
+public extension MultiTaskMethod {
+    var scalesLossTerms: Bool { false }
 }
 
 /// Every method name accepted by `makeMethod` (`method.name` in configs, `--method` on the command line).
@@ -204,6 +241,13 @@ func check(_ ctx: MethodContext, _ method: String, _ tasks: TaskSet,
     if ctx.losses.count != T { throw MTLError("method \(method): \(ctx.losses.count) losses, expected \(T)") }
     for t in 0..<T where !ctx.losses[t].isFinite {
         throw MTLError("method \(method): loss of task \(tasks.names[t]) is \(ctx.losses[t]) at step \(ctx.step)")
+    }
+    if ctx.termLosses.count != T { throw MTLError("method \(method): loss terms of \(ctx.termLosses.count) tasks, expected \(T)") }
+    for t in 0..<T {
+        if ctx.termLosses[t].isEmpty { throw MTLError("method \(method): task \(tasks.names[t]) has no loss term") }
+        if let bad = ctx.termLosses[t].first(where: { !$0.isFinite }) {
+            throw MTLError("method \(method): a loss term of task \(tasks.names[t]) is \(bad) at step \(ctx.step)")
+        }
     }
     if gram {
         guard let K = ctx.gram else { throw MTLError("method \(method): needs the Gram matrix, none given") }

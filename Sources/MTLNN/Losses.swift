@@ -213,6 +213,46 @@ public final class NormalL1Loss {
     public func backward(scale: Float) -> Tensor { store.backward(scale: scale) }
 }
 
+/// MT-CP's released surface-normal loss (losses/loss_functions.py `NormalsLoss()` with its defaults:
+/// norm=2, normalize=False, size_average=True, ignore_label=255): the squared error of the RAW prediction
+/// (not normalised) over the valid ELEMENTS, divided by their number (`count` = valid elements, so a
+/// fully valid pixel counts 3; mean = the code's `mse_loss(masked_select(out, mask), ..., 'sum') / n_valid`).
+/// The code's mask is per element, `label != 255`; its AddIgnoreRegions writes 255 into all three
+/// channels of a pixel whose normal has norm 0, which is how mtl's datasets mark missing normals, so a
+/// zero-vector pixel is invalid here too. ℓ = Σ_valid (p − t)², dℓ/dp = 2(p − t), 0 on invalid elements.
+public final class NormalMSELoss {
+    public let ignoreValue: Float
+    private let store = StoredGradient()
+    public init(ignoreValue: Float = 255) { self.ignoreValue = ignoreValue }
+
+    public func forward(_ pred: Tensor, _ target: Tensor) -> LossSum {
+        precondition(pred.rank == 4 && pred.c == 3 && target.shape == pred.shape,
+                     "NormalMSELoss: expected pred and target [N, 3, H, W], got \(shapeString(pred.shape)) and \(shapeString(target.shape))")
+        let n = pred.n, hw = pred.h * pred.w, ignore = ignoreValue
+        store.gradient.resize(pred.shape)
+        let p = pred.data, t = target.data, gr = store.gradient.data
+        return sumPixelBlocks(store.partials, samples: n, pixels: hw) { s, lo, hi in
+            let base = s * 3 * hw
+            var loss = 0.0, count = 0
+            for i in lo..<hi {
+                let a = t[base + i], b = t[base + hw + i], c = t[base + 2 * hw + i]
+                let missing = a == 0 && b == 0 && c == 0
+                for ch in 0..<3 {
+                    let k = base + ch * hw + i
+                    if missing || t[k] == ignore { gr[k] = 0; continue }
+                    let d = p[k] - t[k]
+                    loss += Double(d * d)
+                    gr[k] = 2 * d
+                    count += 1
+                }
+            }
+            return (loss, count)
+        }
+    }
+
+    public func backward(scale: Float) -> Tensor { store.backward(scale: scale) }
+}
+
 /// Class-balanced binary cross-entropy on logits (ATRC/MTFormer edges and saliency):
 ///   ℓ = −w·y·log σ(x) − (1 − w)(1 − y)·log(1 − σ(x))   per valid element,
 ///   dℓ/dx = (1 − w)(1 − y)·σ(x) − w·y·(1 − σ(x)).

@@ -155,6 +155,86 @@ final class MTCPEngineTests: XCTestCase {
         XCTAssertLessThan(d2.squareRoot() / w2.squareRoot(), 1e-4, "decoder task parameters get Σ_t ∇L_t")
     }
 
+    /// Per task and loss term (final, intermediate 1, intermediate 2): the term's global mean L_t^k and the
+    /// gradient of L_t^k alone over every parameter, from one forward and a decoder + encoder backward of
+    /// that single term (the other terms' gradients zero).
+    func termGradients(_ f: Fixture) throws -> (losses: [[Double]], grads: [[[Double]]]) {
+        let images = f.batch.images
+        let z = f.model.encoder.forward(images)
+        let preds = f.model.decoder.forward(z, height: images.h, width: images.w, active: [true, true, true])
+        var losses: [[Double]] = [], grads: [[[Double]]] = []
+        for t in 0..<3 {
+            let target = f.batch.targets[f.names[t]]!
+            let aux = f.model.decoder.auxiliaryPredictions(t)
+            XCTAssertEqual(aux.count, 2)
+            let outputs = [preds[t]!] + aux
+            var lt: [Double] = [], gt: [[Double]] = []
+            for k in outputs.indices {
+                let loss = try TaskLoss(kind: f.losses[t].kind.rawValue)
+                let ls = loss.forward(outputs[k], target)
+                lt.append(ls.sum / Double(ls.count))
+                let g = loss.backward(scale: Float(1 / Double(ls.count))).clone()
+                var dPreds = [Tensor?](repeating: nil, count: 3)
+                var dAux = [[Tensor]?](repeating: nil, count: 3)
+                // The decoder backpropagates a task only with a final gradient: zero for an intermediate term.
+                dPreds[t] = k == 0 ? g : Tensor(outputs[0].shape)
+                if k > 0 { dAux[t] = (1...2).map { $0 == k ? g : Tensor(outputs[$0].shape) } }
+                f.model.zeroGrad()
+                f.model.encoder.backward(f.model.decoder.backward(dPreds, auxiliary: dAux))
+                gt.append(f.model.parameters.flatMap { $0.grad.buffer.map(Double.init) })
+            }
+            losses.append(lt)
+            grads.append(gt)
+        }
+        f.model.zeroGrad()
+        return (losses, grads)
+    }
+
+    /// LPS (paper mode) through the joint MT-CP decoder: each loss term — final and every intermediate —
+    /// enters the step's gradient with its own log-projection weight w_t / (1 + L_t^k + η), times its ½ for
+    /// the intermediates. The engine's gradient equals Σ_t Σ_k w_t a_k ∇L_t^k / (1 + L_t^k + η) formed here
+    /// from the per-term gradients; the priorities w come from a loaded one-epoch history (warm-up inverse
+    /// shares, all different from 1). Projecting the task total instead is measurably different.
+    func testLPSWeightsEachLossTermByItsOwnProjection() throws {
+        Threads.set(1)
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let f = try fixture(dir)
+        let e = try engine(f, method: "lps")
+        let history = [0.9, 0.5, 0.3]
+        try e.method.loadState(["epoch.sums": [0, 0, 0], "epoch.steps": [0], "epoch.last": [0], "epoch.history": history,
+                                "lps.mode": [0], "lps.terms": [1]])
+        let stats = try e.gradients(batch: f.batch, stepIndex: 5, epoch: 1, epochEnded: true)
+        let g = f.model.parameters.flatMap { $0.grad.buffer.map(Double.init) }
+        let w = history.map { history.reduce(0, +) / $0 }
+        for (logged, want) in zip(stats.methodLogs.map { $0.1 }, w) { XCTAssertEqual(logged, want, accuracy: 1e-12 * want, "warm-up inverse shares") }
+
+        let (L, G) = try termGradients(f)
+        let eta = LPS.eta, a = [1.0, 0.5, 0.5]
+        for t in 0..<3 {
+            // The engine's task loss is the code's sum final + ½ Σ intermediates; its coefficient the final's projection.
+            XCTAssertEqual(stats.losses[t], L[t][0] + 0.5 * (L[t][1] + L[t][2]), accuracy: 1e-5 * stats.losses[t])
+            XCTAssertEqual(stats.coefficients[t], w[t] / (1 + L[t][0] + eta), accuracy: 1e-5 * stats.coefficients[t])
+            XCTAssertGreaterThan(abs(L[t][1] - L[t][0]) + abs(L[t][2] - L[t][0]), 1e-2 * L[t][0], "terms must differ for the test to see them")
+        }
+        func combination(_ c: (Int, Int) -> Double) -> [Double] {
+            var out = [Double](repeating: 0, count: g.count)
+            for t in 0..<3 { for k in 0..<3 { let s = c(t, k) * a[k]; for i in out.indices { out[i] += s * G[t][k][i] } } }
+            return out
+        }
+        func relative(_ u: [Double], _ v: [Double]) -> Double {
+            zip(u, v).reduce(0.0) { $0 + ($1.0 - $1.1) * ($1.0 - $1.1) }.squareRoot() / v.reduce(0.0) { $0 + $1 * $1 }.squareRoot()
+        }
+        let perTerm = combination { t, k in w[t] / (1 + L[t][k] + eta) }
+        let total = combination { t, _ in w[t] / (1 + L[t][0] + 0.5 * (L[t][1] + L[t][2]) + eta) }
+        let finalOnly = combination { t, _ in w[t] / (1 + L[t][0] + eta) }
+        let err = relative(g, perTerm)
+        print("MT-CP LPS per-term: engine vs Σ w a ∇L^k/(1+L^k+η) \(err); vs the total's projection \(relative(g, total)), vs the final's for every term \(relative(g, finalOnly))")
+        XCTAssertLessThan(err, 1e-4, "engine gradient vs the per-term combination")
+        XCTAssertGreaterThan(relative(g, total), 100 * max(err, 1e-6), "the total's projection must be distinguishable")
+        XCTAssertGreaterThan(relative(g, finalOnly), 100 * max(err, 1e-6), "the final term's factor on every term must be distinguishable")
+    }
+
     /// Both configs parse with the paper's settings and round-trip through config.yaml; bad model.mtcp values
     /// are one-line errors naming key, expectation and value.
     func testConfigsAndBadKeys() throws {
@@ -194,6 +274,29 @@ final class MTCPEngineTests: XCTestCase {
         var spec = ModelSpec(encoder: "resnet18", width: 8, outputStride: 8, decoder: "mtcp", headChannels: 8, tasks: [("seg", 3), ("depth", 1)])
         spec.mtcp.dim = 16
         XCTAssertThrowsError(try MultiTaskModel(spec, seed: 0)) { XCTAssertTrue("\($0)".contains("model.neck: fpn needs a 4-scale encoder"), "\($0)") }
+    }
+
+    /// The released code's normals loss is a task loss: `tasks.normals.loss=normal_mse` on the MT-CP config
+    /// (3 head channels, the MTLNN loss behind TaskLoss); other task kinds refuse it with a one-line error.
+    func testCodeNormalsLossInTheConfigs() throws {
+        let path = DistributedTrainingTests.packageRoot + "/configs/mtcp-swin_t-nyud.yaml"
+        let c = try Config.load(path: path, overrides: ["tasks.normals.loss=normal_mse"])
+        XCTAssertEqual(c.task(named: "normals")?.loss, "normal_mse")
+        XCTAssertEqual(try Config.parse(yaml: c.yaml(), source: "resolved"), c)
+        XCTAssertEqual(TaskLoss.channels(task: "normals", loss: "normal_mse", classes: 0), 3)
+        let loss = try TaskLoss(kind: "normal_mse")
+        XCTAssertEqual(loss.kind, .normalMSE)
+        let r = loss.forward(Tensor([1, 3, 1, 2], [0.5, 1, 0, 0, 0, 0]), Tensor([1, 3, 1, 2], [0, 1, 0, 0, 1, 0]))
+        XCTAssertEqual(r, LossSum(sum: 0.25 + 1, count: 6))
+        XCTAssertEqual(loss.backward(scale: 0.5).array, [0.5, 0, 0, 0, -1, 0])
+        do {
+            _ = try Config.load(path: path, overrides: ["tasks.depth.loss=normal_mse"])
+            XCTFail("depth accepted normal_mse")
+        } catch {
+            let m = "\(error)"
+            XCTAssertTrue(m.contains("tasks.depth.loss: expected one of l1 for task depth, found 'normal_mse'"), m)
+            XCTAssertFalse(m.contains("\n"), m)
+        }
     }
 
     // MARK: mpirun

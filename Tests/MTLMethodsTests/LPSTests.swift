@@ -126,7 +126,7 @@ final class LPSTests: XCTestCase {
             }
             for s in flatSteps[0..<8] { _ = try a.apply(context(step: step, epoch: s.0, T: 3, losses: s.1, epochEnded: s.2)); step += 1 }
             let saved = a.stateValues()
-            XCTAssertEqual(Set(saved.keys), Set(["epoch.sums", "epoch.steps", "epoch.last", "epoch.history", "lps.mode"]))
+            XCTAssertEqual(Set(saved.keys), Set(["epoch.sums", "epoch.steps", "epoch.last", "epoch.history", "lps.mode", "lps.terms"]))
             let b = try make("lps", T: 3, params)
             try b.loadState(saved)
             XCTAssertEqual(b.stateValues(), saved)
@@ -144,6 +144,107 @@ final class LPSTests: XCTestCase {
             var old = saved
             old["lps.mode"] = nil
             if params["mode"] != "code" { XCTAssertNoThrow(try b.loadState(old)) }
+        }
+    }
+
+    // MARK: per-term projection (MT-CP's intermediate predictions)
+
+    /// The two intermediate terms of a step whose final term is `f`: scripted apart from the final (and from
+    /// each other), so that means or projections of the task total would not match the closed form.
+    func intermediates(_ f: Double, _ t: Int) -> [Double] { [1.6 * f + 0.3 * Double(t + 1), 0.55 * f + 0.05] }
+
+    /// The per-term context: termLosses [final, inter 1, inter 2] per task; losses = the task totals
+    /// final + ½ Σ inter (what the engine hands every method).
+    func termContext(step: Int, epoch: Int, finals: [Double], epochEnded: Bool) -> MethodContext {
+        let terms = finals.indices.map { [finals[$0]] + intermediates(finals[$0], $0) }
+        return MethodContext(step: step, epoch: epoch, seed: 7, roles: roles(3), losses: terms.map { $0[0] + 0.5 * ($0[1] + $0[2]) },
+                             termLosses: terms, epochEnded: epochEnded)
+    }
+
+    /// Paper mode with intermediate terms: the weights are the closed form of the FINAL terms' log epoch
+    /// means (history K, spread α, floor), and every term k of task t is trained with w_t / (1 + L_t^k + η)
+    /// — the final through the task coefficient, each intermediate through coefficient × termScale.
+    func checkPaperTerms(K: Int, alpha: Double, params: [String: String]) throws {
+        let expected = closedForm(K: K, alpha: alpha, floor: 1e-3, log: true)
+        let m = try make("lps", T: 3, params)
+        XCTAssertTrue(m.scalesLossTerms)
+        var step = 0
+        for (e, steps) in epochs.enumerated() {
+            for (i, finals) in steps.enumerated() {
+                let ctx = termContext(step: step, epoch: e, finals: finals, epochEnded: e > 0 && i == 0)
+                let r = try m.apply(ctx)
+                step += 1
+                assertClose(r.logs.map { $0.1 }, expected[e], 1e-13, "K=\(K) epoch \(e) weights")
+                assertClose(r.alpha, (0..<3).map { expected[e][$0] / (1 + finals[$0] + eta) }, 1e-13, "K=\(K) task coefficients")
+                XCTAssertEqual(r.decoderWeights, r.alpha)
+                let scales = try XCTUnwrap(r.termScales, "paper mode with intermediate terms returns term scales")
+                XCTAssertNoThrow(try r.checkTermScales(ctx, method: "lps"))
+                for t in 0..<3 {
+                    XCTAssertEqual(scales[t][0], 1, "the final term's factor is in the task coefficient")
+                    let effective = scales[t].map { $0 * r.alpha[t] }
+                    assertClose(effective, ctx.termLosses[t].map { expected[e][t] / (1 + $0 + eta) }, 1e-13,
+                                "K=\(K) epoch \(e) task \(t): each term's own w/(1 + L^k + η)")
+                }
+            }
+        }
+        let last = expected[expected.count - 1]
+        XCTAssertGreaterThan(last.max()! - last.min()!, 0.05, "\(last)")
+    }
+
+    func testPaperPerTermClosedFormK1WithSpread() throws {
+        try checkPaperTerms(K: 1, alpha: 2.5, params: [:])
+    }
+
+    func testPaperPerTermClosedFormK3WithSpread() throws {
+        try checkPaperTerms(K: 3, alpha: 4.0, params: ["history": "3", "spread": "4"])
+    }
+
+    /// Code mode with intermediate terms: EW (coefficient 1, no term scales) and the logged code weights from
+    /// the RAW final-term epoch means (train_nyud's loss1..3 are the final predictions' losses).
+    func testCodeModeWithTermsIsEWOnFinalMeans() throws {
+        let m = try make("lps", T: 3, ["mode": "code", "spread": "7.5"])
+        XCTAssertFalse(m.scalesLossTerms)
+        let raw = closedForm(K: 1, alpha: 7.5, floor: nil, log: false)
+        var step = 0
+        for (e, steps) in epochs.enumerated() {
+            for (i, finals) in steps.enumerated() {
+                let r = try m.apply(termContext(step: step, epoch: e, finals: finals, epochEnded: e > 0 && i == 0))
+                step += 1
+                XCTAssertEqual(r.alpha, [1, 1, 1])
+                XCTAssertNil(r.termScales)
+                assertClose(r.logs.map { $0.1 }, raw[e], 1e-13, "epoch \(e) code weights")
+            }
+        }
+    }
+
+    /// Without intermediate terms nothing changes: no term scales, the task coefficient w/(1 + L + η).
+    /// A state from before `lps.terms` (means of task totals) is refused once intermediate terms show up,
+    /// and accepted for decoders without them.
+    func testOneTermAndStatesBeforeTerms() throws {
+        let m = try make("lps", T: 3)
+        let r = try m.apply(context(step: 0, T: 3, losses: [1, 2, 3]))
+        XCTAssertNil(r.termScales)
+        var old = m.stateValues()
+        XCTAssertEqual(old["lps.terms"], [1])
+        old["lps.terms"] = nil
+        let a = try make("lps", T: 3)
+        try a.loadState(old)
+        XCTAssertThrowsError(try a.apply(termContext(step: 1, epoch: 0, finals: [1, 2, 3], epochEnded: false))) {
+            XCTAssertTrue("\($0)".contains("saved before LPS projected each loss term"), "\($0)")
+            XCTAssertFalse("\($0)".contains("\n"))
+        }
+        let b = try make("lps", T: 3)
+        try b.loadState(old)
+        XCTAssertNoThrow(try b.apply(context(step: 1, T: 3, losses: [1, 2, 3])))
+        XCTAssertEqual(b.stateValues()["lps.terms"], [1])
+        var bad = m.stateValues()
+        bad["lps.terms"] = [2]
+        XCTAssertThrowsError(try make("lps", T: 3).loadState(bad)) { XCTAssertTrue("\($0)".contains("'lps.terms' is [2.0], expected [1]"), "\($0)") }
+        // Term scales of the wrong shape are one-line errors naming the method.
+        let ctx = termContext(step: 0, epoch: 0, finals: [1, 2, 3], epochEnded: false)
+        let wrong = MethodResult(.lossWeights([1, 1, 1]), termScales: [[1, 1], [1, 1, 1], [1, 1, 1]])
+        XCTAssertThrowsError(try wrong.checkTermScales(ctx, method: "x")) {
+            XCTAssertEqual("\($0)", "method x: returned 2 term scales for task 0, expected 3 (its loss terms)")
         }
     }
 

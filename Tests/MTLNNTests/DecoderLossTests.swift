@@ -4,7 +4,7 @@ import MTLCore
 import MTLTestSupport
 @testable import MTLNN
 
-/// The decoder papers' losses (ATRC normals L1, class-balanced BCE, ATRC saliency CE):
+/// The decoder papers' losses (ATRC normals L1, class-balanced BCE, ATRC saliency CE, MT-CP's code normals MSE):
 /// finite differences of sum, invalid-pixel handling, thread-count independence, and the
 /// PyTorch formulas of the ATRC code base in float64.
 final class DecoderLossTests: XCTestCase {
@@ -47,6 +47,81 @@ final class DecoderLossTests: XCTestCase {
         let tripled = pred.clone()
         tripled.scale(3)
         XCTAssertEqual(loss.forward(tripled, target).sum, result.sum, accuracy: 1e-5)
+    }
+
+    /// MT-CP's code normals loss: Σ (p − t)² over the valid ELEMENTS (255 masks that element only, as the
+    /// code's per-element mask; a zero-vector pixel masks all three), count = valid elements, gradient
+    /// 2(p − t) there and 0 elsewhere; the raw prediction, so scaling it changes the loss.
+    func testNormalMSELoss() {
+        var rng = Philox(seed: 56, stream: 1)
+        let loss = NormalMSELoss()
+        let pred = randomTensor([2, 3, 4, 5], &rng), target = normalTargets([2, 3, 4, 5], &rng)
+        let result = loss.forward(pred, target)
+        let zeroPixels = (0..<20).filter { $0 % 7 == 5 }.count, ignored = (0..<20).filter { $0 % 7 == 3 }.count
+        XCTAssertEqual(result.count, 2 * (3 * (20 - zeroPixels) - ignored), "valid elements, not pixels")
+        var want = 0.0
+        for s in 0..<2 {
+            for c in 0..<3 {
+                for i in 0..<20 where i % 7 != 5 && !(i % 7 == 3 && c == 1) {
+                    let k = (s * 3 + c) * 20 + i
+                    want += Double(pred[k] - target[k]) * Double(pred[k] - target[k])
+                }
+            }
+        }
+        XCTAssertEqual(result.sum, want, accuracy: 1e-5 * want)
+        let dx = loss.backward(scale: 1).array
+        for s in 0..<2 {
+            for i in 0..<20 {
+                for c in 0..<3 {
+                    let k = (s * 3 + c) * 20 + i
+                    if i % 7 == 5 || (i % 7 == 3 && c == 1) {
+                        XCTAssertEqual(dx[k], 0, "invalid element \(k)")
+                    } else {
+                        XCTAssertEqual(dx[k], 2 * (pred[k] - target[k]), accuracy: 1e-6, "element \(k)")
+                    }
+                }
+            }
+        }
+        // The other channels of a pixel with one 255 channel stay valid (the code's mask is per element).
+        XCTAssertNotEqual(dx[3], 0)
+        XCTAssertEqual(loss.backward(scale: 0.25).array, dx.map { 0.25 * $0 })
+        checkGradient("normal MSE dpred", x: pred, analytic: dx, eps: 1e-3, tolerance: 1e-3) { loss.forward(pred, target).sum }
+        // Not normalised: 3·pred gives another loss.
+        let tripled = pred.clone()
+        tripled.scale(3)
+        XCTAssertGreaterThan(abs(loss.forward(tripled, target).sum - result.sum), 1)
+        // Nothing valid: sum and count 0 (the trainer's loss 0 and no gradient; the code's 0 / max(0, 1e-6)).
+        let none = loss.forward(pred, Tensor([2, 3, 4, 5]))
+        XCTAssertEqual(none, LossSum(sum: 0, count: 0))
+        XCTAssertTrue(loss.backward(scale: 1).array.allSatisfy { $0 == 0 })
+    }
+
+    /// The code's NormalsLoss equation in float64 torch: masked_select by (label != 255) — with mtl's zero
+    /// vectors as the code's AddIgnoreRegions turns them into 255 — mse_loss(reduction='sum') / n_valid.
+    static let mseScript = #"""
+x, t = leaf("mse_x"), T["mse_t"]
+label = t.clone()
+label[(t == 0).all(dim=1, keepdim=True).expand_as(t)] = 255.0      # AddIgnoreRegions: norm-0 pixels -> 255
+mask = label != 255
+n_valid = torch.sum(mask).item()
+loss = F.mse_loss(torch.masked_select(x, mask), torch.masked_select(label, mask), reduction="sum")
+loss = torch.div(loss, max(n_valid, 1e-6))
+(loss * n_valid).backward(); out("mse_loss", loss.reshape(1)); out("mse_dx", x.grad)
+"""#
+
+    func testNormalMSEAgainstPyTorch() throws {
+        let ex = try TorchExchange()
+        var rng = Philox(seed: 57, stream: 1)
+        let x = randomTensor([2, 3, 6, 7], &rng), t = normalTargets([2, 3, 6, 7], &rng)
+        try ex.put("mse_x", x); try ex.put("mse_t", t)
+        let (status, log) = try ex.run(Self.mseScript)
+        try XCTSkipIf(status == 77, "torch (or numpy) is not importable by python3 (\(log.trimmingCharacters(in: .whitespacesAndNewlines))): PyTorch comparison skipped")
+        XCTAssertEqual(status, 0, "reference script failed:\n\(log)")
+        guard status == 0 else { return }
+        let loss = NormalMSELoss()
+        let r = loss.forward(x, t)
+        assertClose([Float(r.mean)], try ex.get("mse_loss"), tol: 1e-5, "normal MSE loss")
+        assertClose(loss.backward(scale: 1).array, try ex.get("mse_dx"), tol: 1e-4, "normal MSE dx")
     }
 
     func testBalancedBCE() {
@@ -113,6 +188,9 @@ final class DecoderLossTests: XCTestCase {
             let nl = NormalL1Loss()
             let r1 = nl.forward(pred, target)
             out += [r1.sum, Double(r1.count)] + nl.backward(scale: 0.5).array.map(Double.init)
+            let mse = NormalMSELoss()
+            let r4 = mse.forward(pred, target)
+            out += [r4.sum, Double(r4.count)] + mse.backward(scale: 0.5).array.map(Double.init)
             let x = randomTensor([2, 1, 150, 130], &rng), t = Tensor([2, 1, 150, 130], binaryTargets(39000, &rng))
             let bce = BalancedBCEWithLogitsLoss()
             let r2 = bce.forward(x, t)

@@ -184,7 +184,7 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(message { try self.parse("tasks: {seg: {role: main}}") },
                        "config.yaml: tasks.seg.role: expected one of primary|auxiliary, found 'main'")
         XCTAssertEqual(message { try self.parse("tasks: {depth: {loss: l2}}") },
-                       "config.yaml: tasks.depth.loss: expected one of ce|l1|cosine|bce|normal_l1|balanced_bce|saliency_ce, found 'l2'")
+                       "config.yaml: tasks.depth.loss: expected one of ce|l1|cosine|bce|normal_l1|balanced_bce|saliency_ce|normal_mse, found 'l2'")
         XCTAssertEqual(message { try self.parse("tasks: {depth: {loss: ce}}") },
                        "config.yaml: tasks.depth.loss: expected one of l1 for task depth, found 'ce'")
         XCTAssertEqual(message { try self.parse("schedule: {name: linear}") },
