@@ -26,10 +26,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mtcp_reference as M  # noqa: E402
 import ref_layers  # noqa: E402
 from bench_torch_common import report, task_losses, time_steps  # noqa: E402
-from bench_swin_torch import DenseSwin  # noqa: E402
 
 
 class FPNLite(nn.Module):
+    """mtl's `model.neck: fpn` under its names (lateral.<k>, conv, bn, out); tools/mtl_torch.py's MT-CP
+    rebuild imports it, so this module imports no timm at the top level."""
+
     def __init__(self, ins=(96, 192, 384, 768), d=256):
         super().__init__()
         self.lateral = nn.ModuleList(nn.Conv2d(c, d, 1) for c in ins)
@@ -46,6 +48,7 @@ class FPNLite(nn.Module):
 
 
 def main():
+    from bench_swin_torch import DenseSwin
     p = argparse.ArgumentParser()
     p.add_argument("--height", type=int, default=128)
     p.add_argument("--wide", type=int, default=256)

@@ -4,7 +4,7 @@
 usage: tools/h5_to_torch.py CHECKPOINT.h5 OUT.pth
 
 OUT.pth (torch.save) holds:
-  state_dict    every model tensor under mtl's names (encoder.*, heads.<task>.* or decoder.*), BatchNorm's
+  state_dict    every model tensor under mtl's names (encoder.*, neck.*, heads.<task>.* or decoder.*), BatchNorm's
                 num_batches_tracked added, for tools/mtl_torch.py's rebuild (strict=True)
   encoder       the encoder alone under its library's names, loading with strict=True into
                   resnetNN      torchvision's resnetNN(replace_stride_with_dilation=...); the classifier fc,
@@ -16,7 +16,9 @@ OUT.pth (torch.save) holds:
                                 are the official / mmseg dense layout (state_dict's encoder.*)
   encoder_norms Swin only: the dense variant's output norms norm0..norm3 (timm's features_only has none)
   heads         {task: the head's state_dict} for per-task heads (deeplab: torchvision's DeepLabHead names)
-  decoder       the joint decoder's state_dict (model.decoder tif / kem: decoder.* without the prefix)
+  neck          model.neck fpn: the FPN-lite neck's state_dict (neck.* without the prefix)
+  decoder       the joint decoder's state_dict (model.decoder tif / kem / mtcp: decoder.* without the prefix;
+                mtcp's intermediate heads are decoder.inter.<task>.<0|1>.*)
   config        the run's resolved config (YAML text), out_channels {task: channels}, step
 
 The model is rebuilt and loaded with strict=True before saving, so an export that would not load
@@ -45,7 +47,8 @@ def classifier_key(head, task, state):
         depth = f"decoder.head.{task}.conv3.weight"
         return depth if depth in state else f"decoder.head.{task}.conv2.weight"
     return {"deeplab": f"heads.{task}.4.weight", "bench": f"heads.{task}.out.weight",
-            "multiscale": f"heads.{task}.last_layer.3.weight", "tif": f"decoder.head.{task}.weight"}[head]
+            "multiscale": f"heads.{task}.last_layer.3.weight", "tif": f"decoder.head.{task}.weight",
+            "mtcp": f"decoder.head.{task}.out.weight"}[head]
 
 
 def swin_to_timm_features(encoder):
@@ -130,7 +133,10 @@ def main():
     if name in mtl_torch.SWIN_TIMM or name in mtl_torch.HRNET_TIMM:
         note = "; " + check_timm(c, encoder, saved.get("encoder_norms"))
     saved["encoder"] = encoder
-    if head in ("tif", "kem"):
+    neck = {k[len("neck."):]: v for k, v in state.items() if k.startswith("neck.")}
+    if neck:
+        saved["neck"] = neck
+    if head in ("tif", "kem", "mtcp"):
         saved["decoder"] = {k[len("decoder."):]: v for k, v in state.items() if k.startswith("decoder.")}
     else:
         saved["heads"] = {t: {k[len(f"heads.{t}."):]: v for k, v in state.items() if k.startswith(f"heads.{t}.")}

@@ -7,7 +7,7 @@ checkpoint (tools/h5_to_torch.py) reproduces mtl's predictions.
     model.load_state_dict(saved["state_dict"], strict=True)
     preds = model.eval()(images)                 # {task: [N, C_t, H, W]}, as `mtl predict --raw`
 
-Every name is mtl's checkpoint name (`encoder.*`, `heads.<task>.*`, `decoder.*`), so the state_dict
+Every name is mtl's checkpoint name (`encoder.*`, `neck.*`, `heads.<task>.*`, `decoder.*`), so the state_dict
 loads with strict=True. What each part is built from:
 
   encoder resnet18/34/50/101  torchvision, `replace_stride_with_dilation` for model.output_stride 8/16
@@ -22,6 +22,11 @@ loads with strict=True. What each part is built from:
   head tif                    tools/tif_reference.py's TIFDecoder (SAFF, SFD, LTHD, fusion, heads; model.tif.*)
   head kem                    tools/kem_reference.py's KEMDecoder (model.kem.*: mixer, dim, heads, window,
                               depth, slots, top-k, sKEM's ETF from the checkpoint's buffer)
+  neck fpn                    tools/bench_mtcp_torch.py's FPNLite (`neck.*`, width model.mtcp.dim), before
+                              mtcp or any per-task head
+  head mtcp                   tools/mtcp_reference.py's MTCPDecoder (model.mtcp.*: variant, cfm_stride, dim,
+                              depths, heads, window, reduction, depth_mid, head_layout, query_block) with
+                              mtl's heads by task name; MTCPModel.predictions() adds the intermediate outputs
 
 The from-spec references hold BatchNorm that always uses batch statistics; here every one is replaced
 by nn.BatchNorm2d with the same parameter names (plus running statistics), so eval() predicts with
@@ -230,15 +235,19 @@ class MultiScaleHead(nn.Module):
 
 
 class MultiTaskModel(nn.Module):
-    """Encoder + one head per task; each head's output is resized to the input (bilinear)."""
+    """Encoder (+ the FPN-lite neck, whose one map z the heads read) + one head per task; each head's
+    output is resized to the input (bilinear)."""
 
-    def __init__(self, encoder, heads):
+    def __init__(self, encoder, heads, neck=None):
         super().__init__()
         self.encoder = encoder
+        self.neck = neck
         self.heads = nn.ModuleDict(heads)
 
     def forward(self, x):
         features = self.encoder(x)
+        if self.neck is not None:
+            features = [self.neck(features)]
         return {t: F.interpolate(h(features), size=x.shape[-2:], mode="bilinear", align_corners=False)
                 for t, h in self.heads.items()}
 
@@ -310,11 +319,72 @@ def build_kem(m, channels, out_channels):
     return with_running_statistics(decoder)
 
 
+class MTCPModel(nn.Module):
+    """Encoder + FPN-lite neck (z at stride 4) + MT-CP's decoder. forward gives the final predictions at
+    the input size, as `mtl predict --raw`; predictions() gives {task: {"final", "inter": [stride 16,
+    stride 8]}}, the intermediate outputs mtl trains with each task's loss."""
+
+    def __init__(self, encoder, neck, decoder):
+        super().__init__()
+        self.encoder = encoder
+        self.neck = neck
+        self.decoder = decoder
+
+    def predictions(self, x):
+        return self.decoder(self.neck(self.encoder(x)), tuple(x.shape[-2:]))
+
+    def forward(self, x):
+        return {t: o["final"] for t, o in self.predictions(x).items()}
+
+
+def mtcp_specs(out_channels, layout):
+    """mtl's MT-CP heads by task name (the released code's NYUD / PASCAL head sets) as mtcp_reference's
+    specs {task: (channels, intermediate convs, final kind, final ×up)}; other tasks are built like NYUD's
+    normals."""
+    pascal = layout == "pascal"
+
+    def spec(task):
+        if task in ("seg", "semseg"):
+            return 2, "seg", 4 if pascal else 2
+        if task == "depth":
+            return 2, "depth", 2
+        if task in ("parts", "human_parts"):
+            return 1 if pascal else 2, "seg", 4 if pascal else 2
+        if task in ("sal", "saliency"):
+            return 1 if pascal else 2, "plain", 1
+        return 2, "plain", 1
+    return {t: (k,) + spec(t) for t, k in out_channels.items()}
+
+
+def build_mtcp(m, out_channels):
+    """mtcp_reference's MTCPDecoder with model.mtcp.*; the CFM affinity by blocks of query_block query
+    pixels as mtl (the same values as the dense N × N, in block × N memory)."""
+    import mtcp_reference
+    o = m.get("mtcp") or {}
+    decoder = mtcp_reference.MTCPDecoder(
+        d=int(o.get("dim", 256)), variant=o.get("variant", "code"), depths=tuple(o.get("depths", (1, 2, 1))),
+        heads=tuple(o.get("heads", (2, 2, 2))), window=int(o.get("window", 7)), cfm_stride=int(o.get("cfm_stride", 4)),
+        cfm_chunk=int(o.get("query_block", 256)), depth_mid=int(o.get("depth_mid", 32)),
+        reduction=int(o.get("reduction", 16)), specs=mtcp_specs(out_channels, o.get("head_layout", "nyud")))
+    return with_running_statistics(decoder)
+
+
 def build(config, out_channels):
     """The model of a resolved mtl config (YAML text or dict); `out_channels`: {task: channels}."""
     m = _yaml(config)["model"]
     encoder, channels = build_encoder(m)
     head, width = m.get("decoder", m.get("head")), m["head_channels"]
+    # config.yaml written before model.neck existed: the decoder's own neck
+    neck_name, neck = m.get("neck", {"tif": "saff", "mtcp": "fpn"}.get(head, "none")), None
+    if neck_name == "fpn":
+        import bench_mtcp_torch
+        d = int((m.get("mtcp") or {}).get("dim", 256))
+        neck, channels = bench_mtcp_torch.FPNLite(tuple(channels), d), [d]
+    elif neck_name != "none" and not (neck_name == "saff" and head == "tif"):
+        raise SystemExit(f"model.neck: {neck_name} is rebuilt only inside the tif decoder (decoder.saff.*), found "
+                         f"model.decoder {head}")
+    if head == "mtcp":
+        return MTCPModel(encoder, neck, build_mtcp(m, out_channels))
     if head in ("tif", "kem"):
         if len(channels) != 4:
             raise SystemExit(f"model.decoder: {head} needs a four-scale encoder, model.encoder {m['encoder']} has one")
@@ -330,5 +400,6 @@ def build(config, out_channels):
         elif head == "multiscale":
             heads[task] = MultiScaleHead(channels, k, width)
         else:
-            raise SystemExit(f"model.decoder: {head} has no PyTorch rebuild here (expected deeplab, bench, multiscale, tif, kem)")
-    return MultiTaskModel(encoder, heads)
+            raise SystemExit(f"model.decoder: {head} has no PyTorch rebuild here "
+                             f"(expected deeplab, bench, multiscale, tif, kem, mtcp)")
+    return MultiTaskModel(encoder, heads, neck)

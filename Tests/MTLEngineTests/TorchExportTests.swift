@@ -47,6 +47,14 @@ final class TorchExportTests: XCTestCase {
                              size: 64, batch: 1, library: nil)
     }
 
+    /// MT-CP on Swin-T at 64² (z 16², pyramid maps 16…4 padded to the window, the CFM at stride 8 on 8²
+    /// pooled maps) at d 16: bench_mtcp_torch's FPN-lite neck and mtcp_reference's MTCPDecoder, with
+    /// model.mtcp.* from the exported config and running statistics.
+    func testMTCPExportReproducesMtlPredictions() throws {
+        try exportAndCompare(model: "{encoder: swin_t, decoder: mtcp, mtcp: {dim: 16, cfm_stride: 8, reduction: 4, depth_mid: 8}}",
+                             size: 64, batch: 2, library: nil)
+    }
+
     func exportAndCompare(model: String, size: Int, batch: Int = 4, library: String?) throws {
         let dir = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
