@@ -46,12 +46,19 @@ public struct BenchResult {
     public var trainableParameters = 0
     /// The per-layer convolution times of the timed steps (`profile`), else nil.
     public var convProfile: String?
+    /// The last step's task losses and gradient norm, and an FNV-1a hash of every parameter's bits
+    /// after the last update: two builds that must compute the same (a change of memory use only)
+    /// print the same three.
+    public var lastLosses: [Double] = []
+    public var lastGradNorm = 0.0
+    public var parameterHash: UInt64 = 0
 
     public var json: String {
-        String(format: "{\"method\": \"%@\", \"width\": %d, \"batch\": %d, \"height\": %d, \"width_px\": %d, \"threads\": %d, \"ms_per_step_median\": %.2f, \"ms_per_step_min\": %.2f, \"gflop_per_step\": %.3f, \"gflops\": %.2f, \"sgemm_peak_gflops\": %.2f, \"peak_fraction\": %.3f, \"peak_rss_mb\": %.1f, \"parameters\": %d, \"trainable_parameters\": %d, \"model\": \"%@\", \"conv_backend\": \"%@\"}",
+        String(format: "{\"method\": \"%@\", \"width\": %d, \"batch\": %d, \"height\": %d, \"width_px\": %d, \"threads\": %d, \"ms_per_step_median\": %.2f, \"ms_per_step_min\": %.2f, \"gflop_per_step\": %.3f, \"gflops\": %.2f, \"sgemm_peak_gflops\": %.2f, \"peak_fraction\": %.3f, \"peak_rss_mb\": %.1f, \"parameters\": %d, \"trainable_parameters\": %d, \"model\": \"%@\", \"conv_backend\": \"%@\", \"last_losses\": [%@], \"last_grad_norm\": %.17g, \"parameter_hash\": \"%016llx\"}",
                options.method, options.width, options.batch, options.height, options.wide, options.threads,
                msPerStepMedian, msPerStepMin, gflopPerStep, gflops, sgemmPeakGflops, peakFraction, peakRSSMB,
-               parameters, trainableParameters, options.model, Conv2d.backend.rawValue)
+               parameters, trainableParameters, options.model, Conv2d.backend.rawValue,
+               lastLosses.map { String(format: "%.17g", $0) }.joined(separator: ", "), lastGradNorm, parameterHash)
     }
 
     public var text: String {
@@ -172,9 +179,10 @@ public enum Bench {
             AutoLambdaStep(method: $0, network: ModelLookahead(engine: engine), optimizer: adam, comm: SingleProcessCommunicator())
         }
         let valBatch = autol == nil ? batch : randomBatch(o, seed: 1)
+        var last: StepStats?
         func step(_ s: Int) throws {
             try autol?.updateWeights(batch: batch, valBatch: valBatch, lr: 1e-4)
-            _ = try engine.step(batch: batch, stepIndex: s, epoch: 0, epochEnded: false, lr: 1e-4)
+            last = try engine.step(batch: batch, stepIndex: s, epoch: 0, epochEnded: false, lr: 1e-4)
         }
         for s in 0..<o.warmup { try step(s) }
         FlopCounter.reset()
@@ -212,12 +220,26 @@ public enum Bench {
         let median = times.count % 2 == 1 ? times[times.count / 2] : 0.5 * (times[times.count / 2 - 1] + times[times.count / 2])
         let peak = sgemmPeak()
         let gflops = flops / 1e9 / (median / 1000)
-        return BenchResult(options: o, msPerStepMedian: median, msPerStepMin: times.first ?? 0,
-                           gflopPerStep: flops / 1e9, gflops: gflops, sgemmPeakGflops: peak,
-                           peakFraction: gflops / peak, peakRSSMB: peakRSSMB(),
-                           parameters: model.parameterCount,
-                           trainableParameters: model.parameters.filter { $0.trainable }.reduce(0) { $0 + $1.value.count },
-                           convProfile: o.profile ? ConvProfile.report(steps: o.steps) : nil)
+        var result = BenchResult(options: o, msPerStepMedian: median, msPerStepMin: times.first ?? 0,
+                                 gflopPerStep: flops / 1e9, gflops: gflops, sgemmPeakGflops: peak,
+                                 peakFraction: gflops / peak, peakRSSMB: peakRSSMB(),
+                                 parameters: model.parameterCount,
+                                 trainableParameters: model.parameters.filter { $0.trainable }.reduce(0) { $0 + $1.value.count },
+                                 convProfile: o.profile ? ConvProfile.report(steps: o.steps) : nil)
+        result.lastLosses = last?.losses ?? []
+        result.lastGradNorm = last?.gradNorm ?? 0
+        result.parameterHash = parameterHash(model.parameters)
+        return result
+    }
+
+    /// FNV-1a over the bit patterns of all parameter values, in parameter order.
+    static func parameterHash(_ parameters: [Parameter]) -> UInt64 {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for p in parameters {
+            let v = p.value.data
+            for i in 0..<p.value.count { h = (h ^ UInt64(v[i].bitPattern)) &* 0x0000_0100_0000_01b3 }
+        }
+        return h
     }
 
     /// Fraction of backward FLOPs that belong to the encoder (measured by counting an encoder-only pass).

@@ -212,6 +212,10 @@ public final class SwinEncoder: FeatureEncoder, StochasticEncoder {
             })
             if i < 3 { merges.append(PatchMerging("\(p)layers.\(i).downsample", channels: dim, rng: &rng)) }
         }
+        // The blocks run one at a time, forward and backward: one workspace for all of them (the
+        // stage-0 size) instead of one each — see SwinBlockWorkspace.
+        let workspace = SwinBlockWorkspace()
+        for stage in stages { for block in stage { block.workspace = workspace } }
         blocks = stages
         downsample = merges
         outputNorms = (0..<4).map { LayerNorm("\(p)norm\($0)", features: variant.embedDim << $0) }

@@ -50,16 +50,23 @@ public final class DropPath {
         return true
     }
 
-    public func forward(_ x: Tensor) -> Tensor {
+    /// `into` (not x): where to write y when the layer is active, instead of its own buffer (a
+    /// residual branch's output is read once, by the sum: Swin's shared workspace).
+    public func forward(_ x: Tensor, into out: Tensor? = nil) -> Tensor {
         applied = active(x)
         guard applied else { return x }
+        precondition(out !== x, "DropPath \(layerID): the output cannot overwrite the input")
+        let output = out ?? self.output
         output.resize(x.shape)
         scale(x, into: output)
         return output
     }
 
-    public func backward(_ dy: Tensor) -> Tensor {
+    /// `into` (not dy): where to write dx when the layer is active.
+    public func backward(_ dy: Tensor, into dxOut: Tensor? = nil) -> Tensor {
         guard applied else { return dy }
+        precondition(dxOut !== dy, "DropPath \(layerID): dx cannot overwrite dy")
+        let inputGrad = dxOut ?? self.inputGrad
         inputGrad.resize(dy.shape)
         scale(dy, into: inputGrad)
         return inputGrad

@@ -37,33 +37,49 @@ public final class GELU {
         return output
     }
 
-    public func backward(_ dy: Tensor) -> Tensor {
+    /// dx = dy·GELU'(x), in `into` when given, else in the layer's own buffer. `into` may be dy
+    /// itself (each element reads only its own dy): the Swin MLP's backward runs in place in its
+    /// hidden-width buffer, which saves a B·L·4C buffer per block.
+    public func backward(_ dy: Tensor, into dxOut: Tensor? = nil) -> Tensor {
         guard let x = input else { preconditionFailure("GELU: backward before forward") }
         precondition(dy.shape == x.shape, "GELU: dy \(shapeString(dy.shape)) does not match the input \(shapeString(x.shape))")
+        precondition(dxOut !== x, "GELU: dx cannot overwrite the forward's input")
+        let inputGrad = dxOut ?? self.inputGrad
         inputGrad.resize(x.shape)
         let src = x.data, g = dy.data, dx = inputGrad.data
+        // In place the loop reads dy through dx itself: two pointers to one buffer would fail the
+        // vectoriser's run-time overlap check and send every element down the scalar loop.
+        let inPlace = inputGrad === dy
         switch form {
         case .exact:
-            let invSqrt2 = Float(0.5.squareRoot()), invSqrt2Pi = Float(1 / (2 * Double.pi).squareRoot())
             parallelBlocks(x.count) { lo, hi in
-                for i in lo..<hi {
-                    let v = src[i]
-                    let cdf = 0.5 * (1 + fastErf(v * invSqrt2)), pdf = invSqrt2Pi * fastExp(-0.5 * v * v)
-                    dx[i] = g[i] * (cdf + v * pdf)
-                }
+                if inPlace { for i in lo..<hi { dx[i] *= geluExactSlope(src[i]) } }
+                else { for i in lo..<hi { dx[i] = g[i] * geluExactSlope(src[i]) } }
             }
         case .tanh:
-            let k = Float((2 / Double.pi).squareRoot())
             parallelBlocks(x.count) { lo, hi in
-                for i in lo..<hi {
-                    let v = src[i]
-                    let t = Foundation.tanh(k * (v + 0.044715 * v * v * v))
-                    dx[i] = g[i] * (0.5 * (1 + t) + 0.5 * v * (1 - t * t) * k * (1 + 3 * 0.044715 * v * v))
-                }
+                if inPlace { for i in lo..<hi { dx[i] *= geluTanhSlope(src[i]) } }
+                else { for i in lo..<hi { dx[i] = g[i] * geluTanhSlope(src[i]) } }
             }
         }
         return inputGrad
     }
+}
+
+/// GELU'(x), exact form: Φ(x) + x·φ(x).
+@inline(__always)
+func geluExactSlope(_ v: Float) -> Float {
+    let invSqrt2 = Float(0.5.squareRoot()), invSqrt2Pi = Float(1 / (2 * Double.pi).squareRoot())
+    let cdf = 0.5 * (1 + fastErf(v * invSqrt2)), pdf = invSqrt2Pi * fastExp(-0.5 * v * v)
+    return cdf + v * pdf
+}
+
+/// GELU'(x), tanh form.
+@inline(__always)
+func geluTanhSlope(_ v: Float) -> Float {
+    let k = Float((2 / Double.pi).squareRoot())
+    let t = Foundation.tanh(k * (v + 0.044715 * v * v * v))
+    return 0.5 * (1 + t) + 0.5 * v * (1 - t * t) * k * (1 + 3 * 0.044715 * v * v)
 }
 
 /// e^x for float32 (x clamped to [−87.3, 88.7]): 2^k·P(r), k = round(x·log₂e), r = x − k·ln 2 in two

@@ -33,10 +33,14 @@ public final class LayerNorm: HasParameters {
         bias = Parameter("\(name).bias", Tensor([features]))
     }
 
-    public func forward(_ x: Tensor) -> Tensor {
+    /// `into`: where to write y (default: the layer's own buffer); the backward does not read y, so
+    /// when only the next layer's forward reads it, a shared buffer does (Swin's workspace). Not x.
+    public func forward(_ x: Tensor, into out: Tensor? = nil) -> Tensor {
         precondition(x.rank >= 1 && x.shape.last == features,
                      "\(name): expected input [..., \(features)], got \(shapeString(x.shape))")
+        precondition(out !== x, "\(name): the output cannot overwrite the input")
         let c = features, rows = x.count / c
+        let output = out ?? self.output
         output.resize(x.shape)
         normalized.resize(x.shape)
         inverseStd.resize([rows])
@@ -62,11 +66,14 @@ public final class LayerNorm: HasParameters {
         return output
     }
 
-    /// Accumulates dγ and dβ; returns dx.
-    public func backward(_ dy: Tensor) -> Tensor {
+    /// Accumulates dγ and dβ; returns dx, in `into` when given (not dy: dγ reads dy after dx is
+    /// written) else in the layer's own buffer.
+    public func backward(_ dy: Tensor, into dxOut: Tensor? = nil) -> Tensor {
         precondition(dy.shape == normalized.shape,
                      "\(name): dy \(shapeString(dy.shape)) does not match the output \(shapeString(normalized.shape))")
+        precondition(dxOut !== dy, "\(name): dx cannot overwrite dy")
         let c = features, rows = dy.count / c
+        let inputGrad = dxOut ?? self.inputGrad
         inputGrad.resize(dy.shape)
         let gy = dy.data, xh = normalized.data, rs = inverseStd.data, dx = inputGrad.data
         let gamma = weight.value.data

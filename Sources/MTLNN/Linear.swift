@@ -26,11 +26,15 @@ public final class Linear: HasParameters {
     /// Rows of the GEMM: N, or B·L for tokens.
     private func rows(_ x: Tensor) -> Int { x.rank == 3 ? x.shape[0] * x.shape[1] : x.shape[0] }
 
-    public func forward(_ x: Tensor) -> Tensor {
+    /// `into`: where to write y (default: the layer's own buffer), for an output that is only read
+    /// until the caller is done with it (Swin's shared workspace); it must not be x.
+    public func forward(_ x: Tensor, into out: Tensor? = nil) -> Tensor {
         precondition(x.rank >= 2 && x.count == rows(x) * inFeatures && (x.rank != 3 || x.shape[2] == inFeatures),
                      "\(name): expected input [N, \(inFeatures)], [N, \(inFeatures), 1, 1] or tokens [B, L, \(inFeatures)], got \(shapeString(x.shape))")
+        precondition(out !== x, "\(name): the output cannot overwrite the input")
         input = x
         let n = rows(x)
+        let output = out ?? self.output
         output.resize(x.rank == 3 ? [x.shape[0], x.shape[1], outFeatures] : [n, outFeatures])
         let y = output.data
         if let b = bias?.value.data {
@@ -41,8 +45,9 @@ public final class Linear: HasParameters {
         return output
     }
 
-    /// Accumulates dW += dyᵀ·x, db += Σ dy; returns dx = dy·W in the input's shape.
-    public func backward(_ dy: Tensor, computeInputGrad: Bool = true) -> Tensor {
+    /// Accumulates dW += dyᵀ·x, db += Σ dy; returns dx = dy·W in the input's shape, in `into` when
+    /// given (a buffer shared by layers whose backwards never overlap; not dy) else the layer's own.
+    public func backward(_ dy: Tensor, computeInputGrad: Bool = true, into dxOut: Tensor? = nil) -> Tensor {
         guard let x = input else { preconditionFailure("\(name): backward before forward") }
         let n = rows(x)
         precondition(dy.count == n * outFeatures, "\(name): dy \(shapeString(dy.shape)) does not match the output [\(n), \(outFeatures)]")
@@ -65,6 +70,8 @@ public final class Linear: HasParameters {
             }
         }
         guard computeInputGrad else { return empty }
+        precondition(dxOut !== dy, "\(name): dx cannot overwrite dy")
+        let inputGrad = dxOut ?? self.inputGrad
         inputGrad.resize(x.shape)
         sgemm(m: n, n: inFeatures, k: outFeatures, a: dy.data, lda: outFeatures, b: weight.value.data,
               ldb: inFeatures, c: inputGrad.data, ldc: inFeatures)

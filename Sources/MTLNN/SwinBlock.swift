@@ -66,9 +66,11 @@ public final class WindowPartition {
         return windowsOut
     }
 
-    /// d(windows) → d(tokens): each token's row from its slot (padding slots are dropped).
-    public func partitionBackward(_ dWindows: Tensor) -> Tensor {
+    /// d(windows) → d(tokens): each token's row from its slot (padding slots are dropped). `into`:
+    /// where to write instead of the partition's own buffer (in this and the next two; not the input).
+    public func partitionBackward(_ dWindows: Tensor, into out: Tensor? = nil) -> Tensor {
         let c = dWindows.shape[2], b = dWindows.shape[0] / windowsPerImage
+        let tokensGrad = distinct(out, dWindows) ?? self.tokensGrad
         tokensGrad.resize([b, height * width, c])
         gather(dWindows.data, into: tokensGrad.data, map: slotOfToken, batches: b, rowsOut: height * width,
                rowsIn: paddedHeight * paddedWidth, c: c)
@@ -76,8 +78,9 @@ public final class WindowPartition {
     }
 
     /// windows [B·nW, ws², C] → tokens [B, H·W, C] (roll back, crop).
-    public func reverse(_ windows: Tensor) -> Tensor {
+    public func reverse(_ windows: Tensor, into out: Tensor? = nil) -> Tensor {
         let c = windows.shape[2], b = windows.shape[0] / windowsPerImage
+        let tokensOut = distinct(out, windows) ?? self.tokensOut
         tokensOut.resize([b, height * width, c])
         gather(windows.data, into: tokensOut.data, map: slotOfToken, batches: b, rowsOut: height * width,
                rowsIn: paddedHeight * paddedWidth, c: c)
@@ -85,8 +88,9 @@ public final class WindowPartition {
     }
 
     /// d(tokens) → d(windows), zero in the padding slots.
-    public func reverseBackward(_ dy: Tensor) -> Tensor {
+    public func reverseBackward(_ dy: Tensor, into out: Tensor? = nil) -> Tensor {
         let (b, c) = checkTokens(dy)
+        let windowsGrad = distinct(out, dy) ?? self.windowsGrad
         windowsGrad.resize([b * windowsPerImage, window * window, c])
         gather(dy.data, into: windowsGrad.data, map: tokenOfSlot, batches: b, rowsOut: paddedHeight * paddedWidth,
                rowsIn: height * width, c: c)
@@ -112,6 +116,12 @@ public final class WindowPartition {
         return m
     }
 
+    /// `out`, checked not to be the gather's source.
+    private func distinct(_ out: Tensor?, _ source: Tensor) -> Tensor? {
+        precondition(out !== source, "windows: a gather cannot write over its input")
+        return out
+    }
+
     private func checkTokens(_ x: Tensor) -> (Int, Int) {
         precondition(x.rank == 3 && x.shape[1] == height * width,
                      "windows: expected tokens [B, \(height * width), C] (call prepare first), got \(shapeString(x.shape))")
@@ -131,6 +141,27 @@ public final class WindowPartition {
     }
 }
 
+/// The buffers a Swin block needs only while its forward or backward runs: the branch outputs
+/// before they join the residual (forward), the gradients between its layers (backward), and its
+/// dx. Nothing reads them once the block has returned, except its dx, which the block below reads
+/// as dy and overwrites in place with its own dx. So the blocks of an encoder, which run one at a
+/// time, share one workspace (SwinEncoder): one block's worth, sized by the largest stage, instead
+/// of one per block (Swin-T at 2 × 224×288: ≈ 43 MB instead of ≈ 330 MB). Forward and backward
+/// share it too: no block's forward runs while the encoder's backward does. What the backward
+/// reads (x̂, the Linear inputs, P) stays in the layers.
+public final class SwinBlockWorkspace {
+    /// Token-shaped [B, H·W, C]: norm1's and the branches' outputs; the layers' dx.
+    let tokensA = Tensor([0]), tokensB = Tensor([0])
+    /// Window-shaped [B·nW, ws², C]: the attention's output before the reverse; d(windows).
+    let windows = Tensor([0])
+    /// [B, H·W, mlpRatio·C]: fc2's dx, then GELU's (in place).
+    let hidden = Tensor([0])
+    /// The block's dx.
+    let inputGrad = Tensor([0])
+    let attention = WindowAttention.Scratch()
+    public init() {}
+}
+
 /// One Swin Transformer block on tokens [B, H·W, C] (timm / official names: norm1, attn, norm2,
 /// mlp.fc1, mlp.fc2):  x ← x + W-MSA(LN₁ x) (shifted windows when shift > 0),  x ← x + MLP(LN₂ x),
 /// MLP = fc2(GELU(fc1 ·)) with hidden width mlpRatio·C.
@@ -144,13 +175,16 @@ public final class SwinBlock: HasParameters {
     /// map whose smaller side is at most the window (one window covers it). Off: the
     /// dense-prediction code, which always shifts.
     public var noShiftWhenOneWindow = false
+    /// Own by default; blocks that never run at the same time can be given one shared workspace.
+    /// The dx that `backward` returns lives in it (valid until the next block using it runs).
+    public var workspace = SwinBlockWorkspace()
     private let unshifted: WindowPartition
     private var used: WindowPartition
     private let gelu = GELU()
     /// Stochastic depth on the attention and MLP branches (timm's drop_path1, drop_path2): layer
     /// ids 2·blockID and 2·blockID + 1.
     public let dropPath1: DropPath, dropPath2: DropPath
-    private let output = Tensor([0]), inputGrad = Tensor([0])
+    private let output = Tensor([0])
     private var mask: Tensor?
     private var maskSize = (0, 0)
     public var parameters: [Parameter] { norm1.parameters + attn.parameters + norm2.parameters + fc1.parameters + fc2.parameters }
@@ -191,26 +225,42 @@ public final class SwinBlock: HasParameters {
             mask = windows.mask()
             maskSize = (h, w)
         }
-        let a = dropPath1.forward(windows.reverse(attn.forward(windows.partition(norm1.forward(x)),
-                                                               mask: shifted ? mask : nil)))
+        // Branch outputs go to the workspace (read once, by the sums); the outputs the backward
+        // reads (x̂, the partition, fc1, GELU) stay in the layers.
+        let ws = workspace
+        let normed = norm1.forward(x, into: ws.tokensA)
+        let attended = attn.forward(windows.partition(normed), mask: shifted ? mask : nil, into: ws.windows)
+        let a = dropPath1.forward(windows.reverse(attended, into: ws.tokensA), into: ws.tokensB)
         output.resize(x.shape)
         let y = output.data, xs = x.data, ad = a.data
         parallelBlocks(x.count) { lo, hi in for i in lo..<hi { y[i] = xs[i] + ad[i] } }
-        let m = dropPath2.forward(fc2.forward(gelu.forward(fc1.forward(norm2.forward(output)))))
+        let hidden = gelu.forward(fc1.forward(norm2.forward(output)))
+        let m = dropPath2.forward(fc2.forward(hidden, into: ws.tokensA), into: ws.tokensB)
         let md = m.data
         parallelBlocks(x.count) { lo, hi in for i in lo..<hi { y[i] += md[i] } }
         return output
     }
 
+    /// dx in `workspace.inputGrad`; dy may be that same buffer (the block above's dx): the sum
+    /// then runs in place.
     public func backward(_ dy: Tensor) -> Tensor {
-        // Through the MLP branch, plus the identity.
-        let dMid = norm2.backward(fc1.backward(gelu.backward(fc2.backward(dropPath2.backward(dy)))))
+        let ws = workspace
+        // Through the MLP branch (GELU in place in the hidden-width buffer), plus the identity.
+        let dHidden = fc2.backward(dropPath2.backward(dy, into: ws.tokensB), into: ws.hidden)
+        let dMid = norm2.backward(fc1.backward(gelu.backward(dHidden, into: dHidden), into: ws.tokensA), into: ws.tokensB)
+        let inputGrad = ws.inputGrad
+        let inPlace = dy === inputGrad
         inputGrad.resize(dy.shape)
         let g = inputGrad.data, dys = dy.data, dm = dMid.data
-        parallelBlocks(dy.count) { lo, hi in for i in lo..<hi { g[i] = dys[i] + dm[i] } }
-        // Through the attention branch, plus the identity.
+        // In place, one pointer: two to one buffer would fail the vectoriser's overlap check.
+        if inPlace { parallelBlocks(dy.count) { lo, hi in for i in lo..<hi { g[i] += dm[i] } } }
+        else { parallelBlocks(dy.count) { lo, hi in for i in lo..<hi { g[i] = dys[i] + dm[i] } } }
+        // Through the attention branch, plus the identity. The attention's dx may overwrite its dy
+        // (only proj's backward reads dy).
         let windows = used
-        let dAttn = norm1.backward(windows.partitionBackward(attn.backward(windows.reverseBackward(dropPath1.backward(inputGrad)))))
+        let dWindows = windows.reverseBackward(dropPath1.backward(inputGrad, into: ws.tokensA), into: ws.windows)
+        let dAttended = attn.backward(dWindows, scratch: ws.attention, into: ws.windows)
+        let dAttn = norm1.backward(windows.partitionBackward(dAttended, into: ws.tokensA), into: ws.tokensB)
         let da = dAttn.data
         parallelBlocks(dy.count) { lo, hi in for i in lo..<hi { g[i] += da[i] } }
         return inputGrad

@@ -12,6 +12,14 @@ import MTLCore
 /// Backward: dV = Pᵀ dO,  dP = dO Vᵀ,  dS = P ⊙ (dP − rowsum(dP ⊙ P)),  dQ = α dS K,  dK = α dSᵀ Q,
 ///     dT[idx(i, j), h] += Σ_w dS[w, h, i, j] (summed over windows in order: thread-count independent).
 public final class WindowAttention: HasParameters {
+    /// The backward's temporaries — dO [B·nW, N, C] (proj's dx), d[Q K V] [B·nW, N, 3C], dP then dS
+    /// [B·nW, heads, N, N] — dead once it returns: attentions whose backwards never overlap (the
+    /// blocks of a Swin encoder) can share one set instead of each holding its own.
+    public final class Scratch {
+        let attendedGrad = Tensor([0]), qkvGrad = Tensor([0]), scoreGrad = Tensor([0])
+        public init() {}
+    }
+
     public let name: String
     public let dim: Int, heads: Int, window: Int
     public let qkv: Linear
@@ -24,11 +32,10 @@ public final class WindowAttention: HasParameters {
     var headDim: Int { dim / heads }
 
     private var windows = 0
-    /// P of the last forward, [B·nW, heads, N, N] (the backward needs it), and then dP / dS.
+    /// P of the last forward, [B·nW, heads, N, N] (the backward needs it).
     private let probabilities = Tensor([0])
-    private let probabilityGrad = Tensor([0])
     private let attended = Tensor([0])       // [B·nW, N, C]: heads concatenated, before proj
-    private let qkvGrad = Tensor([0])        // [B·nW, N, 3C]
+    private let ownScratch = Scratch()
     private let tableGrad = Tensor([0])      // [heads, N, N]: dS summed over the windows
     private var qkvOut: Tensor?
     private var mask: Tensor?
@@ -58,7 +65,8 @@ public final class WindowAttention: HasParameters {
     }
 
     /// x: [B·nW, N, C]; `mask`: nil or [nW, N, N] (added to the scores of window w at w mod nW).
-    public func forward(_ x: Tensor, mask: Tensor? = nil) -> Tensor {
+    /// `into` (not x): where proj writes y instead of its own buffer — the backward does not read y.
+    public func forward(_ x: Tensor, mask: Tensor? = nil, into out: Tensor? = nil) -> Tensor {
         let n = tokens, c = dim, h = heads, d = headDim
         precondition(x.rank == 3 && x.shape[1] == n && x.shape[2] == c,
                      "\(name): expected windows [B·nW, \(n), \(c)], got \(shapeString(x.shape))")
@@ -96,14 +104,18 @@ public final class WindowAttention: HasParameters {
                 sgemmOnThisThread(m: n, n: d, k: n, a: s, lda: n, b: vh, ldb: 3 * c, c: op + w * n * c + head * d, ldc: c)
             }
         }
-        return proj.forward(attended)
+        return proj.forward(attended, into: out)
     }
 
-    /// Accumulates the gradients of qkv, proj and the bias table; returns dx [B·nW, N, C].
-    public func backward(_ dy: Tensor) -> Tensor {
+    /// Accumulates the gradients of qkv, proj and the bias table; returns dx [B·nW, N, C], in `into`
+    /// when given (it may be dy: only proj's backward reads dy, before dx is written). `scratch`:
+    /// a shared set of temporaries instead of the layer's own.
+    public func backward(_ dy: Tensor, scratch: Scratch? = nil, into dxOut: Tensor? = nil) -> Tensor {
         guard let q3 = qkvOut else { preconditionFailure("\(name): backward before forward") }
         let n = tokens, c = dim, h = heads, d = headDim
-        let dO = proj.backward(dy)
+        let scratch = scratch ?? ownScratch
+        let dO = proj.backward(dy, into: scratch.attendedGrad)
+        let qkvGrad = scratch.qkvGrad, probabilityGrad = scratch.scoreGrad
         qkvGrad.resize([windows, n, 3 * c])
         probabilityGrad.resize([windows, h, n, n])
         let scale = 1 / Float(d).squareRoot()
@@ -137,6 +149,6 @@ public final class WindowAttention: HasParameters {
         for head in 0..<h {
             for k in 0..<nn { dT[Int(relativeIndex[k]) * h + head] += rs[head * nn + k] }
         }
-        return qkv.backward(qkvGrad)
+        return qkv.backward(qkvGrad, into: dxOut)
     }
 }
