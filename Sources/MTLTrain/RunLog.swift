@@ -18,6 +18,7 @@ public final class RunLog {
     private let logFile: AppendOnlyFile
     private let metricsFile: AppendOnlyFile
     private let timestamp: DateFormatter
+    private let console = ConsoleEcho()
 
     public init(directory: String, echo: Bool) throws {
         self.directory = directory
@@ -43,10 +44,7 @@ public final class RunLog {
     /// log's and the call's: a warning already printed on stderr is not repeated).
     public func line(_ s: String, echo echoThis: Bool = true) {
         logFile.append("\(timestamp.string(from: Date())) \(s)\n")
-        if echo && echoThis {
-            print(s)
-            fflush(stdout)
-        }
+        if echo && echoThis { console.echo(s) }
     }
 
     /// Appends one JSON object to metrics.jsonl. Values: String, Bool, integers, Float/Double
@@ -54,6 +52,38 @@ public final class RunLog {
     /// dictionaries, nil/NSNull.
     public func record(_ json: [String: Any]) {
         metricsFile.append(jsonText(json) + "\n")
+    }
+}
+
+/// Rank 0's echo of the log on stdout, which never stalls training. Under mpirun stdout is a pipe to
+/// Open MPI's daemon, and mpirun stops reading it while it handles a signal (measured: a writer
+/// blocked after 27.9 KB, until the teardown's SIGKILL). A blocking write there held the step loop
+/// past the 1 s grace Open MPI gives before SIGKILL, and the checkpoint the signal asked for was lost.
+/// So a line goes out only if stdout can take it now (poll with no wait; a pipe that polls writable has
+/// a free 4 KB slot). Otherwise it is dropped (train.log has it) and counted, and the count is printed
+/// once stdout drains.
+final class ConsoleEcho {
+    private var dropped = 0
+
+    func echo(_ s: String) {
+        var p = pollfd(fd: STDOUT_FILENO, events: Int16(POLLOUT), revents: 0)
+        guard poll(&p, 1, 0) == 1, p.revents & Int16(POLLOUT) != 0 else {
+            dropped += 1
+            return
+        }
+        fflush(stdout)  // whatever print() buffered goes first, in order
+        var text = s + "\n"
+        if dropped > 0 {
+            text = "(\(dropped) console line(s) dropped while nobody read stdout; train.log has every line)\n" + text
+            dropped = 0
+        }
+        var bytes = Array(text.utf8)[...]
+        while !bytes.isEmpty {
+            let n = bytes.withUnsafeBytes { Glibc.write(STDOUT_FILENO, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { return }  // stdout closed or broken: the console is best-effort
+            bytes = bytes.dropFirst(n)
+        }
     }
 }
 

@@ -708,6 +708,33 @@ final class FaultTests: XCTestCase {
         }
     }
 
+    /// A stdout nobody reads (mpirun stops reading its ranks' output while it handles a signal) must not
+    /// stall training: rank 0 echoes a line only when stdout can take it and drops the rest (train.log has
+    /// every line). 3000 steps logged every step fill a 64 KB pipe after ~500 lines; before the change the
+    /// process blocked there in write(2) until this test's timeout.
+    func testUnreadStdoutDoesNotStallTraining() throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: try Dist.mtlBinary())
+        p.arguments = ["train", "--config", config, "--run-dir", dir + "/unread"] + quick
+            + ["--set", "train.steps=3000", "--set", "log.every=1"]
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        try p.run()
+        let deadline = Date().addingTimeInterval(240)
+        while p.isRunning && Date() < deadline { usleep(100_000) }
+        let finished = !p.isRunning
+        if !finished { p.terminate() }
+        let echoed = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        XCTAssertTrue(finished, "training with an unread stdout did not finish within 240 s (blocked writing to stdout?)")
+        XCTAssertEqual(p.terminationStatus, 0, String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
+        let log = try String(contentsOfFile: dir + "/unread/train.log", encoding: .utf8)
+        XCTAssertTrue(log.contains("step 3000/3000"), "train.log lacks the last step line: \(log.suffix(300))")
+        XCTAssertLessThan(echoed.utf8.count, 1 << 20, "more was echoed than a pipe holds, so nothing was dropped")
+        XCTAssertFalse(echoed.contains("step 3000/3000"), "the last step line reached the unread pipe")
+    }
+
     // MARK: concurrency
 
     /// Two jobs, one run directory: the second exits non-zero at once naming the owner (PID, host,
