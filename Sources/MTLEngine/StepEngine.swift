@@ -42,6 +42,9 @@ public final class StepEngine {
 
     /// Parameters that are updated and all-reduced (frozen heads excluded), in a fixed order.
     let trainable: [Parameter]
+    /// The method scales each loss term (LPS) and needs no per-task gradients first: the per-task
+    /// backwards wait for its term scales.
+    let termScalesBeforeBackward: Bool
     /// The parameters every task's loss depends on: the encoder's, then the joint decoder's shared ones.
     let sharedParams: [Parameter]
     let encoderParams: [Parameter]
@@ -75,6 +78,7 @@ public final class StepEngine {
         self.seed = seed
         self.skipNonFinite = skipNonFinite
         trainable = model.parameters.filter { $0.trainable }
+        termScalesBeforeBackward = method.scalesLossTerms && !method.needsGram && !method.needsGradients
         encoderParams = model.encoderFrozen ? [] : model.encoder.parameters
         sharedParams = encoderParams + model.decoder.sharedParameters
         pass = TaskPass(model: model, losses: losses, lossWeights: lossWeights)
@@ -115,8 +119,7 @@ public final class StepEngine {
         let eachTask = model.decoder.separable || method.needsGram || method.needsGradients
         // A method that scales the loss terms (LPS) must see the term losses before any backward: a
         // separable decoder's per-task backwards wait for it (they give the same gradients later).
-        let deferEachTask = method.scalesLossTerms && !method.needsGram && !method.needsGradients
-        if eachTask && !deferEachTask { pass.backwardEachTask() }
+        if eachTask && !termScalesBeforeBackward { pass.backwardEachTask() }
 
         // One small all-reduce: loss sums, valid counts, (representation level) the local Gram, and the
         // per-term sums of the tasks with auxiliary predictions (only those; for the others the one term
@@ -190,7 +193,7 @@ public final class StepEngine {
                 // decoder parameter and ∂/∂z exactly (each term scaled by its termScales factor).
                 dz = pass.backwardWeighted(w, termScales: result.termScales)
             case .lossWeights(let coefficients), .coefficients(let coefficients, _):
-                if !eachTask || deferEachTask { pass.backwardEachTask(termScales: result.termScales) }
+                if !eachTask || termScalesBeforeBackward { pass.backwardEachTask(termScales: result.termScales) }
                 let alpha = scaled(coefficients, inv)
                 pass.weightDecoder(taskWeights: w, sharedWeights: alpha)
                 dz = pass.combine(alpha)
@@ -220,7 +223,7 @@ public final class StepEngine {
     private func applyMethod(_ ctx: MethodContext) throws -> MethodResult {
         let result = try method.apply(ctx)
         try result.output.check(taskCount: taskNames.count, method: method.name)
-        if result.termScales != nil && !(method.scalesLossTerms && !method.needsGram && !method.needsGradients) {
+        if result.termScales != nil && !termScalesBeforeBackward {
             throw MTLError("method \(method.name): returned loss-term scales without scalesLossTerms (or with the Gram / per-task gradients, whose backwards precede the method)")
         }
         try result.checkTermScales(ctx, method: method.name)

@@ -55,12 +55,12 @@ public final class RunLog {
     }
 }
 
-/// Rank 0's echo of the log on stdout, which never stalls training. Under mpirun stdout is a pipe to
-/// Open MPI's daemon, and mpirun stops reading it while it handles a signal (measured: a writer
+/// Rank 0's echo of the log on stdout, which never stalls training. Under mpirun stdout is a pty (or
+/// pipe) to Open MPI's daemon, and mpirun stops reading it while it handles a signal (measured: a writer
 /// blocked after 27.9 KB, until the teardown's SIGKILL). A blocking write there held the step loop
 /// past the 1 s grace Open MPI gives before SIGKILL, and the checkpoint the signal asked for was lost.
-/// So a line goes out only if stdout can take it now (poll with no wait; a pipe that polls writable has
-/// a free 4 KB slot). Otherwise it is dropped (train.log has it) and counted, and the count is printed
+/// So a line goes out only if stdout can take it now (poll with no wait; a pipe or pty that polls writable
+/// has room for a line). Otherwise it is dropped (train.log has it) and counted, and the count is printed
 /// once stdout drains.
 final class ConsoleEcho {
     private var dropped = 0
