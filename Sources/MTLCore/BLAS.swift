@@ -27,6 +27,10 @@ public enum FlopCounter {
         lock.unlock()
     }
 
+    /// Books 2·M·N·K for GEMM work a layer skips because its result is known (Swin's padding
+    /// slots), so that GFLOP/step counts the dense module as PyTorch's counter does.
+    public static func addSkippedGemm(_ m: Int, _ n: Int, _ k: Int) { addGemm(m, n, k) }
+
     public static func reset() {
         forwardFlops = 0
         backwardFlops = 0

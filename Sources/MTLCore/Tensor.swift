@@ -114,9 +114,16 @@ public final class Tensor: @unchecked Sendable {
 public final class Parameter: @unchecked Sendable {
     public var name: String
     public let value: Tensor
-    public let grad: Tensor
+    public private(set) var grad: Tensor
     /// False for parameters that must not be updated (e.g. a frozen head).
     public var trainable = true
+
+    /// For a parameter no backward ever reaches (a frozen encoder's): not trainable, and its
+    /// gradient buffer is freed (`grad` is then empty).
+    public func freezeWithoutGradient() {
+        trainable = false
+        grad = Tensor([0])
+    }
 
     public init(_ name: String, _ value: Tensor) {
         self.name = name

@@ -168,7 +168,7 @@ public enum Bench {
         let method = try makeMethod(name: o.method, taskNames: names, roles: roles, params: [:])
         // torch_ref runs PCGrad on the shared parameters and IAL on the representation.
         let level: GradientLevel = o.method == "pcgrad" && !kem ? .parameters : .representation
-        let adam = Adam(model.parameters, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0, decoupled: false)
+        let adam = Adam(model.parameters.filter { $0.trainable }, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0, decoupled: false)
         let engine = StepEngine(model: model, losses: try ["ce", "l1", "cosine"].prefix(names.count).map { try TaskLoss(kind: $0) },
                                 lossWeights: names.map { _ in 1 }, roles: roles, method: method, level: level,
                                 optimizer: adam, comm: SingleProcessCommunicator(), seed: 0, skipNonFinite: true,

@@ -84,8 +84,10 @@ public final class MultiTaskModel: HasParameters {
 
     public func freezeEncoder() {
         encoderFrozen = true
-        for p in encoder.parameters { p.trainable = false }
+        for p in encoder.parameters { p.freezeWithoutGradient() }
         for bn in encoder.batchNorms { bn.training = false }
+        (encoder as? StochasticEncoder)?.training = false
+        (encoder as? ForwardOnlyEncoder)?.forwardOnly = true
     }
 
     /// Train mode (batch statistics) or eval mode (running statistics) for every BatchNorm (a

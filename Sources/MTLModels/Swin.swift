@@ -155,7 +155,7 @@ public final class PatchMerging: HasParameters {
 /// The Swin backbone: PatchEmbed, four stages of Swin blocks (shift ⌊ws/2⌋ in every second block),
 /// PatchMerging after stages 0–2, and LayerNorm `norm{i}` on each stage's output, returned as NCHW
 /// maps at strides 4, 8, 16, 32 (channels C, 2C, 4C, 8C).
-public final class SwinEncoder: FeatureEncoder, StochasticEncoder {
+public final class SwinEncoder: FeatureEncoder, StochasticEncoder, ForwardOnlyEncoder {
     public let variant: SwinVariant
     public let options: SwinOptions
     public let patchEmbed: PatchEmbed
@@ -222,6 +222,11 @@ public final class SwinEncoder: FeatureEncoder, StochasticEncoder {
         toMaps = (0..<4).map { _ in FromTokensResizable() }
     }
 
+    /// Forward only (a frozen encoder): the blocks keep nothing for a backward, which refuses.
+    public var forwardOnly = false {
+        didSet { for stage in blocks { for b in stage { b.forwardOnly = forwardOnly } } }
+    }
+
     /// Eval mode (false): DropPath is the identity.
     public var training: Bool {
         get { blocks[0][0].training }
@@ -242,7 +247,7 @@ public final class SwinEncoder: FeatureEncoder, StochasticEncoder {
             for block in blocks[i] { t = block.forward(t, height: h, width: w) }
             sizes.append((h, w))
             if i == 3 { lastStageTokens = t }
-            features.append(toMaps[i].forward(outputNorms[i].forward(t), height: h, width: w))
+            features.append(toMaps[i].forward(outputNorms[i].forward(t, forBackward: !forwardOnly), height: h, width: w))
             if i < 3 {
                 t = downsample[i].forward(t, height: h, width: w)
                 (h, w) = ((h + 1) / 2, (w + 1) / 2)
@@ -267,6 +272,7 @@ public final class SwinEncoder: FeatureEncoder, StochasticEncoder {
     /// Parameter gradients from one gradient per output map (the image gradient is not computed).
     public func backward(_ dFeatures: Features, groupDone: ((Int) -> Void)?) {
         precondition(dFeatures.count == 4, "Swin: expected 4 feature gradients, got \(dFeatures.count)")
+        precondition(!forwardOnly, "Swin: backward of a forward-only (frozen) encoder")
         var dt: Tensor? = nil
         for i in stride(from: 3, through: 0, by: -1) {
             let dOut = outputNorms[i].backward(toMaps[i].backward(dFeatures[i]))

@@ -19,29 +19,37 @@ public final class GELU {
 
     public init(_ form: Form = .exact) { self.form = form }
 
-    public func forward(_ x: Tensor) -> Tensor {
-        input = x
+    /// `into`: where to write y instead of the layer's own buffer; it may be x itself only when no
+    /// backward follows (a frozen encoder's MLP runs in place), and the backward then refuses.
+    public func forward(_ x: Tensor, into out: Tensor? = nil) -> Tensor {
+        let output = out ?? self.output
+        input = output === x ? nil : x
         output.resize(x.shape)
         let src = x.data, dst = output.data
-        switch form {
-        case .exact:
-            parallelBlocks(x.count) { lo, hi in
-                for i in lo..<hi { let v = src[i]; dst[i] = 0.5 * v * (1 + fastErf(v * 0.70710678118654752)) }
-            }
-        case .tanh:
-            let k = Float((2 / Double.pi).squareRoot())
-            parallelBlocks(x.count) { lo, hi in
-                for i in lo..<hi { let v = src[i]; dst[i] = 0.5 * v * (1 + Foundation.tanh(k * (v + 0.044715 * v * v * v))) }
-            }
+        // In place, one pointer: two to one buffer would fail the vectoriser's overlap check.
+        switch (form, output === x) {
+        case (.exact, false):
+            parallelBlocks(x.count) { lo, hi in for i in lo..<hi { dst[i] = Self.exact(src[i]) } }
+        case (.exact, true):
+            parallelBlocks(x.count) { lo, hi in for i in lo..<hi { dst[i] = Self.exact(dst[i]) } }
+        case (.tanh, false):
+            parallelBlocks(x.count) { lo, hi in for i in lo..<hi { dst[i] = Self.tanhForm(src[i]) } }
+        case (.tanh, true):
+            parallelBlocks(x.count) { lo, hi in for i in lo..<hi { dst[i] = Self.tanhForm(dst[i]) } }
         }
         return output
+    }
+
+    @inline(__always) static func exact(_ v: Float) -> Float { 0.5 * v * (1 + fastErf(v * 0.70710678118654752)) }
+    @inline(__always) static func tanhForm(_ v: Float) -> Float {
+        0.5 * v * (1 + Foundation.tanh(0.7978845608028654 * (v + 0.044715 * v * v * v)))
     }
 
     /// dx = dy·GELU'(x), in `into` when given, else in the layer's own buffer. `into` may be dy
     /// itself (each element reads only its own dy): the Swin MLP's backward runs in place in its
     /// hidden-width buffer, which saves a B·L·4C buffer per block.
     public func backward(_ dy: Tensor, into dxOut: Tensor? = nil) -> Tensor {
-        guard let x = input else { preconditionFailure("GELU: backward before forward") }
+        guard let x = input else { preconditionFailure("GELU: backward before forward, or after an in-place one") }
         precondition(dy.shape == x.shape, "GELU: dy \(shapeString(dy.shape)) does not match the input \(shapeString(x.shape))")
         precondition(dxOut !== x, "GELU: dx cannot overwrite the forward's input")
         let inputGrad = dxOut ?? self.inputGrad

@@ -35,13 +35,15 @@ public final class LayerNorm: HasParameters {
 
     /// `into`: where to write y (default: the layer's own buffer); the backward does not read y, so
     /// when only the next layer's forward reads it, a shared buffer does (Swin's workspace). Not x.
-    public func forward(_ x: Tensor, into out: Tensor? = nil) -> Tensor {
+    /// `forBackward: false` (no backward follows: a frozen encoder) skips storing x̂ and r.
+    public func forward(_ x: Tensor, into out: Tensor? = nil, forBackward: Bool = true) -> Tensor {
         precondition(x.rank >= 1 && x.shape.last == features,
                      "\(name): expected input [..., \(features)], got \(shapeString(x.shape))")
         precondition(out !== x, "\(name): the output cannot overwrite the input")
         let c = features, rows = x.count / c
         let output = out ?? self.output
         output.resize(x.shape)
+        if !forBackward { return forwardOnly(x, into: output) }
         normalized.resize(x.shape)
         inverseStd.resize([rows])
         let src = x.data, y = output.data, xh = normalized.data, rs = inverseStd.data
@@ -62,6 +64,26 @@ public final class LayerNorm: HasParameters {
                 xhr[i] = v
                 yr[i] = g[i] * v + b[i]
             }
+        }
+        return output
+    }
+
+    /// y only (the same arithmetic as `forward`).
+    private func forwardOnly(_ x: Tensor, into output: Tensor) -> Tensor {
+        let c = features, rows = x.count / c
+        let src = x.data, y = output.data
+        let g = weight.value.data, b = bias.value.data, eps = Double(self.eps)
+        parallelFor(rows, minChunk: 16) { row in
+            let xr = src + row * c
+            var mean = 0.0
+            for i in 0..<c { mean += Double(xr[i]) }
+            mean /= Double(c)
+            var variance = 0.0
+            for i in 0..<c { let d = Double(xr[i]) - mean; variance += d * d }
+            variance /= Double(c)
+            let r = 1 / (variance + eps).squareRoot()
+            let yr = y + row * c
+            for i in 0..<c { yr[i] = g[i] * Float((Double(xr[i]) - mean) * r) + b[i] }
         }
         return output
     }

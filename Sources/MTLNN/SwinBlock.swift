@@ -16,6 +16,8 @@ public final class WindowPartition {
     private var tokenOfSlot: [Int32] = []
     /// For each token of one image: its slot.
     private var slotOfToken: [Int32] = []
+    /// The padding slots of one image's windows, in order.
+    private var paddingSlots: [Int32] = []
     private let windowsOut = Tensor([0]), tokensOut = Tensor([0])
     private let windowsGrad = Tensor([0]), tokensGrad = Tensor([0])
 
@@ -55,15 +57,46 @@ public final class WindowPartition {
                 slotOfToken[y * w + x] = Int32(slot)
             }
         }
+        paddingSlots = tokenOfSlot.indices.filter { tokenOfSlot[$0] < 0 }.map { Int32($0) }
     }
 
-    /// tokens [B, H·W, C] → windows [B·nW, ws², C].
-    public func partition(_ x: Tensor) -> Tensor {
+    /// Slots per image that hold no token (the windows' padding).
+    public var paddingSlotsPerImage: Int { paddingSlots.count }
+
+    /// tokens [B, H·W, C] → windows [B·nW, ws², C]; padding slots get the row `padding` (C values;
+    /// zeros when nil). `into`: where to write instead of the partition's own buffer (not x).
+    public func partition(_ x: Tensor, padding: Tensor? = nil, into out: Tensor? = nil) -> Tensor {
         let (b, c) = checkTokens(x)
+        precondition(padding == nil || padding!.count == c, "windows: padding row of \(padding!.count) values for \(c) channels")
+        let windowsOut = distinct(out, x) ?? self.windowsOut
         let slots = paddedHeight * paddedWidth
         windowsOut.resize([b * windowsPerImage, window * window, c])
-        gather(x.data, into: windowsOut.data, map: tokenOfSlot, batches: b, rowsOut: slots, rowsIn: height * width, c: c)
+        gather(x.data, into: windowsOut.data, map: tokenOfSlot, batches: b, rowsOut: slots, rowsIn: height * width, c: c,
+               padding: padding.map { UnsafePointer($0.data) })
         return windowsOut
+    }
+
+    /// acc[j] += Σ over the padding slots of every image of dWindows[slot, j], in Double, slots in
+    /// order (the gradient of the padding row, which partitionBackward drops).
+    public func addPaddingRows(of dWindows: Tensor, into acc: UnsafeMutablePointer<Float>) {
+        let c = dWindows.shape[2], slots = paddedHeight * paddedWidth, b = dWindows.shape[0] / windowsPerImage
+        guard !paddingSlots.isEmpty else { return }
+        let g = UnsafePointer(dWindows.data), block = 64
+        paddingSlots.withUnsafeBufferPointer { pad in
+            parallelFor((c + block - 1) / block) { q in
+                let lo = q * block, w = min(block, c - lo)
+                var s = [Double](repeating: 0, count: w)
+                s.withUnsafeMutableBufferPointer { s in
+                    for image in 0..<b {
+                        for slot in pad {
+                            let row = g + (image * slots + Int(slot)) * c + lo
+                            for j in 0..<w { s[j] += Double(row[j]) }
+                        }
+                    }
+                    for j in 0..<w { acc[lo + j] += Float(s[j]) }
+                }
+            }
+        }
     }
 
     /// d(windows) → d(tokens): each token's row from its slot (padding slots are dropped). `into`:
@@ -128,14 +161,16 @@ public final class WindowPartition {
         return (x.shape[0], x.shape[2])
     }
 
-    /// out[b, r, :] = in[b, map[r], :] (zeros where map[r] < 0).
+    /// out[b, r, :] = in[b, map[r], :] (the padding row, or zeros, where map[r] < 0).
     private func gather(_ src: UnsafePointer<Float>, into dst: UnsafeMutablePointer<Float>, map: [Int32],
-                        batches: Int, rowsOut: Int, rowsIn: Int, c: Int) {
+                        batches: Int, rowsOut: Int, rowsIn: Int, c: Int, padding: UnsafePointer<Float>? = nil) {
         map.withUnsafeBufferPointer { m in
             parallelFor(batches * rowsOut, minChunk: 64) { q in
                 let b = q / rowsOut, r = q % rowsOut, from = Int(m[r])
                 let out = dst + q * c
-                if from < 0 { out.update(repeating: 0, count: c) } else { out.update(from: src + (b * rowsIn + from) * c, count: c) }
+                if from >= 0 { out.update(from: src + (b * rowsIn + from) * c, count: c) }
+                else if let padding { out.update(from: padding, count: c) }
+                else { out.update(repeating: 0, count: c) }
             }
         }
     }
@@ -148,13 +183,13 @@ public final class WindowPartition {
 /// time, share one workspace (SwinEncoder): one block's worth, sized by the largest stage, instead
 /// of one per block (Swin-T at 2 × 224×288: ≈ 43 MB instead of ≈ 330 MB). Forward and backward
 /// share it too: no block's forward runs while the encoder's backward does. What the backward
-/// reads (x̂, the Linear inputs, P) stays in the layers.
+/// reads (x̂, the Linear inputs, Q K V, P) stays in the layers.
 public final class SwinBlockWorkspace {
-    /// Token-shaped [B, H·W, C]: norm1's and the branches' outputs; the layers' dx.
+    /// Token-shaped [B, H·W, C]: the branches' outputs; the layers' dx.
     let tokensA = Tensor([0]), tokensB = Tensor([0])
-    /// Window-shaped [B·nW, ws², C]: the attention's output before the reverse; d(windows).
-    let windows = Tensor([0])
-    /// [B, H·W, mlpRatio·C]: fc2's dx, then GELU's (in place).
+    /// A forward-only block's norm outputs [B, H·W, C].
+    let normed = Tensor([0])
+    /// [B, H·W, mlpRatio·C]: fc2's dx, then GELU's (in place); a forward-only block's MLP hidden.
     let hidden = Tensor([0])
     /// The block's dx.
     let inputGrad = Tensor([0])
@@ -178,8 +213,10 @@ public final class SwinBlock: HasParameters {
     /// Own by default; blocks that never run at the same time can be given one shared workspace.
     /// The dx that `backward` returns lives in it (valid until the next block using it runs).
     public var workspace = SwinBlockWorkspace()
+    /// No backward follows (a frozen encoder): every layer's output goes to the workspace, the
+    /// block keeps nothing but its output, and `backward` refuses.
+    public var forwardOnly = false
     private let unshifted: WindowPartition
-    private var used: WindowPartition
     private let gelu = GELU()
     /// Stochastic depth on the attention and MLP branches (timm's drop_path1, drop_path2): layer
     /// ids 2·blockID and 2·blockID + 1.
@@ -201,7 +238,6 @@ public final class SwinBlock: HasParameters {
         fc2 = Linear("\(name).mlp.fc2", inFeatures: mlpRatio * dim, outFeatures: dim, rng: &rng)
         windows = WindowPartition(window: window, shift: shift, order: order)
         unshifted = WindowPartition(window: window, shift: 0, order: order)
-        used = windows
     }
 
     /// Eval mode (false) makes DropPath the identity.
@@ -218,7 +254,6 @@ public final class SwinBlock: HasParameters {
     /// x: tokens [B, H·W, C] of an H×W map.
     public func forward(_ x: Tensor, height h: Int, width w: Int) -> Tensor {
         let windows = noShiftWhenOneWindow && min(h, w) <= self.windows.window ? unshifted : self.windows
-        used = windows
         windows.prepare(height: h, width: w)
         let shifted = windows === self.windows
         if shifted && maskSize != (h, w) {
@@ -226,11 +261,12 @@ public final class SwinBlock: HasParameters {
             maskSize = (h, w)
         }
         // Branch outputs go to the workspace (read once, by the sums); the outputs the backward
-        // reads (x̂, the partition, fc1, GELU) stay in the layers.
+        // reads (norm1's and norm2's y, the attention's, fc1, GELU) stay in the layers.
         let ws = workspace
-        let normed = norm1.forward(x, into: ws.tokensA)
-        let attended = attn.forward(windows.partition(normed), mask: shifted ? mask : nil, into: ws.windows)
-        let a = dropPath1.forward(windows.reverse(attended, into: ws.tokensA), into: ws.tokensB)
+        if forwardOnly { return forwardWithoutSaving(x, windows: windows, mask: shifted ? mask : nil) }
+        let attended = attn.forward(tokens: norm1.forward(x), windows: windows, mask: shifted ? mask : nil,
+                                    scratch: ws.attention, into: ws.tokensA)
+        let a = dropPath1.forward(attended, into: ws.tokensB)
         output.resize(x.shape)
         let y = output.data, xs = x.data, ad = a.data
         parallelBlocks(x.count) { lo, hi in for i in lo..<hi { y[i] = xs[i] + ad[i] } }
@@ -241,9 +277,27 @@ public final class SwinBlock: HasParameters {
         return output
     }
 
+    /// The same arithmetic as `forward`, every intermediate in the workspace (DropPath is the
+    /// identity: a frozen encoder runs in eval mode).
+    private func forwardWithoutSaving(_ x: Tensor, windows: WindowPartition, mask: Tensor?) -> Tensor {
+        precondition(!training || (dropPath1.rate == 0 && dropPath2.rate == 0), "\(name): forward-only in training mode with DropPath")
+        let ws = workspace
+        let normed = norm1.forward(x, into: ws.normed, forBackward: false)
+        let a = attn.forward(tokens: normed, windows: windows, mask: mask, scratch: ws.attention, into: ws.tokensA, forBackward: false)
+        output.resize(x.shape)
+        let y = output.data, xs = x.data, ad = a.data
+        parallelBlocks(x.count) { lo, hi in for i in lo..<hi { y[i] = xs[i] + ad[i] } }
+        let hidden = fc1.forward(norm2.forward(output, into: ws.normed, forBackward: false), into: ws.hidden)
+        let m = fc2.forward(gelu.forward(hidden, into: hidden), into: ws.tokensA)
+        let md = m.data
+        parallelBlocks(x.count) { lo, hi in for i in lo..<hi { y[i] += md[i] } }
+        return output
+    }
+
     /// dx in `workspace.inputGrad`; dy may be that same buffer (the block above's dx): the sum
     /// then runs in place.
     public func backward(_ dy: Tensor) -> Tensor {
+        precondition(!forwardOnly, "\(name): backward of a forward-only block (a frozen encoder)")
         let ws = workspace
         // Through the MLP branch (GELU in place in the hidden-width buffer), plus the identity.
         let dHidden = fc2.backward(dropPath2.backward(dy, into: ws.tokensB), into: ws.hidden)
@@ -257,10 +311,9 @@ public final class SwinBlock: HasParameters {
         else { parallelBlocks(dy.count) { lo, hi in for i in lo..<hi { g[i] = dys[i] + dm[i] } } }
         // Through the attention branch, plus the identity. The attention's dx may overwrite its dy
         // (only proj's backward reads dy).
-        let windows = used
-        let dWindows = windows.reverseBackward(dropPath1.backward(inputGrad, into: ws.tokensA), into: ws.windows)
-        let dAttended = attn.backward(dWindows, scratch: ws.attention, into: ws.windows)
-        let dAttn = norm1.backward(windows.partitionBackward(dAttended, into: ws.tokensA), into: ws.tokensB)
+        let dAttended = dropPath1.backward(inputGrad, into: ws.tokensA)
+        let dNormed = attn.backward(dAttended, scratch: ws.attention, into: ws.tokensA)
+        let dAttn = norm1.backward(dNormed, into: ws.tokensB)
         let da = dAttn.data
         parallelBlocks(dy.count) { lo, hi in for i in lo..<hi { g[i] += da[i] } }
         return inputGrad

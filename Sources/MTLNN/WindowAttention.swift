@@ -11,12 +11,22 @@ import MTLCore
 ///     [Q K V] = x W_qkvᵀ + b_qkv,   S = α Q Kᵀ + B_h + M,   P = softmax_rows(S),   O = P V,   y = [O_1 … O_H] W_projᵀ + b_proj
 /// Backward: dV = Pᵀ dO,  dP = dO Vᵀ,  dS = P ⊙ (dP − rowsum(dP ⊙ P)),  dQ = α dS K,  dK = α dSᵀ Q,
 ///     dT[idx(i, j), h] += Σ_w dS[w, h, i, j] (summed over windows in order: thread-count independent).
+///
+/// Two entry points. `forward(_:)` takes windows, as timm's module does. `forward(tokens:windows:)`
+/// takes the tokens [B, H·W, C] of a Swin block and its partition, and does the same computation
+/// without the padding slots' linear work: a padding slot's input is zero, so its Q K V row is
+/// b_qkv (copied, not computed), and proj runs per token, so it commutes with the crop of the
+/// reverse and runs on the H·W real tokens only (exact: a padding slot's output is discarded).
+/// At 8×16 with 7×7 windows (Swin's stride-16 stage at 128×256) the windows hold 2.3× the tokens.
+/// The padding slots still attend and are attended to, as in timm and the official code. The
+/// skipped work is booked in `FlopCounter` as executed: GFLOP/step counts the dense module.
 public final class WindowAttention: HasParameters {
-    /// The backward's temporaries — dO [B·nW, N, C] (proj's dx), d[Q K V] [B·nW, N, 3C], dP then dS
-    /// [B·nW, heads, N, N] — dead once it returns: attentions whose backwards never overlap (the
-    /// blocks of a Swin encoder) can share one set instead of each holding its own.
+    /// Temporaries of one forward or backward call — the token path's Q K V tokens and O windows;
+    /// the backward's dO, d[Q K V] and dP then dS [B·nW, heads, N, N] — dead once it returns:
+    /// attentions whose calls never overlap (the blocks of a Swin encoder) share one set.
     public final class Scratch {
         let attendedGrad = Tensor([0]), qkvGrad = Tensor([0]), scoreGrad = Tensor([0])
+        let qkvTokens = Tensor([0]), attendedWindows = Tensor([0])
         public init() {}
     }
 
@@ -34,10 +44,16 @@ public final class WindowAttention: HasParameters {
     private var windows = 0
     /// P of the last forward, [B·nW, heads, N, N] (the backward needs it).
     private let probabilities = Tensor([0])
-    private let attended = Tensor([0])       // [B·nW, N, C]: heads concatenated, before proj
+    /// O: heads concatenated, before proj — windows [B·nW, N, C] (proj's input on the window path),
+    /// tokens [B, H·W, C] on the token path.
+    private let attended = Tensor([0])
+    /// Q K V windows of the token path (the qkv layer's own output on the window path).
+    private let qkvWindows = Tensor([0])
     private let ownScratch = Scratch()
     private let tableGrad = Tensor([0])      // [heads, N, N]: dS summed over the windows
     private var qkvOut: Tensor?
+    /// The partition of the last token-path forward; nil after a window-path forward.
+    private var partition: WindowPartition?
     private var mask: Tensor?
     private var masksPerImage = 1
 
@@ -64,25 +80,53 @@ public final class WindowAttention: HasParameters {
         relativeIndex = index
     }
 
-    /// x: [B·nW, N, C]; `mask`: nil or [nW, N, N] (added to the scores of window w at w mod nW).
+    /// x: windows [B·nW, N, C]; `mask`: nil or [nW, N, N] (added to the scores of window w at w mod nW).
     /// `into` (not x): where proj writes y instead of its own buffer — the backward does not read y.
     public func forward(_ x: Tensor, mask: Tensor? = nil, into out: Tensor? = nil) -> Tensor {
-        let n = tokens, c = dim, h = heads, d = headDim
+        let n = tokens, c = dim
         precondition(x.rank == 3 && x.shape[1] == n && x.shape[2] == c,
                      "\(name): expected windows [B·nW, \(n), \(c)], got \(shapeString(x.shape))")
+        partition = nil
+        let q3 = qkv.forward(x)
+        attend(q3, mask: mask, into: attended, probabilities: probabilities)
+        return proj.forward(attended, into: out)
+    }
+
+    /// x: tokens [B, H·W, C] of the map `windows` is prepared for; returns tokens [B, H·W, C] (in
+    /// `into` when given, not x). `scratch`: a shared set of temporaries instead of the layer's own.
+    /// `forBackward: false` (no backward follows: a frozen encoder) keeps Q K V, P and O in the
+    /// scratch's backward buffers instead of the layer's, and the backward then refuses.
+    public func forward(tokens x: Tensor, windows part: WindowPartition, mask: Tensor? = nil,
+                        scratch: Scratch? = nil, into out: Tensor? = nil, forBackward: Bool = true) -> Tensor {
+        let c = dim, scratch = scratch ?? ownScratch
+        partition = part
+        let q3 = part.partition(qkv.forward(x, into: scratch.qkvTokens), padding: qkv.bias?.value,
+                                into: forBackward ? qkvWindows : scratch.qkvGrad)
+        attend(q3, mask: mask, into: scratch.attendedWindows, probabilities: forBackward ? probabilities : scratch.scoreGrad)
+        let o = part.reverse(scratch.attendedWindows, into: forBackward ? attended : scratch.attendedGrad)
+        let y = proj.forward(o, into: out)
+        if !forBackward { qkvOut = nil }
+        let padRows = x.shape[0] * part.paddingSlotsPerImage
+        FlopCounter.addSkippedGemm(padRows, 3 * c, c)
+        FlopCounter.addSkippedGemm(padRows, c, c)
+        return y
+    }
+
+    /// O = softmax(α Q Kᵀ + B + M) V per window and head, from Q K V windows [B·nW, N, 3C].
+    private func attend(_ q3: Tensor, mask: Tensor?, into out: Tensor, probabilities: Tensor) {
+        let n = tokens, c = dim, h = heads, d = headDim
         if let mask {
-            precondition(mask.rank == 3 && mask.shape[1] == n && mask.shape[2] == n && x.shape[0] % mask.shape[0] == 0,
-                         "\(name): mask \(shapeString(mask.shape)) does not fit \(x.shape[0]) windows of \(n) tokens")
+            precondition(mask.rank == 3 && mask.shape[1] == n && mask.shape[2] == n && q3.shape[0] % mask.shape[0] == 0,
+                         "\(name): mask \(shapeString(mask.shape)) does not fit \(q3.shape[0]) windows of \(n) tokens")
         }
-        windows = x.shape[0]
+        windows = q3.shape[0]
         self.mask = mask
         masksPerImage = mask?.shape[0] ?? 1
-        let q3 = qkv.forward(x)
         qkvOut = q3
         probabilities.resize([windows, h, n, n])
-        attended.resize([windows, n, c])
+        out.resize([windows, n, c])
         let scale = 1 / Float(d).squareRoot()
-        let qp = q3.data, pp = probabilities.data, op = attended.data
+        let qp = q3.data, pp = probabilities.data, op = out.data
         let table = biasTable.value.data, maskData = mask?.data, nW = masksPerImage
         relativeIndex.withUnsafeBufferPointer { idx in
             parallelFor(windows * h) { q in
@@ -104,17 +148,33 @@ public final class WindowAttention: HasParameters {
                 sgemmOnThisThread(m: n, n: d, k: n, a: s, lda: n, b: vh, ldb: 3 * c, c: op + w * n * c + head * d, ldc: c)
             }
         }
-        return proj.forward(attended, into: out)
     }
 
-    /// Accumulates the gradients of qkv, proj and the bias table; returns dx [B·nW, N, C], in `into`
-    /// when given (it may be dy: only proj's backward reads dy, before dx is written). `scratch`:
-    /// a shared set of temporaries instead of the layer's own.
+    /// Accumulates the gradients of qkv, proj and the bias table; returns dx in the input's form
+    /// (windows or tokens), in `into` when given (it may be dy: only proj's backward reads dy,
+    /// before dx is written). `scratch`: a shared set of temporaries instead of the layer's own.
     public func backward(_ dy: Tensor, scratch: Scratch? = nil, into dxOut: Tensor? = nil) -> Tensor {
-        guard let q3 = qkvOut else { preconditionFailure("\(name): backward before forward") }
-        let n = tokens, c = dim, h = heads, d = headDim
+        guard let q3 = qkvOut else { preconditionFailure("\(name): backward before forward, or after a forward-only one") }
         let scratch = scratch ?? ownScratch
-        let dO = proj.backward(dy, into: scratch.attendedGrad)
+        guard let part = partition else {
+            attendBackward(proj.backward(dy, into: scratch.attendedGrad), q3: q3, scratch: scratch)
+            return qkv.backward(scratch.qkvGrad, into: dxOut)
+        }
+        let dO = part.reverseBackward(proj.backward(dy, into: scratch.attendedGrad), into: scratch.attendedWindows)
+        attendBackward(dO, q3: q3, scratch: scratch)
+        if let db = qkv.bias?.grad.data { part.addPaddingRows(of: scratch.qkvGrad, into: db) }
+        let dx = qkv.backward(part.partitionBackward(scratch.qkvGrad, into: scratch.qkvTokens), into: dxOut)
+        let padRows = dy.shape[0] * part.paddingSlotsPerImage, c = dim
+        for _ in 0..<2 {   // dW and dx of each
+            FlopCounter.addSkippedGemm(padRows, 3 * c, c)
+            FlopCounter.addSkippedGemm(padRows, c, c)
+        }
+        return dx
+    }
+
+    /// d[Q K V] windows into scratch.qkvGrad from dO windows [B·nW, N, C]; accumulates dT.
+    private func attendBackward(_ dO: Tensor, q3: Tensor, scratch: Scratch) {
+        let n = tokens, c = dim, h = heads, d = headDim
         let qkvGrad = scratch.qkvGrad, probabilityGrad = scratch.scoreGrad
         qkvGrad.resize([windows, n, 3 * c])
         probabilityGrad.resize([windows, h, n, n])
@@ -149,6 +209,5 @@ public final class WindowAttention: HasParameters {
         for head in 0..<h {
             for k in 0..<nn { dT[Int(relativeIndex[k]) * h + head] += rs[head * nn + k] }
         }
-        return qkv.backward(qkvGrad, into: dxOut)
     }
 }

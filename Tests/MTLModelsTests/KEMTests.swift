@@ -288,7 +288,10 @@ final class KEMTests: XCTestCase {
                                       "\(active) \(p.name): zero gradient")
                         continue
                     }
-                    directional("decoder \(active) \(p.name)", p.value, g, eps: 3e-3, tol: 3e-2, floor: 5e-3, f)
+                    // Floor: f ≈ 30 here, summed from a float32 forward, so each f carries ~1e-5 of
+                    // rounding, i.e. a few 1e-3 in a difference quotient over 2·eps = 6e-3 (the gradients
+                    // themselves are checked to 1e-4 against float64 PyTorch below).
+                    directional("decoder \(active) \(p.name)", p.value, g, eps: 3e-3, tol: 3e-2, floor: 8e-3, f)
                 }
             }
             return

@@ -55,6 +55,22 @@ final class SwinTests: XCTestCase {
         for (k, (a, b)) in zip(results[0], results[1]).enumerated() { XCTAssertTrue(a == b, "\(names[k]) differs between 1 and 2 threads") }
     }
 
+    /// A frozen encoder's forward-only mode (nothing kept for a backward) gives the features of the
+    /// normal forward bit for bit, on a size whose windows need padding, with both shift rules.
+    func testForwardOnlyGivesTheSameFeatures() {
+        let v = SwinVariant(embedDim: 8, depths: [2, 2, 2, 2], heads: [1, 2, 2, 4], window: 3)
+        var rng = Philox(seed: 14, stream: 1)
+        let x = Tensor([2, 3, 37, 50])
+        for i in 0..<x.count { x[i] = rng.normal() }
+        for rule in [SwinOptions.ShiftRule.dense, .classification] {
+            let swin = SwinEncoder(v, options: SwinOptions(window: 3, shiftRule: rule), seed: 5)
+            let normal = swin.forward(x).map { $0.array }
+            swin.forwardOnly = true
+            let forwardOnly = swin.forward(x).map { $0.array }
+            for k in 0..<4 { XCTAssertTrue(normal[k] == forwardOnly[k], "\(rule): feature \(k) differs in forward-only mode") }
+        }
+    }
+
     static let imports = "from timm.models.swin_transformer import WindowAttention, window_partition, window_reverse"
     static let script = #"""
 P = {k[2:]: T[k].clone().requires_grad_(True) for k in T if k.startswith("p.")}

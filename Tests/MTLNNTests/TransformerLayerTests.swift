@@ -262,6 +262,10 @@ final class SwinBlockTests: XCTestCase {
             let f = { functional(block.forward(x, height: 4, width: 5), r) }
             checkGradient("Swin block dx \(order)", x: x, analytic: dx, f)
             checkGradient("Swin block dW_qkv \(order)", x: block.attn.qkv.weight.value, analytic: block.attn.qkv.weight.grad.array, f)
+            // The padding slots' Q K V rows are b_qkv: their gradient reaches the bias only.
+            checkGradient("Swin block db_qkv \(order)", x: block.attn.qkv.bias!.value, analytic: block.attn.qkv.bias!.grad.array, f)
+            checkGradient("Swin block dW_proj \(order)", x: block.attn.proj.weight.value, analytic: block.attn.proj.weight.grad.array, f)
+            checkGradient("Swin block bias table \(order)", x: block.attn.biasTable.value, analytic: block.attn.biasTable.grad.array, f)
             checkGradient("Swin block dγ₁ \(order)", x: block.norm1.weight.value, analytic: block.norm1.weight.grad.array, f)
             checkGradient("Swin block dW_fc1 \(order)", x: block.fc1.weight.value, analytic: block.fc1.weight.grad.array, f)
         }
