@@ -43,20 +43,22 @@ public final class LayerNorm: HasParameters {
         let c = features, rows = x.count / c
         let output = out ?? self.output
         output.resize(x.shape)
-        if !forBackward { return forwardOnly(x, into: output) }
+        let src = x.data, y = output.data
+        let g = weight.value.data, b = bias.value.data, eps = Double(self.eps)
+        guard forBackward else {
+            parallelFor(rows, minChunk: 16) { row in
+                let xr = src + row * c, yr = y + row * c
+                let (mean, r) = Self.statistics(xr, c, eps)
+                for i in 0..<c { yr[i] = g[i] * Float((Double(xr[i]) - mean) * r) + b[i] }
+            }
+            return output
+        }
         normalized.resize(x.shape)
         inverseStd.resize([rows])
-        let src = x.data, y = output.data, xh = normalized.data, rs = inverseStd.data
-        let g = weight.value.data, b = bias.value.data, eps = Double(self.eps)
+        let xh = normalized.data, rs = inverseStd.data
         parallelFor(rows, minChunk: 16) { row in
             let xr = src + row * c
-            var mean = 0.0
-            for i in 0..<c { mean += Double(xr[i]) }
-            mean /= Double(c)
-            var variance = 0.0
-            for i in 0..<c { let d = Double(xr[i]) - mean; variance += d * d }
-            variance /= Double(c)
-            let r = 1 / (variance + eps).squareRoot()
+            let (mean, r) = Self.statistics(xr, c, eps)
             rs[row] = Float(r)
             let xhr = xh + row * c, yr = y + row * c
             for i in 0..<c {
@@ -68,24 +70,15 @@ public final class LayerNorm: HasParameters {
         return output
     }
 
-    /// y only (the same arithmetic as `forward`).
-    private func forwardOnly(_ x: Tensor, into output: Tensor) -> Tensor {
-        let c = features, rows = x.count / c
-        let src = x.data, y = output.data
-        let g = weight.value.data, b = bias.value.data, eps = Double(self.eps)
-        parallelFor(rows, minChunk: 16) { row in
-            let xr = src + row * c
-            var mean = 0.0
-            for i in 0..<c { mean += Double(xr[i]) }
-            mean /= Double(c)
-            var variance = 0.0
-            for i in 0..<c { let d = Double(xr[i]) - mean; variance += d * d }
-            variance /= Double(c)
-            let r = 1 / (variance + eps).squareRoot()
-            let yr = y + row * c
-            for i in 0..<c { yr[i] = g[i] * Float((Double(xr[i]) - mean) * r) + b[i] }
-        }
-        return output
+    /// μ and r = 1/√(σ² + ε) of one row of c values, in Double.
+    @inline(__always) static func statistics(_ xr: UnsafePointer<Float>, _ c: Int, _ eps: Double) -> (Double, Double) {
+        var mean = 0.0
+        for i in 0..<c { mean += Double(xr[i]) }
+        mean /= Double(c)
+        var variance = 0.0
+        for i in 0..<c { let d = Double(xr[i]) - mean; variance += d * d }
+        variance /= Double(c)
+        return (mean, 1 / (variance + eps).squareRoot())
     }
 
     /// Accumulates dγ and dβ; returns dx, in `into` when given (not dy: dγ reads dy after dx is
