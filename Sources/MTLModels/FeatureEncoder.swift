@@ -24,13 +24,13 @@ public protocol FeatureEncoder: HasParameters {
     func backward(_ dFeatures: Features, groupDone: ((Int) -> Void)?)
 }
 
-/// An encoder with per-step randomness (DropPath) and a train / eval switch of its own.
 /// An encoder that can run its forward without keeping what a backward would read (a frozen
 /// encoder: the decoders train on its features, its backward never runs).
 public protocol ForwardOnlyEncoder: AnyObject {
     var forwardOnly: Bool { get set }
 }
 
+/// An encoder with per-step randomness (DropPath) and a train / eval switch of its own.
 public protocol StochasticEncoder: AnyObject {
     var training: Bool { get set }
     /// The draws of the next forward: `sampleIndices` are the batch's dataset (global) indices.

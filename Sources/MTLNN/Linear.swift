@@ -54,20 +54,8 @@ public final class Linear: HasParameters {
         sgemm(transA: true, m: outFeatures, n: inFeatures, k: n, a: dy.data, lda: outFeatures,
               b: x.data, ldb: inFeatures, beta: 1, c: weight.grad.data, ldc: inFeatures)
         if let db = bias?.grad.data {
-            // db[o] += Σ_i dy[i, o] in Double, rows in order (bit-identical for any thread count); blocks
-            // of 64 columns per task so that the row-wise reads are contiguous and vectorise.
-            let g = dy.data, m = outFeatures, block = 64
-            parallelFor((m + block - 1) / block) { q in
-                let lo = q * block, w = min(block, m - lo)
-                var s = [Double](repeating: 0, count: w)
-                s.withUnsafeMutableBufferPointer { s in
-                    for i in 0..<n {
-                        let row = g + i * m + lo
-                        for o in 0..<w { s[o] += Double(row[o]) }
-                    }
-                    for o in 0..<w { db[lo + o] += Float(s[o]) }
-                }
-            }
+            let g = UnsafePointer(dy.data), m = outFeatures
+            addColumnSums(rows: n, columns: m, into: db) { g + $0 * m }
         }
         guard computeInputGrad else { return empty }
         precondition(dxOut !== dy, "\(name): dx cannot overwrite dy")

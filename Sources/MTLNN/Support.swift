@@ -17,6 +17,24 @@ func uniformTensor(_ shape: [Int], bound: Float, rng: inout Philox) -> Tensor {
 /// loops use MTLCore's `parallelBlocks`, whose block size changes no result.
 let elementBlock = 1 << 14
 
+/// acc[j] += Σ_i row(i)[j] for i < rows, j < columns: a bias gradient. Summed in Double with the rows
+/// in order (bit-identical for any thread count), 64 columns per task so that the reads of a row are
+/// contiguous and vectorise.
+func addColumnSums(rows: Int, columns: Int, into acc: UnsafeMutablePointer<Float>, row: (Int) -> UnsafePointer<Float>) {
+    let block = 64
+    parallelFor((columns + block - 1) / block) { q in
+        let lo = q * block, w = min(block, columns - lo)
+        var s = [Double](repeating: 0, count: w)
+        s.withUnsafeMutableBufferPointer { s in
+            for i in 0..<rows {
+                let r = row(i) + lo
+                for j in 0..<w { s[j] += Double(r[j]) }
+            }
+            for j in 0..<w { acc[lo + j] += Float(s[j]) }
+        }
+    }
+}
+
 /// Sum of x[0..<n] and of x[i]*y[i] in Double, with four independent accumulators so that
 /// the additions are not one long dependency chain.
 @inline(__always)

@@ -80,22 +80,11 @@ public final class WindowPartition {
     /// order (the gradient of the padding row, which partitionBackward drops).
     public func addPaddingRows(of dWindows: Tensor, into acc: UnsafeMutablePointer<Float>) {
         let c = dWindows.shape[2], slots = paddedHeight * paddedWidth, b = dWindows.shape[0] / windowsPerImage
-        guard !paddingSlots.isEmpty else { return }
-        let g = UnsafePointer(dWindows.data), block = 64
+        let p = paddingSlots.count
+        guard p > 0 else { return }
+        let g = UnsafePointer(dWindows.data)
         paddingSlots.withUnsafeBufferPointer { pad in
-            parallelFor((c + block - 1) / block) { q in
-                let lo = q * block, w = min(block, c - lo)
-                var s = [Double](repeating: 0, count: w)
-                s.withUnsafeMutableBufferPointer { s in
-                    for image in 0..<b {
-                        for slot in pad {
-                            let row = g + (image * slots + Int(slot)) * c + lo
-                            for j in 0..<w { s[j] += Double(row[j]) }
-                        }
-                    }
-                    for j in 0..<w { acc[lo + j] += Float(s[j]) }
-                }
-            }
+            addColumnSums(rows: b * p, columns: c, into: acc) { i in g + ((i / p) * slots + Int(pad[i % p])) * c }
         }
     }
 
@@ -261,34 +250,21 @@ public final class SwinBlock: HasParameters {
             maskSize = (h, w)
         }
         // Branch outputs go to the workspace (read once, by the sums); the outputs the backward
-        // reads (norm1's and norm2's y, the attention's, fc1, GELU) stay in the layers.
-        let ws = workspace
-        if forwardOnly { return forwardWithoutSaving(x, windows: windows, mask: shifted ? mask : nil) }
-        let attended = attn.forward(tokens: norm1.forward(x), windows: windows, mask: shifted ? mask : nil,
-                                    scratch: ws.attention, into: ws.tokensA)
+        // reads (norm1's and norm2's y, the attention's, fc1, GELU) stay in the layers — unless no
+        // backward follows (forward-only: they go to the workspace too, GELU in place).
+        let ws = workspace, keep = !forwardOnly
+        precondition(keep || !training || (dropPath1.rate == 0 && dropPath2.rate == 0),
+                     "\(name): forward-only in training mode with DropPath")
+        let normed = norm1.forward(x, into: keep ? nil : ws.normed, forBackward: keep)
+        let attended = attn.forward(tokens: normed, windows: windows, mask: shifted ? mask : nil,
+                                    scratch: ws.attention, into: ws.tokensA, forBackward: keep)
         let a = dropPath1.forward(attended, into: ws.tokensB)
         output.resize(x.shape)
         let y = output.data, xs = x.data, ad = a.data
         parallelBlocks(x.count) { lo, hi in for i in lo..<hi { y[i] = xs[i] + ad[i] } }
-        let hidden = gelu.forward(fc1.forward(norm2.forward(output)))
+        let fc1Out = fc1.forward(norm2.forward(output, into: keep ? nil : ws.normed, forBackward: keep), into: keep ? nil : ws.hidden)
+        let hidden = gelu.forward(fc1Out, into: keep ? nil : fc1Out)
         let m = dropPath2.forward(fc2.forward(hidden, into: ws.tokensA), into: ws.tokensB)
-        let md = m.data
-        parallelBlocks(x.count) { lo, hi in for i in lo..<hi { y[i] += md[i] } }
-        return output
-    }
-
-    /// The same arithmetic as `forward`, every intermediate in the workspace (DropPath is the
-    /// identity: a frozen encoder runs in eval mode).
-    private func forwardWithoutSaving(_ x: Tensor, windows: WindowPartition, mask: Tensor?) -> Tensor {
-        precondition(!training || (dropPath1.rate == 0 && dropPath2.rate == 0), "\(name): forward-only in training mode with DropPath")
-        let ws = workspace
-        let normed = norm1.forward(x, into: ws.normed, forBackward: false)
-        let a = attn.forward(tokens: normed, windows: windows, mask: mask, scratch: ws.attention, into: ws.tokensA, forBackward: false)
-        output.resize(x.shape)
-        let y = output.data, xs = x.data, ad = a.data
-        parallelBlocks(x.count) { lo, hi in for i in lo..<hi { y[i] = xs[i] + ad[i] } }
-        let hidden = fc1.forward(norm2.forward(output, into: ws.normed, forBackward: false), into: ws.hidden)
-        let m = fc2.forward(gelu.forward(hidden, into: hidden), into: ws.tokensA)
         let md = m.data
         parallelBlocks(x.count) { lo, hi in for i in lo..<hi { y[i] += md[i] } }
         return output

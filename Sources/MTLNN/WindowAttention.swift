@@ -98,7 +98,7 @@ public final class WindowAttention: HasParameters {
     /// scratch's backward buffers instead of the layer's, and the backward then refuses.
     public func forward(tokens x: Tensor, windows part: WindowPartition, mask: Tensor? = nil,
                         scratch: Scratch? = nil, into out: Tensor? = nil, forBackward: Bool = true) -> Tensor {
-        let c = dim, scratch = scratch ?? ownScratch
+        let scratch = scratch ?? ownScratch
         partition = part
         let q3 = part.partition(qkv.forward(x, into: scratch.qkvTokens), padding: qkv.bias?.value,
                                 into: forBackward ? qkvWindows : scratch.qkvGrad)
@@ -106,10 +106,15 @@ public final class WindowAttention: HasParameters {
         let o = part.reverse(scratch.attendedWindows, into: forBackward ? attended : scratch.attendedGrad)
         let y = proj.forward(o, into: out)
         if !forBackward { qkvOut = nil }
-        let padRows = x.shape[0] * part.paddingSlotsPerImage
-        FlopCounter.addSkippedGemm(padRows, 3 * c, c)
-        FlopCounter.addSkippedGemm(padRows, c, c)
+        bookSkippedLinearWork(images: x.shape[0], part, passes: 1)
         return y
+    }
+
+    /// The qkv and proj GEMM rows of the padding slots, which the token path does not run: one
+    /// pass forward, two backward (dW and dx).
+    private func bookSkippedLinearWork(images: Int, _ part: WindowPartition, passes: Int) {
+        let rows = images * part.paddingSlotsPerImage, c = dim
+        FlopCounter.addSkippedGemm(rows, 4 * c, passes * c)
     }
 
     /// O = softmax(α Q Kᵀ + B + M) V per window and head, from Q K V windows [B·nW, N, 3C].
@@ -164,11 +169,7 @@ public final class WindowAttention: HasParameters {
         attendBackward(dO, q3: q3, scratch: scratch)
         if let db = qkv.bias?.grad.data { part.addPaddingRows(of: scratch.qkvGrad, into: db) }
         let dx = qkv.backward(part.partitionBackward(scratch.qkvGrad, into: scratch.qkvTokens), into: dxOut)
-        let padRows = dy.shape[0] * part.paddingSlotsPerImage, c = dim
-        for _ in 0..<2 {   // dW and dx of each
-            FlopCounter.addSkippedGemm(padRows, 3 * c, c)
-            FlopCounter.addSkippedGemm(padRows, c, c)
-        }
+        bookSkippedLinearWork(images: dy.shape[0], part, passes: 2)
         return dx
     }
 
