@@ -84,7 +84,7 @@ public func sgemm(transA: Bool = false, transB: Bool = false, m: Int, n: Int, k:
     if workers <= 1 {
         for p in 0..<parts { slab(p) }
     } else {
-        DispatchQueue.concurrentPerform(iterations: workers) { w in
+        concurrentRun(workers) { w in
             for p in stride(from: w, to: parts, by: workers) { slab(p) }
         }
     }

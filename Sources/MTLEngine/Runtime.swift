@@ -19,12 +19,20 @@ public enum Runtime {
                                             "barcelona", "bobcat", "nano", "sandybridge", "bulldozer", "piledriver",
                                             "steamroller", "excavator", "unknown", "generic"]
 
+    /// ~0.2 ms of spinning (libgomp counts ~100 000 spins per ms): long enough to bridge the serial
+    /// stretches between a step's parallel regions, short enough not to hold a core between steps.
+    static let openMPSpinCount = 20_000
+
     /// The variables that the numerical libraries read once, when they load, and the values mtl
     /// wants for them on this CPU; a variable the user set is never in the list.
     /// - OPENBLAS_CORETYPE: SkylakeX (AVX-512) or Haswell (AVX2 + FMA) when OpenBLAS picked a
     ///   pre-AVX2 kernel on a CPU that has those instructions.
-    /// - OMP_WAIT_POLICY=passive: oneDNN's OpenMP threads otherwise spin between its calls and
-    ///   take the cores from mtl's own thread pool (halving its loops' speed).
+    /// - GOMP_SPINCOUNT=`openMPSpinCount`: how long an idle OpenMP worker spins before it sleeps.
+    ///   mtl's loops and oneDNN share libgomp's team (`concurrentRun`); libgomp's default, ~3 ms
+    ///   of spinning (300 000 spins), takes a core from the other ranks of an oversubscribed node
+    ///   and from the loader thread, while waiting 0 (OMP_WAIT_POLICY=passive) puts a futex
+    ///   wake-up at the start of each of a step's ~2000 short parallel regions. Unless the user set
+    ///   GOMP_SPINCOUNT or OMP_WAIT_POLICY.
     static func wantedEnvironment(_ env: [String: String], cpu: CPUInfo, blasCore: String) -> [(String, String)] {
         var wanted: [(String, String)] = []
         if env["OPENBLAS_CORETYPE"] == nil && preAVX2Cores.contains(blasCore.lowercased()) {
@@ -34,7 +42,9 @@ public enum Runtime {
                 wanted.append(("OPENBLAS_CORETYPE", "Haswell"))
             }
         }
-        if env["OMP_WAIT_POLICY"] == nil { wanted.append(("OMP_WAIT_POLICY", "passive")) }
+        if env["OMP_WAIT_POLICY"] == nil && env["GOMP_SPINCOUNT"] == nil {
+            wanted.append(("GOMP_SPINCOUNT", String(openMPSpinCount)))
+        }
         return wanted
     }
 
@@ -131,7 +141,7 @@ public enum Runtime {
             "cpu: \(cpu.model) (\(cpu.cores) core(s) online); ISA \(cpu.isaSummary)",
             "blas: \(BLASLibrary.config); core in use \(BLASLibrary.coreName); \(envValue("OPENBLAS_CORETYPE"))",
             "onednn: " + (OneDNN.available
-                ? "\(OneDNN.version), ISA \(OneDNN.isa); \(envValue("OMP_WAIT_POLICY")); conv backend \(Conv2d.backend.rawValue); kernels: \(OneDNN.implementationCounts.isEmpty ? "(listed after the first step)" : OneDNN.implementationSummary)"
+                ? "\(OneDNN.version), ISA \(OneDNN.isa); \(envValue("GOMP_SPINCOUNT")), \(envValue("OMP_WAIT_POLICY")); conv backend \(Conv2d.backend.rawValue); kernels: \(OneDNN.implementationCounts.isEmpty ? "(listed after the first step)" : OneDNN.implementationSummary)"
                 : "no CPU engine; conv backend \(Conv2d.backend.rawValue)"),
             "threads per rank: \(threadsPerRank)" + (ranks.map { "; ranks: \($0)" } ?? ""),
             "mpi: \(MPILibrary.version)",

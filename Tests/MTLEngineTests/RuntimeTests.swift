@@ -15,19 +15,23 @@ final class RuntimeTests: XCTestCase {
 
     func testGenericOpenBLASCoreIsReplacedByTheCPUsBest() {
         let w = Runtime.wantedEnvironment([:], cpu: sapphireRapids, blasCore: "Prescott")
-        XCTAssertEqual(w.map { "\($0.0)=\($0.1)" }, ["OPENBLAS_CORETYPE=SkylakeX", "OMP_WAIT_POLICY=passive"])
+        XCTAssertEqual(w.map { "\($0.0)=\($0.1)" }, ["OPENBLAS_CORETYPE=SkylakeX", "GOMP_SPINCOUNT=20000"])
         let h = Runtime.wantedEnvironment([:], cpu: zen3, blasCore: "Nehalem")
-        XCTAssertEqual(h.map { "\($0.0)=\($0.1)" }, ["OPENBLAS_CORETYPE=Haswell", "OMP_WAIT_POLICY=passive"])
+        XCTAssertEqual(h.map { "\($0.0)=\($0.1)" }, ["OPENBLAS_CORETYPE=Haswell", "GOMP_SPINCOUNT=20000"])
     }
 
     func testAGoodCoreOrAnOldCPUOrAUserValueIsLeftAlone() {
-        XCTAssertEqual(Runtime.wantedEnvironment([:], cpu: zen3, blasCore: "Zen").map { $0.0 }, ["OMP_WAIT_POLICY"])
-        XCTAssertEqual(Runtime.wantedEnvironment([:], cpu: sapphireRapids, blasCore: "SkylakeX").map { $0.0 }, ["OMP_WAIT_POLICY"])
+        XCTAssertEqual(Runtime.wantedEnvironment([:], cpu: zen3, blasCore: "Zen").map { $0.0 }, ["GOMP_SPINCOUNT"])
+        XCTAssertEqual(Runtime.wantedEnvironment([:], cpu: sapphireRapids, blasCore: "SkylakeX").map { $0.0 }, ["GOMP_SPINCOUNT"])
         // No AVX2: nothing better than what OpenBLAS picked.
-        XCTAssertEqual(Runtime.wantedEnvironment([:], cpu: oldXeon, blasCore: "Sandybridge").map { $0.0 }, ["OMP_WAIT_POLICY"])
+        XCTAssertEqual(Runtime.wantedEnvironment([:], cpu: oldXeon, blasCore: "Sandybridge").map { $0.0 }, ["GOMP_SPINCOUNT"])
         // What the user set is never overridden.
         let user = ["OPENBLAS_CORETYPE": "Haswell", "OMP_WAIT_POLICY": "active"]
         XCTAssertTrue(Runtime.wantedEnvironment(user, cpu: sapphireRapids, blasCore: "Prescott").isEmpty)
+        // Either of libgomp's two waiting variables, set by the user, keeps mtl's spin count out
+        // (GOMP_SPINCOUNT would override the user's OMP_WAIT_POLICY).
+        XCTAssertTrue(Runtime.wantedEnvironment(["GOMP_SPINCOUNT": "0"], cpu: zen3, blasCore: "Zen").isEmpty)
+        XCTAssertTrue(Runtime.wantedEnvironment(["OMP_WAIT_POLICY": "passive"], cpu: zen3, blasCore: "Zen").isEmpty)
     }
 
     func testCPUInfoParsesProcCpuinfo() {
@@ -107,16 +111,16 @@ final class RuntimeTests: XCTestCase {
         XCTAssertTrue(c.yaml().contains("conv_backend: blas"), "the resolved config.yaml records the backend")
     }
 
-    /// `mtl doctor` re-executes itself once with OMP_WAIT_POLICY=passive and reports every library,
+    /// `mtl doctor` re-executes itself once with GOMP_SPINCOUNT=20000 and reports every library,
     /// the oneDNN kernels of the bench network's convolutions included.
     func testDoctorReportsWhatRuns() throws {
-        let r = try runWithout(["OMP_WAIT_POLICY", "MTL_ENV_TUNED"], [try DistributedTrainingTests.mtlBinary(), "doctor", "--threads", "1"])
+        let r = try runWithout(["OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MTL_ENV_TUNED"], [try DistributedTrainingTests.mtlBinary(), "doctor", "--threads", "1"])
         XCTAssertEqual(r.status, 0, r.err)
         for key in ["cpu: ", "blas: OpenBLAS", "core in use", "onednn: ", "threads per rank: 1", "mpi: ", "hdf5: 1."] {
             XCTAssertTrue(r.out.contains(key), "no '\(key)' in:\n\(r.out)")
         }
-        XCTAssertTrue(r.out.contains("[set by mtl: OMP_WAIT_POLICY=passive]"), r.out)
-        XCTAssertTrue(r.out.contains("OMP_WAIT_POLICY=passive;"), r.out)
+        XCTAssertTrue(r.out.contains("[set by mtl: GOMP_SPINCOUNT=20000]"), r.out)
+        XCTAssertTrue(r.out.contains("GOMP_SPINCOUNT=20000, OMP_WAIT_POLICY unset;"), r.out)
         if OneDNN.available {
             XCTAssertTrue(r.out.contains("fwd jit") || r.out.contains("fwd brg"), r.out)
             XCTAssertFalse(r.out.contains(" ref:"), r.out)
@@ -131,7 +135,7 @@ final class RuntimeTests: XCTestCase {
         XCTAssertNotEqual(missing.status, 0)
         XCTAssertTrue(missing.err.contains("run directory /nonexistent/runs: does not exist"), missing.err)
         // A value the user set is kept, and nothing is re-executed for it.
-        let kept = try runWithout(["MTL_ENV_TUNED"], ["OMP_WAIT_POLICY=active", try DistributedTrainingTests.mtlBinary(), "doctor", "--threads", "1"])
+        let kept = try runWithout(["MTL_ENV_TUNED", "GOMP_SPINCOUNT"], ["OMP_WAIT_POLICY=active", try DistributedTrainingTests.mtlBinary(), "doctor", "--threads", "1"])
         XCTAssertEqual(kept.status, 0, kept.err)
         XCTAssertTrue(kept.out.contains("OMP_WAIT_POLICY=active;") && !kept.out.contains("set by mtl"), kept.out)
     }
