@@ -61,7 +61,7 @@ final class OneDNNConvolution {
         }
         plan.dst.bind(y)
         args.append((Int32(MTL_DNNL_ARG_DST), plan.dst.memory))
-        OneDNN.execute(plan.forward, args)
+        OneDNN.execute(plan.forward!, args)
         plan.dst.store()
     }
 
@@ -77,7 +77,7 @@ final class OneDNNConvolution {
             db.bind(dBias)
             args.append((Int32(MTL_DNNL_ARG_DIFF_BIAS), db.memory))
         }
-        OneDNN.execute(wp.primitive, args)
+        OneDNN.execute(wp.primitive!, args)
         wp.diffWeights.store()
         wp.diffBias?.store()
     }
@@ -95,7 +95,7 @@ final class OneDNNConvolution {
         }
         dp.weights.load(weight)
         dp.diffSrc.bind(dx)
-        OneDNN.execute(dp.primitive, [(Int32(MTL_DNNL_ARG_DIFF_DST), diffDst), (Int32(MTL_DNNL_ARG_WEIGHTS), dp.weights.memory),
+        OneDNN.execute(dp.primitive!, [(Int32(MTL_DNNL_ARG_DIFF_DST), diffDst), (Int32(MTL_DNNL_ARG_WEIGHTS), dp.weights.memory),
                                       (Int32(MTL_DNNL_ARG_DIFF_SRC), dp.diffSrc.memory)])
         dp.diffSrc.store()
     }
@@ -127,7 +127,8 @@ final class OneDNNConvolution {
         let shape: Shape
         let geometry: Geometry
         let forwardPD: dnnl_primitive_desc_t
-        let forward: dnnl_primitive_t
+        /// nil when the BLAS path runs the forward (see `OneDNN.primitiveIfFast`).
+        let forward: dnnl_primitive_t?
         let forwardImplementation: String
         let src, weights, dst: OneDNN.Argument
         let bias: OneDNN.Argument?
@@ -150,8 +151,8 @@ final class OneDNNConvolution {
             var pd: dnnl_primitive_desc_t?
             OneDNN.check(dnnl_primitive_desc_create(&pd, &desc, nil, OneDNN.engine, nil), "convolution forward primitive_desc_create")
             forwardPD = pd!
-            forward = OneDNN.makePrimitive(forwardPD)
             forwardImplementation = OneDNN.implementation(forwardPD)
+            forward = OneDNN.primitiveIfFast(forwardPD, forwardImplementation)
             OneDNN.record("fwd", forwardImplementation)
             src = OneDNN.Argument(input: g.userSrc, wanted: OneDNN.queryDesc(forwardPD, dnnl_query_src_md), role: .src)
             weights = OneDNN.Argument(input: g.userWeights, wanted: OneDNN.queryDesc(forwardPD, dnnl_query_weights_md), role: .weights)
@@ -177,14 +178,14 @@ final class OneDNNConvolution {
         }
 
         deinit {
-            dnnl_primitive_destroy(forward)
+            if let forward { dnnl_primitive_destroy(forward) }
             dnnl_primitive_desc_destroy(forwardPD)
         }
     }
 
     final class WeightsPass {
         let pd: dnnl_primitive_desc_t
-        let primitive: dnnl_primitive_t
+        let primitive: dnnl_primitive_t?
         let implementation: String
         let src, diffDst, diffWeights: OneDNN.Argument
         let diffBias: OneDNN.Argument?
@@ -202,8 +203,8 @@ final class OneDNNConvolution {
             OneDNN.check(dnnl_primitive_desc_create(&p, &desc, nil, OneDNN.engine, plan.forwardPD),
                          "convolution backward-weights primitive_desc_create")
             pd = p!
-            primitive = OneDNN.makePrimitive(pd)
             implementation = OneDNN.implementation(pd)
+            primitive = OneDNN.primitiveIfFast(pd, implementation)
             OneDNN.record("bwd_weights", implementation)
             src = OneDNN.Argument(input: g.userSrc, wanted: OneDNN.queryDesc(pd, dnnl_query_src_md), role: .src)
             diffDst = OneDNN.Argument(input: g.userDst, wanted: OneDNN.queryDesc(pd, dnnl_query_diff_dst_md), role: .diffDst)
@@ -216,14 +217,14 @@ final class OneDNNConvolution {
         }
 
         deinit {
-            dnnl_primitive_destroy(primitive)
+            if let primitive { dnnl_primitive_destroy(primitive) }
             dnnl_primitive_desc_destroy(pd)
         }
     }
 
     final class DataPass {
         let pd: dnnl_primitive_desc_t
-        let primitive: dnnl_primitive_t
+        let primitive: dnnl_primitive_t?
         let implementation: String
         let diffDst, weights, diffSrc: OneDNN.Argument
         /// dy in the layout of the backward-weights pass is what this pass reads too.
@@ -239,8 +240,8 @@ final class OneDNNConvolution {
             OneDNN.check(dnnl_primitive_desc_create(&p, &desc, nil, OneDNN.engine, plan.forwardPD),
                          "convolution backward-data primitive_desc_create")
             pd = p!
-            primitive = OneDNN.makePrimitive(pd)
             implementation = OneDNN.implementation(pd)
+            primitive = OneDNN.primitiveIfFast(pd, implementation)
             OneDNN.record("bwd_data", implementation)
             let wantedDiffDst = OneDNN.queryDesc(pd, dnnl_query_diff_dst_md)
             readsWeightsPassDiffDst = weightsPassDiffDst.map { OneDNN.equal(wantedDiffDst, $0) } ?? false
@@ -251,7 +252,7 @@ final class OneDNNConvolution {
         }
 
         deinit {
-            dnnl_primitive_destroy(primitive)
+            if let primitive { dnnl_primitive_destroy(primitive) }
             dnnl_primitive_desc_destroy(pd)
         }
     }

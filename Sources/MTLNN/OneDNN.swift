@@ -121,6 +121,14 @@ public enum OneDNN {
         check(dnnl_stream_wait(stream), "stream_wait")
     }
 
+    /// The primitive of a convolution pass, or nil when the BLAS path will run that pass instead.
+    /// Not creating the unused ones matters for memory: oneDNN sizes its one shared scratchpad, at
+    /// creation, to the largest primitive alive, and an `x64:gemm:jit` convolution's scratchpad holds
+    /// its im2col buffers (223 MB of the ResNet-50 DeepLab bench's heap peak, heaptrack).
+    static func primitiveIfFast(_ pd: dnnl_primitive_desc_t, _ implementation: String) -> dnnl_primitive_t? {
+        beatsBLAS(implementation) ? makePrimitive(pd) : nil
+    }
+
     static func makePrimitive(_ pd: dnnl_primitive_desc_t) -> dnnl_primitive_t {
         var p: dnnl_primitive_t?
         check(dnnl_primitive_create(&p, pd), "primitive_create")

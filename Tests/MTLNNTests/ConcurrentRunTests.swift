@@ -56,15 +56,15 @@ final class ConcurrentRunTests: XCTestCase {
 
     func testAnotherThreadUsesLibdispatch() {
         Threads.set(2)
-        let done = expectation(description: "loader-like thread")
-        var runs: [Int] = []
+        final class Outcome: @unchecked Sendable { var runs: [Int] = [] }
+        let done = expectation(description: "loader-like thread"), outcome = Outcome()
         let thread = Thread {
-            runs = self.record(5).runs
+            outcome.runs = self.record(5).runs
             done.fulfill()
         }
         thread.start()
         wait(for: [done], timeout: 30)
-        XCTAssertEqual(runs, [1, 1, 1, 1, 1])
+        XCTAssertEqual(outcome.runs, [1, 1, 1, 1, 1])
     }
 
     /// parallelFor's chunks cover 0..<n once each, on the team, for any minChunk.
