@@ -57,6 +57,8 @@ public final class DeepLabHead: TaskHead {
             b.append(ConvBNReLU("\(p).convs.\(i + 1)", inChannels: inChannels, outChannels: channels, kernel: 3,
                                 dilation: r, rng: &rng))
         }
+        // Each branch's dx is added into dz before the next branch's backward: one buffer for all.
+        for branch in b.dropFirst() { branch.conv.shareInputGradientBuffer(with: b[0].conv) }
         branches = b
         poolBranch = ConvBNReLU("\(p).convs.\(rates.count + 1)", inChannels: inChannels, outChannels: channels,
                                 kernel: 1, convIndex: 1, rng: &rng)
@@ -112,6 +114,8 @@ public final class BenchHead: TaskHead {
                    padding: d, dilation: d, bias: true, rng: &rng)
         }
         out = Conv2d("\(prefix).out", inChannels: channels, outChannels: outChannels, kernel: 1, bias: true, rng: &rng)
+        // Each branch's dx is added into dz before the next branch's backward: one buffer for all.
+        for branch in branches.dropFirst() { branch.shareInputGradientBuffer(with: branches[0]) }
         self.outChannels = outChannels
     }
 

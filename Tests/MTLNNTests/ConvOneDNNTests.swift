@@ -132,3 +132,49 @@ final class ConvOneDNNTests: XCTestCase {
         }
     }
 }
+
+extension ConvTests {
+    /// Branches that share one input-gradient buffer (`shareInputGradientBuffer`) return the same dx
+    /// as branches with a buffer each, when each dx is used before the next branch's backward — on
+    /// both backends and both BLAS dx paths (the transposed twin writes into the shared buffer too).
+    func testBranchesSharingTheInputGradientBuffer() {
+        let saved = Conv2d.transposedInputGrad
+        defer { Conv2d.transposedInputGrad = saved }
+        let backends: [ConvBackend] = OneDNN.available ? [.blas, .onednn] : [.blas]
+        for backend in backends {
+            for transposed in [true, false] {
+                Conv2d.transposedInputGrad = transposed
+                func branches(sharing: Bool) -> [Conv2d] {
+                    var rng = Philox(seed: 41, stream: RNGStream.initialization.rawValue)
+                    let b = [(1, 0, 1), (3, 2, 2), (3, 5, 5)].map { k, pad, dil in
+                        Conv2d("b", inChannels: 6, outChannels: 4, kernel: k, padding: pad, dilation: dil, bias: true, rng: &rng)
+                    }
+                    if sharing { for conv in b.dropFirst() { conv.shareInputGradientBuffer(with: b[0]) } }
+                    return b
+                }
+                var rng = Philox(seed: 42, stream: 7)
+                let x = randomTensor([2, 6, 7, 9], &rng), dy = randomTensor([2, 4, 7, 9], &rng)
+                func dxSum(_ convs: [Conv2d]) -> [Float] {
+                    withBackend(backend) {
+                        let sum = Tensor([0])
+                        for _ in 0..<2 {   // twice: the second backward reuses the buffers
+                            for conv in convs { _ = conv.forward(x) }
+                            sum.copy(from: convs[0].backward(dy))
+                            for conv in convs.dropFirst() { sum.add(conv.backward(dy)) }
+                        }
+                        return sum.array
+                    }
+                }
+                let own = dxSum(branches(sharing: false)), shared = dxSum(branches(sharing: true))
+                // The buffer really is shared: every branch returns the same tensor.
+                withBackend(backend) {
+                    let convs = branches(sharing: true)
+                    let dxs = convs.map { conv -> Tensor in _ = conv.forward(x); return conv.backward(dy) }
+                    XCTAssertTrue(dxs.allSatisfy { $0 === dxs[0] }, "\(backend), transposed dx \(transposed)")
+                }
+                XCTAssertEqual(own, shared, "\(backend), transposed dx \(transposed)")
+                XCTAssertGreaterThan(own.map { abs($0) }.max() ?? 0, 0)
+            }
+        }
+    }
+}
