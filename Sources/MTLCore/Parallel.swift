@@ -50,7 +50,7 @@ public func concurrentRun(_ count: Int, _ body: (Int) -> Void) {
     withoutActuallyEscaping(body) { body in
         if let team = OpenMPTeam.entryPoints, Thread.isMainThread {
             var job = OpenMPTeam.Job(count: count, body: body)
-            let members = UInt32(min(count, max(1, Threads.count)))
+            let members = UInt32(min(count, Threads.count))
             withUnsafeMutablePointer(to: &job) { team.parallel(OpenMPTeam.runJob, $0, members, 0) }
         } else {
             DispatchQueue.concurrentPerform(iterations: count, execute: body)

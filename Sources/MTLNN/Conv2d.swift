@@ -129,8 +129,6 @@ public final class Conv2d: HasParameters {
         self.bias = bias ? Parameter("\(name).bias", uniformTensor([outChannels], bound: bound, rng: &rng)) : nil
     }
 
-    /// The stride-1 dx twin of `conv` (see `transposedInputGrad`): its weight is the workspace's
-    /// `twinWeight`, shared by all twins and filled by each backward, and it has no gradient.
     /// Makes this layer's input gradient live in `other`'s buffer. For layers whose input gradients
     /// are used one after the other — a head's parallel branches on one input, each branch's dx
     /// added into the sum before the next branch's backward runs — so that they hold one buffer
@@ -140,6 +138,8 @@ public final class Conv2d: HasParameters {
         inputGrad = other.inputGrad
     }
 
+    /// The stride-1 dx twin of `conv` (see `transposedInputGrad`): its weight is the workspace's
+    /// `twinWeight`, shared by all twins and filled by each backward, and it has no gradient.
     private init(twinOf conv: Conv2d) {
         name = conv.name + ".dx"
         inChannels = conv.outChannels

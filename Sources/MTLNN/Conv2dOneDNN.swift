@@ -134,8 +134,8 @@ final class OneDNNConvolution {
         let bias: OneDNN.Argument?
         private(set) var dataPass: DataPass?
         private(set) var weightsPass: WeightsPass?
-        /// Whether oneDNN runs the forward (else the BLAS path does: `OneDNN.beatsBLAS`).
-        var forwardIsFast: Bool { OneDNN.beatsBLAS(forwardImplementation) }
+        /// Whether oneDNN runs the forward (else the BLAS path does: `OneDNN.primitiveIfFast`).
+        var forwardIsFast: Bool { forward != nil }
 
         init(_ conv: OneDNNConvolution, _ shape: Shape) {
             self.shape = shape
@@ -167,14 +167,14 @@ final class OneDNNConvolution {
         func fastWeightsPass(_ conv: OneDNNConvolution) -> WeightsPass? {
             let p = weightsPass ?? WeightsPass(conv, self)
             weightsPass = p
-            return OneDNN.beatsBLAS(p.implementation) ? p : nil
+            return p.primitive == nil ? nil : p
         }
 
         /// The backward-data pass, nil when the BLAS path is faster for it.
         func fastDataPass(_ conv: OneDNNConvolution) -> DataPass? {
             let p = dataPass ?? DataPass(self, weightsPassDiffDst: weightsPass?.diffDst.desc)
             dataPass = p
-            return OneDNN.beatsBLAS(p.implementation) ? p : nil
+            return p.primitive == nil ? nil : p
         }
 
         deinit {
