@@ -4,7 +4,8 @@ import MTLCore
 /// The oneDNN backend of one Conv2d: forward, backward-data and backward-weights (with bias)
 /// primitives, created once per (batch, height, width, threads) and kept (creating one costs
 /// ~20× a steady execution). mtl's tensors stay NCHW and the weights OIHW (checkpoints keep
-/// PyTorch's layout); each primitive picks its own layouts ("any"), and the arguments whose
+/// PyTorch's layout); each primitive picks its own layouts ("any"; a forward that then gets only
+/// im2col + GEMM is asked again with NHWC activations, see `Plan.init`), and the arguments whose
 /// layout differs are reordered on the way in and out (`OneDNN.Argument`) through scratch buffers
 /// shared by all layers (a copy per layer of the activations or weights in oneDNN's layout would
 /// add up to a second network's worth of memory). The weights are reordered once per pass that
@@ -107,6 +108,7 @@ final class OneDNNConvolution {
         var src, weights, bias, dst: dnnl_memory_desc_t
         var userSrc, userWeights, userBias, userDst: dnnl_memory_desc_t
         var strides, dilates, padL, padR: [Int64]
+        var srcDims, dstDims: [Int]
     }
 
     func geometry(_ s: Shape) -> Geometry {
@@ -120,7 +122,7 @@ final class OneDNNConvolution {
                         userSrc: OneDNN.desc(srcDims, dnnl_nchw), userWeights: OneDNN.desc(wDims, dnnl_oihw),
                         userBias: OneDNN.desc([outChannels], dnnl_a), userDst: OneDNN.desc(dstDims, dnnl_nchw),
                         strides: [Int64(stride), Int64(stride)], dilates: [Int64(dilation - 1), Int64(dilation - 1)],
-                        padL: [Int64(padding), Int64(padding)], padR: padR)
+                        padL: [Int64(padding), Int64(padding)], padR: padR, srcDims: srcDims, dstDims: dstDims)
     }
 
     final class Plan {
@@ -139,19 +141,28 @@ final class OneDNNConvolution {
 
         init(_ conv: OneDNNConvolution, _ shape: Shape) {
             self.shape = shape
-            var g = conv.geometry(shape)
+            let g = conv.geometry(shape)
             geometry = g
-            var desc = dnnl_convolution_desc_t()
-            let hasBias = conv.hasBias
-            OneDNN.check(withUnsafePointer(to: &g.bias) { bias in
-                dnnl_dilated_convolution_forward_desc_init(&desc, dnnl_forward_training, dnnl_convolution_direct,
-                                                           &g.src, &g.weights, hasBias ? bias : nil, &g.dst,
-                                                           g.strides, g.dilates, g.padL, g.padR)
-            }, "convolution_forward_desc_init")
-            var pd: dnnl_primitive_desc_t?
-            OneDNN.check(dnnl_primitive_desc_create(&pd, &desc, nil, OneDNN.engine, nil), "convolution forward primitive_desc_create")
-            forwardPD = pd!
-            forwardImplementation = OneDNN.implementation(forwardPD)
+            var pd = Plan.forwardDescriptor(conv, g, src: g.src, dst: g.dst)
+            var implementation = OneDNN.implementation(pd)
+            if !OneDNN.beatsBLAS(implementation) {
+                // oneDNN 2.x's blocked JIT kernels refuse a padding wider than their register block
+                // (rate 12 on a 16×32 map) and fall back to im2col + GEMM; its brgemm kernels take
+                // NHWC activations, accept any padding and skip the taps that read it: 3–4× faster
+                // than the BLAS regions on the bench heads (AMD EPYC Zen5, avx512_core). Without
+                // AVX-512 there is no brgemm kernel and the retry returns GEMM again.
+                let nhwc = Plan.forwardDescriptor(conv, g, src: OneDNN.desc(g.srcDims, dnnl_nhwc),
+                                                  dst: OneDNN.desc(g.dstDims, dnnl_nhwc))
+                let nhwcImplementation = OneDNN.implementation(nhwc)
+                if OneDNN.beatsBLAS(nhwcImplementation) {
+                    dnnl_primitive_desc_destroy(pd)
+                    (pd, implementation) = (nhwc, nhwcImplementation)
+                } else {
+                    dnnl_primitive_desc_destroy(nhwc)
+                }
+            }
+            forwardPD = pd
+            forwardImplementation = implementation
             forward = OneDNN.primitiveIfFast(forwardPD, forwardImplementation)
             OneDNN.record("fwd", forwardImplementation)
             src = OneDNN.Argument(input: g.userSrc, wanted: OneDNN.queryDesc(forwardPD, dnnl_query_src_md), role: .src)
@@ -161,6 +172,22 @@ final class OneDNNConvolution {
                                   role: nil)
                 : nil
             dst = OneDNN.Argument(output: g.userDst, produced: OneDNN.queryDesc(forwardPD, dnnl_query_dst_md), role: .dst)
+        }
+
+        /// The forward primitive descriptor for activations in the layouts `src` and `dst`.
+        static func forwardDescriptor(_ conv: OneDNNConvolution, _ geometry: Geometry, src: dnnl_memory_desc_t,
+                                      dst: dnnl_memory_desc_t) -> dnnl_primitive_desc_t {
+            var g = geometry, src = src, dst = dst
+            var desc = dnnl_convolution_desc_t()
+            let hasBias = conv.hasBias
+            OneDNN.check(withUnsafePointer(to: &g.bias) { bias in
+                dnnl_dilated_convolution_forward_desc_init(&desc, dnnl_forward_training, dnnl_convolution_direct,
+                                                           &src, &g.weights, hasBias ? bias : nil, &dst,
+                                                           g.strides, g.dilates, g.padL, g.padR)
+            }, "convolution_forward_desc_init")
+            var pd: dnnl_primitive_desc_t?
+            OneDNN.check(dnnl_primitive_desc_create(&pd, &desc, nil, OneDNN.engine, nil), "convolution forward primitive_desc_create")
+            return pd!
         }
 
         /// The backward-weights pass, nil when the BLAS path is faster for it.

@@ -46,7 +46,9 @@ final class ConvOneDNNTests: XCTestCase {
     }
 
     /// Output and every gradient within 1e-5 (relative to the largest magnitude) of the BLAS path.
-    func compare(_ s: Shape, seed: UInt64, threads: Int = Threads.count, file: StaticString = #filePath, line: UInt = #line) {
+    @discardableResult
+    func compare(_ s: Shape, seed: UInt64, threads: Int = Threads.count, file: StaticString = #filePath,
+                 line: UInt = #line) -> Conv2d {
         var initRng = Philox(seed: seed, stream: RNGStream.initialization.rawValue)
         let conv = Conv2d("c", inChannels: s.c, outChannels: s.o, kernel: s.k, stride: s.stride, padding: s.pad,
                           dilation: s.dil, bias: s.bias, rng: &initRng)
@@ -74,6 +76,27 @@ final class ConvOneDNNTests: XCTestCase {
             let err = zip(a, b).map { abs($0 - $1) }.max() ?? 0
             XCTAssertLessThanOrEqual(err / scale, 1e-5, "\(name) \(s): max |oneDNN − BLAS| = \(err), scale \(scale)", file: file, line: line)
         }
+        return conv
+    }
+
+    /// A padding wider than oneDNN's blocked JIT kernels take (rate 12 on a 16×32 map, as in the bench
+    /// heads): with AVX-512 the forward and the dx twin's forward run on its brgemm kernel in NHWC
+    /// (`OneDNNConvolution.Plan`), and every result matches the BLAS path; without AVX-512 oneDNN offers
+    /// only im2col + GEMM and the BLAS path runs them.
+    func testLargePaddingForwardOnBrgemm() {
+        let before = OneDNN.implementationCounts
+        let conv = compare(Shape(n: 2, c: 64, h: 16, w: 32, o: 32, k: 3, stride: 1, pad: 12, dil: 12, bias: true), seed: 510)
+        let line = conv.onednnImplementations.first ?? ""
+        let brgemm = "fwd brgconv:avx512_core"
+        guard OneDNN.isa.hasPrefix("avx512_core") else {
+            XCTAssertFalse(line.contains("brgconv"), line)
+            print("oneDNN ISA \(OneDNN.isa): no brgemm kernels, the BLAS path runs the rate-12 forward (\(line))")
+            return
+        }
+        XCTAssertTrue(line.contains(brgemm), line)
+        // The layer's forward and its dx twin's (64 → 32 and 32 → 64, both padding 12).
+        XCTAssertEqual((OneDNN.implementationCounts[brgemm] ?? 0) - (before[brgemm] ?? 0), 2,
+                       "\(OneDNN.implementationSummary)")
     }
 
     func testMatchesBlasOnNetworkShapes() {
