@@ -43,7 +43,6 @@ final class BasicBlock: ResidualBlock {
     let downsample: Downsample?
     let add = Add(), relu2 = ReLU()
     let outChannels: Int
-    private let dx = Tensor([0])
 
     init(_ prefix: String, inChannels: Int, planes: Int, stride: Int, dilation1: Int, dilation2: Int, rng: inout Philox) {
         conv1 = Conv2d("\(prefix).conv1", inChannels: inChannels, outChannels: planes, kernel: 3, stride: stride,
@@ -71,10 +70,13 @@ final class BasicBlock: ResidualBlock {
         return relu2.forward(add.forward(main, shortcut))
     }
 
+    /// The gradients between the layers live in the layers' own input-gradient buffers: ReLU and BN
+    /// write over the dx of the convolution after them (nothing else reads it), and the shortcut's
+    /// gradient is added into conv1's dx, which is the block's dx.
     func backward(_ dy: Tensor) -> Tensor {
         let dsum = relu2.backward(dy)   // flows unchanged into both branches of the add
-        let dmain = conv1.backward(bn1.backward(relu1.backward(conv2.backward(bn2.backward(dsum)))))
-        dx.copy(from: dmain)
+        let d1 = bn1.backward(relu1.backwardInPlace(conv2.backward(bn2.backward(dsum))), inPlace: true)
+        let dx = conv1.backward(d1)
         if let ds = downsample { dx.add(ds.backward(dsum)) } else { dx.add(dsum) }
         return dx
     }
@@ -88,7 +90,6 @@ final class Bottleneck: ResidualBlock {
     let downsample: Downsample?
     let add = Add(), relu3 = ReLU()
     let outChannels: Int
-    private let dx = Tensor([0])
 
     init(_ prefix: String, inChannels: Int, planes: Int, stride: Int, dilation: Int, rng: inout Philox) {
         let out = planes * 4
@@ -119,11 +120,12 @@ final class Bottleneck: ResidualBlock {
         return relu3.forward(add.forward(main, shortcut))
     }
 
+    /// As BasicBlock's: ReLU and BN write over the convolutions' dx, and the block's dx is conv1's.
     func backward(_ dy: Tensor) -> Tensor {
         let dsum = relu3.backward(dy)
-        let d2 = relu2.backward(conv3.backward(bn3.backward(dsum)))
-        let dmain = conv1.backward(bn1.backward(relu1.backward(conv2.backward(bn2.backward(d2)))))
-        dx.copy(from: dmain)
+        let d2 = bn2.backward(relu2.backwardInPlace(conv3.backward(bn3.backward(dsum))), inPlace: true)
+        let d1 = bn1.backward(relu1.backwardInPlace(conv2.backward(d2)), inPlace: true)
+        let dx = conv1.backward(d1)
         if let ds = downsample { dx.add(ds.backward(dsum)) } else { dx.add(dsum) }
         return dx
     }

@@ -115,7 +115,9 @@ public final class BatchNorm2d: HasParameters {
     }
 
     /// Accumulates weight/bias gradients (local sums) and returns dx. Repeatable after one forward.
-    public func backward(_ dy: Tensor) -> Tensor {
+    /// `inPlace`: dx is written over dy, for a dy that nothing reads afterwards (each element of dy
+    /// is read once, by the pass that writes the same element of dx, after the reductions).
+    public func backward(_ dy: Tensor, inPlace: Bool = false) -> Tensor {
         guard let x = input else { preconditionFailure("\(name): backward before forward") }
         precondition(dy.shape == x.shape, "\(name): dy \(shapeString(dy.shape)) does not match the input \(shapeString(x.shape))")
         let c = channels, n = x.n, hw = x.h * x.w
@@ -141,8 +143,9 @@ public final class BatchNorm2d: HasParameters {
                 }
             }
         }
-        inputGrad.resize(x.shape)
-        let dx = inputGrad.data, gamma = weight.value.data
+        let result = inPlace ? dy : inputGrad
+        result.resize(x.shape)
+        let dx = result.data, gamma = weight.value.data
         if !forwardWasTraining {
             // Running statistics are constants: dx = dy·γ/σ.
             invStd.withUnsafeBufferPointer { inv in
@@ -152,7 +155,7 @@ public final class BatchNorm2d: HasParameters {
                     for i in 0..<hw { dst[i] = src[i] * a }
                 }
             }
-            return inputGrad
+            return result
         }
         reducer?.sumInPlace(sums.buffer)
         let count = globalCount
@@ -171,6 +174,6 @@ public final class BatchNorm2d: HasParameters {
                 }
             }
         }
-        return inputGrad
+        return result
     }
 }

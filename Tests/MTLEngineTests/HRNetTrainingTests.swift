@@ -42,7 +42,16 @@ final class HRNetTrainingTests: XCTestCase {
                           "--set", "train.steps=1", "--set", "train.batch_size=4"]
 
     /// Runs `method` on 1 and 2 ranks and compares the step's losses and coefficients and the parameters after it.
-    func assertWorldSizeInvariant(method: String, level: String, file: StaticString = #filePath, line: UInt = #line) throws {
+    /// `decisions`: the method makes discrete per-position decisions (GradDrop's masks: keep where
+    /// P > U), and a decision within rounding of its threshold may go either way between world sizes.
+    /// One such flip removes or restores one position's whole gradient, and everything behind it moves
+    /// (measured on AMD Zen5 with AVX-512 kernels: one fuse-layer BN bias 7 % apart, the step's
+    /// BN-bias gradients 2.3 % apart over the model, both scaling with 1 − leak; 5e-8 with AVX2
+    /// kernels, where no decision flips). So the step's gradient is compared over the whole model, at
+    /// a bound that a few flips stay under and a wrong q or a misplaced mask, which move a large part
+    /// of the decisions, do not.
+    func assertWorldSizeInvariant(method: String, level: String, decisions: Bool = false,
+                                  file: StaticString = #filePath, line: UInt = #line) throws {
         for n in [1, 2] {
             let r = try train(n, run: "\(method)\(n)", ["--set", "method.name=\(method)", "--set", "method.level=\(level)",
                                                       "--set", "checkpoint.every=1"] + Self.oneStep)
@@ -66,7 +75,16 @@ final class HRNetTrainingTests: XCTestCase {
         XCTAssertEqual(p1.count, 752, file: file, line: line)
         let d = relativeDifference(p1, p2, file: file, line: line)
         print("HRNet18-S \(method) (\(level)), parameters after one step on 1 vs 2 ranks: worst \(d.worstName) \(d.worst)")
-        XCTAssertLessThan(d.worst, 1e-5, "\(method): \(d.worstName)", file: file, line: line)
+        guard decisions else {
+            XCTAssertLessThan(d.worst, 1e-5, "\(method): \(d.worstName)", file: file, line: line)
+            return
+        }
+        // BN biases start at 0, so after one SGD step they are −lr·∂L/∂β: the step's gradient, exactly.
+        let bnBias = Set(p1.keys.filter { $0.hasSuffix(".running_mean") }.map { String($0.dropLast("running_mean".count)) + "bias" })
+        let g = relativeDifference(p1, p2, include: { bnBias.contains($0) }, file: file, line: line)
+        print("HRNet18-S \(method): BN-bias gradients of the step on 1 vs 2 ranks differ by \(g.global) over \(g.compared) tensors")
+        XCTAssertGreaterThan(g.compared, 100, file: file, line: line)
+        XCTAssertLessThan(g.global, 0.1, "\(method): the gradients differ beyond a few flipped decisions", file: file, line: line)
     }
 
     /// IAL: its Gram is the sum of the four scales' local Grams, summed over ranks (SyncBN everywhere).
@@ -85,7 +103,7 @@ final class HRNetTrainingTests: XCTestCase {
 
     /// GradDrop at representation level: the per-position vectors of the four scales concatenated, all-reduced.
     func testGradDropIsWorldSizeInvariant() throws {
-        try assertWorldSizeInvariant(method: "graddrop", level: "representation")
+        try assertWorldSizeInvariant(method: "graddrop", level: "representation", decisions: true)
     }
 
     /// A short run on 2 ranks: every task's loss falls (mean of the last 4 steps at least 5 % below the first 4;

@@ -199,4 +199,26 @@ final class BatchNormTests: XCTestCase {
         XCTAssertEqual(bn.backward(r).array, a)
         XCTAssertEqual(bn.weight.grad.array, ga)
     }
+
+    /// The in-place backward (dx over dy) gives the same bits as the out-of-place one, in training
+    /// and in eval mode, and returns dy's own buffer.
+    func testBackwardInPlace() {
+        var rng = Philox(seed: 5, stream: 1)
+        let bn = makeBN(3, &rng)
+        let x = randomTensor([2, 3, 4, 5], &rng)
+        let r = randomTensor(x.shape, &rng)
+        for training in [true, false] {
+            bn.training = training
+            _ = bn.forward(x)
+            bn.zeroGrad()
+            let expected = bn.backward(r).array, gw = bn.weight.grad.array, gb = bn.bias.grad.array
+            bn.zeroGrad()
+            let dy = Tensor(r.shape, r.array)
+            let dx = bn.backward(dy, inPlace: true)
+            XCTAssertTrue(dx === dy, "training \(training): dx is not written over dy")
+            XCTAssertEqual(dx.array, expected, "training \(training)")
+            XCTAssertEqual(bn.weight.grad.array, gw)
+            XCTAssertEqual(bn.bias.grad.array, gb)
+        }
+    }
 }

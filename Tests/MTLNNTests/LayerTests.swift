@@ -15,6 +15,11 @@ final class LayerTests: XCTestCase {
         let r = randomTensor(y.shape, &rng)
         let dx = relu.backward(r).array
         checkGradient("relu dx", x: x, analytic: dx) { functional(relu.forward(x), r) }
+        // In place: the same gradient, written over dy.
+        let dyCopy = Tensor(r.shape, r.array)
+        let inPlace = relu.backwardInPlace(dyCopy)
+        XCTAssertTrue(inPlace === dyCopy)
+        XCTAssertEqual(inPlace.array, dx)
         // NaN propagates forward like torch.relu.
         let nan = relu.forward(Tensor([1], [Float.nan]))
         XCTAssertTrue(nan[0].isNaN)
