@@ -313,13 +313,16 @@ final class DistributedTrainingTests: XCTestCase {
     /// SIGTERM to one rank mid-run → every rank stops at the same step boundary, rank 0 checkpoints, exit 0;
     /// `--resume auto` then finishes with parameters bit-identical to an uninterrupted run.
     func testSigtermCheckpointAndExactResume() throws {
-        let full = try train(2, run: "full", ["--set", "train.steps=12"])
+        // Enough steps that the run is still going when the signal lands: at width 8 a step takes
+        // ~1 ms on a fast machine (AMD Zen5), so 12 steps could end within one 20 ms poll.
+        let steps = 400
+        let full = try train(2, run: "full", ["--set", "train.steps=\(steps)"])
         XCTAssertEqual(full.status, 0, full.err)
         var signalled = false
         let first = try Self.mpirun(2, ["train", "--config", config, "--run-dir", dir + "/pre",
                                         "--set", "model.sync_bn=true", "--set", "optim.name=sgd", "--set", "optim.lr=0.0005",
                                         "--set", "model.head=bench", "--set", "model.width=8",
-                                        "--set", "train.steps=12", "--set", "log.every=1"]) { mpirun in
+                                        "--set", "train.steps=\(steps)", "--set", "log.every=1"]) { mpirun in
             let deadline = Date().addingTimeInterval(60)
             while Date() < deadline {
                 if let text = try? String(contentsOfFile: self.dir + "/pre/metrics.jsonl", encoding: .utf8),
@@ -337,8 +340,8 @@ final class DistributedTrainingTests: XCTestCase {
         XCTAssertTrue(signalled)
         XCTAssertEqual(first.status, 0, first.err)
         let stoppedAt = try losses("pre").count
-        XCTAssertLessThan(stoppedAt, 12, "the run was not interrupted")
-        let second = try train(2, run: "pre", ["--set", "train.steps=12", "--resume", "auto"])
+        XCTAssertLessThan(stoppedAt, steps, "the run was not interrupted")
+        let second = try train(2, run: "pre", ["--set", "train.steps=\(steps)", "--resume", "auto"])
         XCTAssertEqual(second.status, 0, second.err)
         let a = try finalTensors("full"), b = try finalTensors("pre")
         for (k, ta) in a where k.hasPrefix("model.") {
