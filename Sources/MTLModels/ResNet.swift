@@ -75,7 +75,7 @@ final class BasicBlock: ResidualBlock {
     /// gradient is added into conv1's dx, which is the block's dx.
     func backward(_ dy: Tensor) -> Tensor {
         let dsum = relu2.backward(dy)   // flows unchanged into both branches of the add
-        let d1 = bn1.backward(relu1.backwardInPlace(conv2.backward(bn2.backward(dsum))), inPlace: true)
+        let d1 = bn1.backward(relu1.backward(conv2.backward(bn2.backward(dsum)), inPlace: true), inPlace: true)
         let dx = conv1.backward(d1)
         if let ds = downsample { dx.add(ds.backward(dsum)) } else { dx.add(dsum) }
         return dx
@@ -123,8 +123,8 @@ final class Bottleneck: ResidualBlock {
     /// As BasicBlock's: ReLU and BN write over the convolutions' dx, and the block's dx is conv1's.
     func backward(_ dy: Tensor) -> Tensor {
         let dsum = relu3.backward(dy)
-        let d2 = bn2.backward(relu2.backwardInPlace(conv3.backward(bn3.backward(dsum))), inPlace: true)
-        let d1 = bn1.backward(relu1.backwardInPlace(conv2.backward(d2)), inPlace: true)
+        let d2 = bn2.backward(relu2.backward(conv3.backward(bn3.backward(dsum)), inPlace: true), inPlace: true)
+        let d1 = bn1.backward(relu1.backward(conv2.backward(d2), inPlace: true), inPlace: true)
         let dx = conv1.backward(d1)
         if let ds = downsample { dx.add(ds.backward(dsum)) } else { dx.add(dsum) }
         return dx

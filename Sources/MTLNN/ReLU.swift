@@ -22,24 +22,16 @@ public final class ReLU {
         return output
     }
 
-    public func backward(_ dy: Tensor) -> Tensor {
+    /// `inPlace`: dx is written over dy, for a dy that nothing reads afterwards (the input gradient
+    /// of the layer after this one, inside a residual block): one activation-sized buffer less.
+    public func backward(_ dy: Tensor, inPlace: Bool = false) -> Tensor {
         precondition(dy.shape == output.shape, "ReLU: dy \(shapeString(dy.shape)) does not match the output \(shapeString(output.shape))")
-        inputGrad.resize(dy.shape)
-        let y = output.data, g = dy.data, dx = inputGrad.data
+        let result = inPlace ? dy : inputGrad
+        result.resize(dy.shape)
+        let y = output.data, g = dy.data, dx = result.data
         parallelBlocks(dy.count) { lo, hi in
             for i in lo..<hi { dx[i] = y[i] > 0 ? g[i] : 0 }
         }
-        return inputGrad
-    }
-
-    /// The backward written over dy itself, for a dy that nothing reads afterwards (the input gradient
-    /// of the layer after this one, inside a residual block): one activation-sized buffer less.
-    public func backwardInPlace(_ dy: Tensor) -> Tensor {
-        precondition(dy.shape == output.shape, "ReLU: dy \(shapeString(dy.shape)) does not match the output \(shapeString(output.shape))")
-        let y = output.data, g = dy.data
-        parallelBlocks(dy.count) { lo, hi in
-            for i in lo..<hi { g[i] = y[i] > 0 ? g[i] : 0 }
-        }
-        return dy
+        return result
     }
 }

@@ -17,7 +17,7 @@ final class LayerTests: XCTestCase {
         checkGradient("relu dx", x: x, analytic: dx) { functional(relu.forward(x), r) }
         // In place: the same gradient, written over dy.
         let dyCopy = Tensor(r.shape, r.array)
-        let inPlace = relu.backwardInPlace(dyCopy)
+        let inPlace = relu.backward(dyCopy, inPlace: true)
         XCTAssertTrue(inPlace === dyCopy)
         XCTAssertEqual(inPlace.array, dx)
         // NaN propagates forward like torch.relu.
